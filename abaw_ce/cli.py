@@ -1,0 +1,98 @@
+"""The `abaw-ce` command: demo, validate, labels (more subcommands join as stages land)."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from abaw_ce.errors import InputError
+
+
+def _frame_counts(video_dir: Path) -> dict[str, int]:
+    from abaw_ce.video import VIDEO_SUFFIXES, video_info
+
+    videos = sorted(p for p in video_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
+    if not videos:
+        raise InputError(video_dir, f"no videos ({', '.join(VIDEO_SUFFIXES)}) in this folder")
+    return {p.stem: video_info(p).frames for p in videos}
+
+
+def validate_main(argv: list[str] | None = None) -> int:
+    """Validate a challenge file (format, coverage) and score it against ground truth when given."""
+    from abaw_ce import submission
+
+    parser = argparse.ArgumentParser(prog="validate", description=validate_main.__doc__)
+    parser.add_argument("--submission", type=Path, required=True, help="the challenge file to check")
+    parser.add_argument("--template", type=Path, help="the organisers' frame list: rows must equal it")
+    parser.add_argument("--videos", type=Path, help="folder of the test videos: rows must cover their frames")
+    parser.add_argument("--frame-tolerance", type=int, default=0,
+                        help="with --videos, a per-video frame-count difference up to this is a warning")
+    parser.add_argument("--ground-truth", type=Path, help="a challenge-format file of true labels to score against")
+    parser.add_argument("--confusion-png", type=Path, help="where to draw the confusion matrix (with --ground-truth)")
+    args = parser.parse_args(argv)
+    try:
+        counts = _frame_counts(args.videos) if args.videos else None
+        report = submission.validate_submission(args.submission, template=args.template, frame_counts=counts,
+                                                frame_tolerance=args.frame_tolerance)
+        print(report.format())
+        if args.ground_truth and report.ok:
+            scored = submission.score(submission.read_submission(args.submission),
+                                      submission.read_submission(args.ground_truth))
+            print(scored.format())
+            png = args.confusion_png or args.submission.with_name(args.submission.stem + "_confusion.png")
+            print(f"confusion matrix: {submission.plot_confusion(scored.confusion, png)}")
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0 if report.ok else 1
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from abaw_ce.demo import run_demo
+
+    run_demo(args.out, seed=args.seed, overwrite=args.overwrite)
+    return 0
+
+
+def _labels(args: argparse.Namespace) -> int:
+    from abaw_ce import labels
+
+    info = {
+        "basic_emotions": labels.BASIC_EMOTIONS,
+        "challenge_compounds": dict(zip(labels.CHALLENGE_COMPOUNDS, labels.CHALLENGE_PAIRS)),
+        "cexpr_classes": labels.CEXPR_CLASSES,
+        "affwild2_aus": labels.AFFWILD2_AUS,
+        "cexpr_aus": labels.CEXPR_AUS,
+        "emotion_au_prior": {e: {f"AU{a}": w for a, w in p.items()} for e, p in labels.EMOTION_AU_PRIOR.items()},
+    }
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="abaw-ce", description="ABAW compound expression recognition kit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the pipeline on embedded data (CPU, no downloads)")
+    demo.add_argument("--out", type=Path, default=Path("demo_out"))
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--overwrite", action="store_true",
+                      help="replace --out even when it holds something other than an earlier demo")
+    demo.set_defaults(func=_demo)
+    sub.add_parser("labels", help="print the label orders and the emotion→AU prior").set_defaults(func=_labels)
+    sub.add_parser("validate", help="validate a challenge file (same as submit/validate.py)", add_help=False)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["validate"]:
+        return validate_main(argv[1:])
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (InputError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Dataset adapters, the sample table, folds and format writers."""

@@ -1,0 +1,89 @@
+"""The seed paper's 5-fold scheme: every source split into parts by group, stratified by label.
+
+Fold k validates on part k of every source and trains on all other parts, so each fold sees every dataset
+in both roles and no identity or video crosses between training and validation.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+FOLD_FILE_COLUMNS = ("path", "frame", "source", "group", "fold")
+
+
+def _strata(table: pd.DataFrame) -> np.ndarray:
+    # The label name stratifies; rows without one (AU-only, unlabeled) form their own stratum.
+    return table["expression"].fillna("").replace("", "<none>").to_numpy()
+
+
+def assign_folds(table: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> np.ndarray:
+    """Fold index (0..n_folds-1) of every row: per source, StratifiedGroupKFold by group and label."""
+    if n_folds < 2:
+        raise ValueError(f"n_folds must be at least 2, got {n_folds}")
+    folds = np.full(len(table), -1, dtype=np.int64)
+    for source, rows in table.groupby("source", sort=True).indices.items():
+        part = table.iloc[rows]
+        n_groups = part["group"].nunique()
+        if n_groups < n_folds:
+            raise ValueError(f"source {source!r} has {n_groups} group(s); {n_folds} folds need at least "
+                             f"{n_folds} distinct identities/videos")
+        # One row per group (RAF-DB, AffectNet) makes grouping a no-op: the plain stratified split gives
+        # the same guarantee and scales to a million rows.
+        singletons = n_groups == len(part)
+        splitter = (StratifiedKFold if singletons else StratifiedGroupKFold)(
+            n_splits=n_folds, shuffle=True, random_state=seed)
+        y = _strata(part)
+        # Labels rarer than n_folds make scikit-learn warn; the split is still valid, so stay quiet.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(part)), y, part["group"].to_numpy())):
+                folds[rows[val_idx]] = k
+    check_folds(table.assign(fold=folds), n_folds)
+    return folds
+
+
+def check_folds(table: pd.DataFrame, n_folds: int = 5) -> None:
+    """Raise unless every row has a fold in range and no group lies in two folds."""
+    fold = table["fold"].to_numpy()
+    if len(fold) and (fold.min() < 0 or fold.max() >= n_folds):
+        raise ValueError(f"fold indices must lie in 0..{n_folds - 1}")
+    per_group = table.groupby("group")["fold"].nunique()
+    leaking = per_group[per_group > 1]
+    if len(leaking):
+        raise ValueError(f"{len(leaking)} group(s) appear in more than one fold, e.g. {leaking.index[0]!r}")
+
+
+def split(table: pd.DataFrame, folds: np.ndarray, k: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, validation) tables of fold k."""
+    val = np.asarray(folds) == k
+    return table[~val].reset_index(drop=True), table[val].reset_index(drop=True)
+
+
+def save_folds(table: pd.DataFrame, folds: np.ndarray, out_dir: str | Path, n_folds: int, seed: int) -> Path:
+    """Write ``folds.csv`` (one row per sample) and ``folds.json`` (settings and per-fold counts)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frame = table[list(FOLD_FILE_COLUMNS[:-1])].assign(fold=folds)
+    frame.to_csv(out_dir / "folds.csv", index=False)
+    counts = frame.groupby(["source", "fold"]).size().unstack(fill_value=0)
+    summary = {"n_folds": n_folds, "seed": seed,
+               "rows_per_source_and_fold": {s: [int(v) for v in counts.loc[s]] for s in counts.index}}
+    (out_dir / "folds.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return out_dir / "folds.csv"
+
+
+def load_folds(table: pd.DataFrame, path: str | Path) -> np.ndarray:
+    """Fold of every row of ``table`` from a saved ``folds.csv``; an error names rows it does not cover."""
+    saved = pd.read_csv(path, dtype={"path": str, "group": str, "source": str})
+    key = ["path", "frame"]
+    merged = table[key].merge(saved[key + ["fold"]], on=key, how="left")
+    if merged["fold"].isna().any():
+        first = merged[merged["fold"].isna()].iloc[0]
+        raise ValueError(f"{path}: {int(merged['fold'].isna().sum())} sample(s) have no saved fold, "
+                         f"e.g. {first['path']} frame {first['frame']}")
+    return merged["fold"].to_numpy(dtype=np.int64)

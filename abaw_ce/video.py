@@ -1,0 +1,46 @@
+"""Video metadata through PyAV (frame rate and frame count without decoding pixels)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from abaw_ce.errors import InputError
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: str
+    fps: float
+    frames: int
+    width: int
+    height: int
+
+
+def video_info(path: str | Path) -> VideoInfo:
+    """Frame rate, frame count and size of a video; an InputError names the file when it cannot be read."""
+    import av
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "video file not found")
+    if path.stat().st_size == 0:
+        raise InputError(path, "video file is empty (0 bytes)")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(path, "no video stream in this file")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            if not rate:
+                raise InputError(path, "the video stream has no frame rate")
+            frames = stream.frames
+            if frames <= 0:  # some containers do not store the count: count packets, decoding nothing
+                frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
+            return VideoInfo(str(path), float(Fraction(rate)), int(frames), stream.width, stream.height)
+    except InputError:
+        raise
+    except (av.error.FFmpegError, UnicodeDecodeError) as err:
+        raise InputError(path, f"cannot read video ({err.__class__.__name__}: {err})") from None

@@ -1,0 +1,8 @@
+"""Validate a challenge file before upload: `python submit/validate.py --submission FILE [--template FILE]
+[--videos DIR] [--ground-truth FILE]`. Exit status 0 only when the file is valid."""
+import sys
+
+from abaw_ce.cli import validate_main
+
+if __name__ == "__main__":
+    sys.exit(validate_main())

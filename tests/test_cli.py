@@ -1,0 +1,46 @@
+"""The user-facing commands, run as users run them (subprocesses), with their exit status."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from abaw_ce import submission as S
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True)
+
+
+def test_validate_script_exit_status(tmp_path):
+    good = S.write_submission(tmp_path / "good.txt", {"v": [0, 1, 2]})
+    truth = S.write_submission(tmp_path / "truth.txt", {"v": [0, 1, 1]})
+    ok = run("submit/validate.py", "--submission", good, "--ground-truth", truth,
+             "--confusion-png", tmp_path / "cm.png")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "VALID" in ok.stdout and "macro F1" in ok.stdout and (tmp_path / "cm.png").exists()
+    bad = tmp_path / "bad.txt"
+    bad.write_text(S.SUBMISSION_HEADER + "\nv/00001.jpg,9\n")
+    res = run("submit/validate.py", "--submission", bad)
+    assert res.returncode == 1 and "bad.txt:2: label '9'" in res.stdout
+    missing = run("submit/validate.py", "--submission", tmp_path / "nope.txt", "--template", tmp_path / "t.txt")
+    assert missing.returncode == 1 and "file not found" in missing.stdout
+    no_template = run("submit/validate.py", "--submission", good, "--template", tmp_path / "t.txt")
+    assert no_template.returncode == 2 and "t.txt: file not found" in no_template.stderr
+
+
+def test_demo_runs_and_protects_other_folders(tmp_path):
+    out = tmp_path / "demo"
+    res = run("-m", "abaw_ce.cli", "demo", "--out", out)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "demo_summary.json").read_text())
+    assert summary["valid"] and set(summary["datasets"]) >= {"rafdb_basic", "affwild2_au"}
+    assert S.validate_submission(out / "submission.txt", template=out / "test_ground_truth" / "template.txt").ok
+    assert run("-m", "abaw_ce.cli", "demo", "--out", out).returncode == 0  # an earlier demo is replaced
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    res = run("-m", "abaw_ce.cli", "demo", "--out", mine)
+    assert res.returncode == 2 and "not written by the demo" in res.stderr
+    assert (mine / "notes.txt").read_text() == "keep me"

@@ -1,0 +1,63 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from abaw_ce.data import folds as F
+from abaw_ce.data.table import make_table
+
+
+def mixed_table(seed=0):
+    rng = np.random.default_rng(seed)
+    names = ["happiness", "sadness", "fear", "anger", "surprise", "disgust", "neutral"]
+    # a video-grouped source (many frames per video) and a one-image-per-group source
+    videos = [f"v{i}" for i in rng.integers(0, 40, size=600)]
+    a = make_table([f"a/{i}.jpg" for i in range(600)], "videos", videos,
+                   [names[int(v[1:]) % 7] for v in videos], frame=list(range(1, 601)))
+    b = make_table([f"b/{i}.jpg" for i in range(300)], "stills", [f"s{i}" for i in range(300)],
+                   [names[i % 7] for i in range(300)])
+    return pd.concat([a, b], ignore_index=True)
+
+
+def test_folds_group_disjoint_balanced_and_deterministic():
+    table = mixed_table()
+    folds = F.assign_folds(table, 5, seed=3)
+    assert np.array_equal(folds, F.assign_folds(table, 5, seed=3))
+    assert not np.array_equal(folds, F.assign_folds(table, 5, seed=4))
+    t = table.assign(fold=folds)
+    assert (t.groupby("group")["fold"].nunique() == 1).all()
+    for source, part in t.groupby("source"):
+        assert sorted(part["fold"].unique()) == [0, 1, 2, 3, 4]   # every source in every fold
+    stills = t[t["source"] == "stills"]
+    # stratified: each label spread evenly over the 5 parts of the one-image-per-group source
+    per_label = stills.groupby(["expression", "fold"]).size().unstack()
+    assert (per_label.max(axis=1) - per_label.min(axis=1)).max() <= 1
+    train, val = F.split(table, folds, 2)
+    assert len(train) + len(val) == len(table)
+    assert not set(train["group"]) & set(val["group"])
+
+
+def test_check_folds_catches_leak():
+    table = mixed_table()
+    folds = F.assign_folds(table, 5)
+    broken = folds.copy()
+    first_video = table.index[table["group"] == table["group"].iloc[0]]
+    broken[first_video[0]] = (broken[first_video[0]] + 1) % 5
+    with pytest.raises(ValueError, match="appear in more than one fold"):
+        F.check_folds(table.assign(fold=broken))
+
+
+def test_too_few_groups_is_explained():
+    t = make_table(["x.jpg"] * 6, "tiny", ["g1", "g1", "g2", "g2", "g3", "g3"], ["happiness"] * 6)
+    with pytest.raises(ValueError, match="source 'tiny' has 3 group"):
+        F.assign_folds(t, 5)
+
+
+def test_save_and_reload(tmp_path):
+    table = mixed_table()
+    folds = F.assign_folds(table, 5, seed=1)
+    F.save_folds(table, folds, tmp_path, 5, 1)
+    assert np.array_equal(F.load_folds(table, tmp_path / "folds.csv"), folds)
+    assert (tmp_path / "folds.json").exists()
+    extra = pd.concat([table, table.iloc[:1].assign(path="new.jpg")], ignore_index=True)
+    with pytest.raises(ValueError, match="1 sample\\(s\\) have no saved fold, e.g. new.jpg"):
+        F.load_folds(extra, tmp_path / "folds.csv")
