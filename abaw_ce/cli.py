@@ -56,6 +56,16 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synth(args: argparse.Namespace) -> int:
+    from abaw_ce.synth.world import generate_world
+
+    info = generate_world(args.out, seed=args.seed, scale=args.scale, overwrite=args.overwrite)
+    print(f"synthetic world ({info['scale']}, seed {info['seed']}) written to {args.out} in {info['seconds']} s")
+    for name, count in info["counts"].items():
+        print(f"  {name:<16} {count}")
+    return 0
+
+
 def _labels(args: argparse.Namespace) -> int:
     from abaw_ce import labels
 
@@ -80,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--overwrite", action="store_true",
                       help="replace --out even when it holds something other than an earlier demo")
     demo.set_defaults(func=_demo)
+    synth = sub.add_parser("synth", help="write the synthetic world of rendered faces in the real formats")
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--scale", choices=["tiny", "small", "medium"], default="tiny")
+    synth.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
+    synth.set_defaults(func=_synth)
     sub.add_parser("labels", help="print the label orders and the emotion→AU prior").set_defaults(func=_labels)
     sub.add_parser("validate", help="validate a challenge file (same as submit/validate.py)", add_help=False)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")

@@ -42,6 +42,13 @@ CEXPR_PAIRS: tuple[tuple[str, str], ...] = CHALLENGE_PAIRS + (
 CEXPR_CLASSES: tuple[str, ...] = CEXPR_COMPOUNDS + ("Other",)
 CEXPR_OTHER_INDEX: int = len(CEXPR_COMPOUNDS)
 COMPOUND_PAIRS: dict[str, tuple[str, str]] = dict(zip(CEXPR_COMPOUNDS, CEXPR_PAIRS))
+# Annotated frames per class in C-EXPR-DB (Kollias 2023, Table 2): the class balance of real test videos.
+CEXPR_FRAME_COUNTS: dict[str, int] = {
+    "Fearfully_Surprised": 14445, "Happily_Surprised": 24915, "Sadly_Surprised": 10780,
+    "Disgustedly_Surprised": 10637, "Angrily_Surprised": 10535, "Sadly_Fearful": 10112, "Sadly_Angry": 8878,
+    "Sadly_Disgusted": 10765, "Fearfully_Angry": 11591, "Fearfully_Disgusted": 10356,
+    "Angrily_Disgusted": 9415, "Happily_Disgusted": 8885, "Other": 44456,
+}
 
 
 def compound_index(name: str) -> int:

@@ -1,0 +1,1 @@
+"""The synthetic mini-world: a procedural AU-driven face renderer and its datasets."""

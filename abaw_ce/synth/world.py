@@ -1,0 +1,442 @@
+"""The synthetic mini-world: rendered faces written in every real dataset format (``abaw-ce synth``).
+
+Layout under the output folder (each read by the adapter named):
+
+- ``faces/`` unlabeled aligned faces for MAE pretraining (``image_folder``);
+- ``affwild2/`` cropped_aligned frame folders + ``annotations/EXPR`` and ``annotations/AU`` (``affwild2_*``);
+- ``rafdb_basic/``, ``rafdb_compound/`` (``rafdb_basic``, ``rafdb_compound``);
+- ``affectnet/`` CSV + images (``affectnet``);
+- ``cexpr/`` labelled C-EXPR-DB-style videos with segment CSVs (``cexpr``);
+- ``test/`` C-EXPR-DB-style test videos (faces inside scenes, frames without a face, audio), with
+  ``test_ground_truth/ground_truth.txt`` (challenge format) and ``test_ground_truth/template.txt``
+  (the organisers'-style frame list);
+- ``world.json``: scale, seed, counts and the dataset specs to load everything back.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
+
+from abaw_ce import labels, submission
+from abaw_ce.data import writers
+from abaw_ce.synth.face import MARGIN, Identity, Pose, aligned_matrix, au_vector, composite, render_face
+
+AU_ON = 0.4  # an AU intensity at or above this is labelled present
+
+
+@dataclass(frozen=True)
+class Scale:
+    image_size: int
+    unlabeled: int
+    rafdb_basic: int
+    rafdb_compound: int
+    affectnet: int
+    affwild2_videos: int
+    affwild2_frames: tuple[int, int]
+    cexpr_videos: int
+    test_videos: int
+    video_seconds: tuple[float, float]
+
+
+SCALES = {
+    "tiny": Scale(112, 200, 210, 140, 140, 6, (30, 60), 3, 4, (3.0, 5.0)),
+    "small": Scale(112, 2000, 1400, 700, 1000, 20, (80, 160), 8, 10, (6.0, 12.0)),
+    "medium": Scale(224, 10000, 6000, 3000, 4000, 60, (150, 300), 20, 30, (10.0, 25.0)),
+}
+
+
+# --- expressions -----------------------------------------------------------------------------------
+
+def sample_aus(expression: str, rng: np.random.Generator) -> np.ndarray:
+    """17 AU intensities for an expression name, following the emotion→AU prior.
+
+    A basic emotion turns on its prototypical AUs and each observational AU with its prior weight as
+    probability, at random intensities; a compound takes the union (max) of its pair's samples; neutral
+    is near zero; 'other' is a random small set of AUs.
+    """
+    kind = labels.expression_kind(expression)
+    name = labels.normalise_name(expression)
+    v = rng.uniform(0.0, 0.12, len(labels.CEXPR_AUS)) * (rng.random(len(labels.CEXPR_AUS)) < 0.3)
+    if kind == "basic" or kind == "compound":
+        emotions = ((name,) if kind == "basic"
+                    else labels.COMPOUND_PAIRS[labels.CEXPR_CLASSES[labels.compound_index(expression)]])
+        for emotion in emotions:
+            for au, weight in labels.EMOTION_AU_PRIOR[emotion].items():
+                if weight >= 1.0:
+                    value = rng.uniform(0.55, 1.0)
+                elif rng.random() < weight:
+                    value = rng.uniform(0.3, 0.8)
+                else:
+                    continue
+                i = labels.CEXPR_AUS.index(au)
+                v[i] = max(v[i], value)
+    elif name == "other":
+        for au in rng.choice(labels.CEXPR_AUS, size=int(rng.integers(1, 4)), replace=False):
+            v[labels.CEXPR_AUS.index(int(au))] = rng.uniform(0.3, 0.8)
+    return v.astype(np.float32)
+
+
+def au_presence(intensities: np.ndarray, au_ids=labels.AFFWILD2_AUS) -> np.ndarray:
+    """0/1 AU labels over an AU set from 17-AU intensities."""
+    idx = [labels.CEXPR_AUS.index(a) for a in au_ids]
+    return (intensities[..., idx] >= AU_ON).astype(np.float32)
+
+
+# --- images ------------------------------------------------------------------------------------------
+
+def clutter(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A background scene: a colour gradient with random rectangles, ellipses and lines."""
+    top, bottom = rng.uniform(30, 225, 3), rng.uniform(30, 225, 3)
+    t = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
+    img = (top * (1 - t) + bottom * t) * np.ones((1, width, 1), dtype=np.float32)
+    img = img.astype(np.uint8)
+    for _ in range(int(rng.integers(3, 10))):
+        colour = tuple(int(c) for c in rng.uniform(0, 255, 3))
+        x, y = int(rng.uniform(0, width)), int(rng.uniform(0, height))
+        kind = rng.integers(3)
+        if kind == 0:
+            cv2.rectangle(img, (x, y), (x + int(rng.uniform(10, width / 3)), y + int(rng.uniform(10, height / 3))),
+                          colour, -1)
+        elif kind == 1:
+            cv2.ellipse(img, (x, y), (int(rng.uniform(5, width / 6)), int(rng.uniform(5, height / 6))),
+                        float(rng.uniform(0, 180)), 0, 360, colour, -1)
+        else:
+            cv2.line(img, (x, y), (int(rng.uniform(0, width)), int(rng.uniform(0, height))), colour,
+                     int(rng.integers(1, 5)))
+    return img
+
+
+def degrade(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
+    """Blur and sensor noise (JPEG quality is chosen when saving)."""
+    if rng.random() < 0.5 * strength:
+        img = cv2.GaussianBlur(img, (0, 0), float(rng.uniform(0.3, 1.3)))
+    if rng.random() < 0.6 * strength:
+        img = np.clip(img + rng.normal(0, rng.uniform(2, 8), img.shape), 0, 255).astype(np.uint8)
+    return img
+
+
+def occlude(img: np.ndarray, rng: np.random.Generator, region: tuple[float, float, float, float]) -> np.ndarray:
+    """Cover part of the face region (x0, y0, x1, y1 in pixels) with a hand-like blob or an object."""
+    x0, y0, x1, y1 = region
+    w, h = x1 - x0, y1 - y0
+    cx, cy = rng.uniform(x0 + 0.2 * w, x1 - 0.2 * w), rng.uniform(y0 + 0.5 * h, y1)
+    colour = tuple(int(c) for c in rng.uniform(40, 230, 3))
+    img = img.copy()
+    cv2.ellipse(img, (int(cx), int(cy)), (int(w * rng.uniform(0.15, 0.3)), int(h * rng.uniform(0.1, 0.2))),
+                float(rng.uniform(0, 180)), 0, 360, colour, -1, cv2.LINE_AA)
+    return img
+
+
+def random_pose(rng: np.random.Generator, yaw: float = 0.3) -> Pose:
+    return Pose(yaw=float(rng.uniform(-yaw, yaw)), light_dir=float(rng.uniform(-1, 1)),
+                light_gain=float(rng.uniform(0.8, 1.15)))
+
+
+def render_aligned(identity: Identity, aus: np.ndarray, size: int, rng: np.random.Generator,
+                   occlusion_p: float = 0.05) -> np.ndarray:
+    """An aligned face crop as the real aligned datasets have them, with jitter, clutter and degradations."""
+    render = render_face(identity, aus, unit=size, pose=random_pose(rng))
+    jitter = (rng.normal(0, 0.02), rng.normal(0, 0.02), rng.normal(0, 0.03), rng.normal(0, 3))
+    img = composite(render, clutter(rng, size, size), aligned_matrix(render, size, jitter))
+    if rng.random() < occlusion_p:
+        img = occlude(img, rng, (0.1 * size, 0.1 * size, 0.9 * size, size))
+    return degrade(img, rng)
+
+
+def _quality(rng: np.random.Generator) -> int:
+    return int(rng.integers(60, 96))
+
+
+# --- expression timelines (videos) -------------------------------------------------------------------
+
+def class_prior(names: tuple[str, ...]) -> np.ndarray:
+    counts = np.array([labels.CEXPR_FRAME_COUNTS[n] for n in names], dtype=np.float64)
+    return counts / counts.sum()
+
+
+def timeline(rng: np.random.Generator, n_frames: int, fps: float, classes: tuple[str, ...],
+             gaps: bool, prior: np.ndarray | None = None) -> tuple[list[str | None], np.ndarray]:
+    """Per-frame class names (None in an unlabelled gap) and an onset→apex→offset intensity envelope.
+
+    Classes are drawn with C-EXPR-DB's class balance unless ``prior`` is given.
+    """
+    names: list[str | None] = []
+    envelope = np.zeros(n_frames, dtype=np.float32)
+    prior = class_prior(classes) if prior is None else prior
+    k = 0
+    while k < n_frames:
+        if gaps and names and rng.random() < 0.3:
+            length = int(rng.uniform(0.3, 0.8) * fps)
+            names += [None] * min(length, n_frames - k)
+            k += length
+            continue
+        length = min(int(rng.uniform(1.0, 2.5) * fps), n_frames - k)
+        name = str(rng.choice(classes, p=prior))
+        ramp = np.clip(np.minimum(np.arange(length) + 1, length - np.arange(length)) / max(2.0, 0.3 * fps), 0, 1)
+        envelope[k:k + length] = 0.25 + 0.75 * ramp
+        names += [name] * length
+        k += length
+    return names[:n_frames], envelope
+
+
+def _segments(names: list[str | None], fps: float) -> list[tuple[float, float, str]]:
+    out, start = [], 0
+    for k in range(1, len(names) + 1):
+        if k == len(names) or names[k] != names[start]:
+            if names[start] is not None:
+                out.append((start / fps, k / fps, names[start]))
+            start = k
+    return out
+
+
+def write_video(path: Path, frames, fps: int, width: int, height: int, audio: np.ndarray | None,
+                sample_rate: int = 16000, crf: int = 23) -> None:
+    """H.264 mp4 (and an AAC track when ``audio`` is given) with PyAV, frame by frame."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        astream = None
+        if audio is not None:
+            astream = out.add_stream("aac", rate=sample_rate)
+            astream.layout = "mono"
+        for frame in frames:
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        out.mux(stream.encode())
+        if astream is not None:
+            samples = np.clip(audio, -1, 1).astype(np.float32)
+            chunk = 1024
+            for i in range(0, len(samples), chunk):
+                piece = samples[i:i + chunk][None, :]
+                af = av.AudioFrame.from_ndarray(piece, format="flt", layout="mono")
+                af.sample_rate = sample_rate
+                af.pts = i
+                out.mux(astream.encode(af))
+            out.mux(astream.encode())
+
+
+def class_tone(name: str | None) -> float:
+    """Audio pitch that carries the class (a voice-like cue the audio branch can learn)."""
+    if name is None:
+        return 0.0
+    return 180.0 * 2 ** (labels.compound_index(name) / 6)
+
+
+def render_video(path: Path, rng: np.random.Generator, seconds: float, classes: tuple[str, ...],
+                 gaps: bool) -> list[str | None]:
+    """A C-EXPR-DB-style video: one identity in a scene, moving, with faceless stretches and audio."""
+    fps = int(rng.choice([24, 25, 30]))
+    width, height = [(320, 240), (426, 240), (480, 360), (640, 360)][int(rng.integers(4))]
+    n = int(seconds * fps)
+    names, envelope = timeline(rng, n, fps, classes, gaps)
+    identity = Identity.random(rng)
+    scene = clutter(rng, height, width)
+    base_aus = {name: sample_aus(name, rng) for name in set(n_ for n_ in names if n_)}
+    face_px = rng.uniform(0.33, 0.5) * height
+    drift = rng.uniform(0, 2 * np.pi, 4)
+    absent = np.zeros(n, dtype=bool)
+    if rng.random() < 0.7:  # the face leaves the shot for a while
+        start = int(rng.integers(0, max(1, n - fps)))
+        absent[start:start + int(rng.uniform(0.3, 0.8) * fps)] = True
+
+    def frames():
+        for k in range(n):
+            if absent[k]:
+                yield degrade(scene, rng, 0.5)
+                continue
+            name = names[k]
+            aus = base_aus[name] * envelope[k] if name else np.zeros(len(labels.CEXPR_AUS), np.float32)
+            t = k / fps
+            pose = Pose(yaw=0.25 * np.sin(0.7 * t + drift[0]), light_dir=0.5 * np.sin(0.3 * t + drift[1]),
+                        light_gain=1.0)
+            render = render_face(identity, aus, unit=face_px, pose=pose)
+            cx = width * (0.5 + 0.15 * np.sin(0.5 * t + drift[2]))
+            cy = height * (0.5 + 0.08 * np.sin(0.6 * t + drift[3]))
+            c0 = render.unit * (0.5 + MARGIN)
+            m = cv2.getRotationMatrix2D((c0, c0), float(6 * np.sin(0.4 * t + drift[0])), 1.0)
+            m[:, 2] += [cx - c0, cy - c0]
+            yield degrade(composite(render, scene, m), rng, 0.5)
+
+    sample_rate = 16000
+    ts = np.arange(int(n / fps * sample_rate)) / sample_rate
+    frame_of_sample = np.minimum((ts * fps).astype(int), n - 1)
+    pitch = np.array([class_tone(names[k]) for k in range(n)])[frame_of_sample]
+    audio = 0.3 * np.sin(2 * np.pi * np.cumsum(pitch) / sample_rate) * envelope[frame_of_sample]
+    audio += rng.normal(0, 0.02, len(ts))
+    write_video(path, frames(), fps, width, height, audio, sample_rate)
+    return names
+
+
+# --- the world ---------------------------------------------------------------------------------------
+
+def contact_sheet(path: str | Path, seed: int = 0, identities: int = 5, size: int = 112) -> Path:
+    """PNG grid: a row per expression (neutral, 6 basic, 7 challenge compounds), a column per identity."""
+    rng = np.random.default_rng(seed)
+    people = [Identity.random(rng) for _ in range(identities)]
+    rows = []
+    for name in ("neutral", *labels.BASIC_EMOTIONS, *labels.CHALLENGE_COMPOUNDS):
+        tiles = []
+        for identity in people:
+            render = render_face(identity, sample_aus(name, rng), unit=size, pose=random_pose(rng, 0.15))
+            tiles.append(composite(render, np.full((size, size, 3), 128, np.uint8), aligned_matrix(render, size)))
+        strip = np.hstack(tiles)
+        label = np.full((size, 200, 3), 255, np.uint8)
+        cv2.putText(label, name.replace("_", " "), (6, size // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+        rows.append(np.hstack([label, strip]))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.vstack(rows)[..., ::-1])
+    return path
+
+
+def generate_world(out: str | Path, seed: int = 0, scale: str | Scale = "tiny", overwrite: bool = False) -> dict:
+    """Write the synthetic world under ``out``; deterministic for (seed, scale)."""
+    if isinstance(scale, str) and scale not in SCALES:
+        raise ValueError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} is not empty; choose another --out or pass --overwrite")
+    s = SCALES[scale] if isinstance(scale, str) else scale
+    scale = scale if isinstance(scale, str) else "custom"
+    started = time.perf_counter()
+    streams = np.random.SeedSequence(seed).spawn(7)
+    rng = [np.random.default_rng(st) for st in streams]
+    size = s.image_size
+    counts: dict[str, int] = {}
+
+    bar = tqdm(total=s.unlabeled + s.rafdb_basic + s.rafdb_compound + s.affectnet + s.affwild2_videos
+               + s.cexpr_videos + s.test_videos, desc=f"synth {scale}", unit="item")
+
+    # unlabeled faces (MAE pretraining): any expression, identities in folders
+    r = rng[0]
+    every = ("neutral", "other", *labels.BASIC_EMOTIONS, *labels.CEXPR_COMPOUNDS)
+    for i in range(s.unlabeled):
+        if i % 10 == 0:
+            identity = Identity.random(r)
+        img = render_aligned(identity, sample_aus(str(r.choice(every)), r), size, r)
+        writers.save_image(out / "faces" / f"id{i // 10:04d}" / f"{i:06d}.jpg", img, _quality(r))
+        bar.update()
+    counts["unlabeled"] = s.unlabeled
+
+    # RAF-DB basic and compound
+    r = rng[1]
+    basic_names = (*labels.BASIC_EMOTIONS, "neutral")
+
+    def items(n, names, prefix_split=0.8):
+        for i in range(n):
+            name = str(r.choice(names))
+            split = "train" if i < prefix_split * n else "test"
+            yield f"{split}_{i + 1:05d}", render_aligned(Identity.random(r), sample_aus(name, r), size, r), name
+            bar.update()
+
+    writers.write_rafdb(out / "rafdb_basic", items(s.rafdb_basic, basic_names), "basic", quality=_quality(r))
+    writers.write_rafdb(out / "rafdb_compound", items(s.rafdb_compound, tuple(labels.RAFDB_COMPOUND.values())),
+                        "compound", quality=_quality(r))
+    counts.update(rafdb_basic=s.rafdb_basic, rafdb_compound=s.rafdb_compound)
+
+    # AffectNet: faces with margin (the CSV's face box is the whole image), a few unusable labels
+    r = rng[2]
+    affectnet_names = tuple(labels.AFFECTNET.values())
+
+    def affectnet_items():
+        for i in range(s.affectnet):
+            name = str(r.choice(affectnet_names))
+            yield f"{i % 7}/{i:06d}.jpg", render_aligned(Identity.random(r), sample_aus(name, r), size, r), name
+            bar.update()
+
+    writers.write_affectnet(out / "affectnet" / "training.csv", out / "affectnet" / "images", affectnet_items())
+    counts["affectnet"] = s.affectnet
+
+    # Aff-Wild2: frame folders with EXPR and AU files, -1 rows and frames without an image
+    r = rng[3]
+    expr_names = tuple(labels.AFFWILD2_EXPR.values())
+    for v in range(s.affwild2_videos):
+        n = int(r.integers(*s.affwild2_frames))
+        identity = Identity.random(r)
+        names, envelope = timeline(r, n, 25.0, expr_names, gaps=False,
+                                   prior=np.full(len(expr_names), 1 / len(expr_names)))
+        au_rows, frames = [], []
+        for name, level in zip(names, envelope):
+            aus = sample_aus(name, r) * (0.5 + 0.5 * level)
+            frames.append(None if r.random() < 0.03 else render_aligned(identity, aus, size, r, 0.02))
+            au_rows.append(au_presence(aus))
+        exprs = list(names)
+        au_arr = np.asarray(au_rows, dtype=np.float32)
+        unannotated = slice(int(r.integers(0, n // 2)), None)
+        block = np.arange(n)[unannotated][: max(1, n // 10)]
+        exprs = [None if k in set(block) else e for k, e in enumerate(exprs)]
+        au_arr[block[::-1][: max(1, len(block) // 2)]] = np.nan
+        suffix = "_left" if v % 5 == 4 else ""
+        writers.write_affwild2_video(out / "affwild2", f"video{v:03d}{suffix}", frames, exprs, au_arr,
+                                     quality=_quality(r))
+        bar.update()
+    counts["affwild2_videos"] = s.affwild2_videos
+
+    # C-EXPR-DB-style labelled videos (12 compounds + Other, gaps unlabelled)
+    r = rng[4]
+    for v in range(s.cexpr_videos):
+        names = render_video(out / "cexpr" / "videos" / f"{v:03d}.mp4", r, r.uniform(*s.video_seconds),
+                             labels.CEXPR_CLASSES, gaps=True)
+        fps = _fps_of(out / "cexpr" / "videos" / f"{v:03d}.mp4")
+        writers.write_cexpr_annotation(out / "cexpr" / "annotation" / f"{v:03d}.csv", _segments(names, fps))
+        bar.update()
+    counts["cexpr_videos"] = s.cexpr_videos
+
+    # test videos: every frame one of the 7 challenge classes; ground truth + organisers' template
+    r = rng[5]
+    truth: dict[str, list[int]] = {}
+    for v in range(s.test_videos):
+        vid = f"test{v:03d}"
+        names = render_video(out / "test" / f"{vid}.mp4", r, r.uniform(*s.video_seconds),
+                             labels.CHALLENGE_COMPOUNDS, gaps=False)
+        truth[vid] = [labels.compound_index(n) for n in names]
+        bar.update()
+    # The organisers' list can miss a decoder's last frame: emulate it on the first video.
+    first = sorted(truth)[0]
+    truth[first] = truth[first][:-1]
+    gt = out / "test_ground_truth"
+    submission.write_submission(gt / "ground_truth.txt", truth, overwrite=overwrite)
+    template = [submission.SUBMISSION_HEADER] + [submission.frame_location(v, k + 1)
+                                                 for v in sorted(truth) for k in range(len(truth[v]))]
+    submission.atomic_write_text(gt / "template.txt", "\n".join(template) + "\n", overwrite=overwrite)
+    counts["test_videos"] = s.test_videos
+    counts["test_frames"] = sum(len(t) for t in truth.values())
+    bar.close()
+
+    contact_sheet(out / "contact_sheet.png", seed, size=max(size, 112))
+    info = {"scale": scale, "seed": seed, "image_size": size, "counts": counts,
+            "seconds": round(time.perf_counter() - started, 1), "datasets": dataset_specs(out)}
+    (out / "world.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
+    return info
+
+
+def _fps_of(path: Path) -> float:
+    from abaw_ce.video import video_info
+    return video_info(path).fps
+
+
+def dataset_specs(root: str | Path) -> dict[str, dict]:
+    """Adapter specs (``abaw_ce.data.adapters.load_dataset``) of every labelled set in a world."""
+    root = Path(root)
+    return {
+        "unlabeled": {"format": "image_folder", "root": str(root / "faces"), "source": "synth_faces"},
+        "rafdb_basic": {"format": "rafdb_basic", "root": str(root / "rafdb_basic")},
+        "rafdb_compound": {"format": "rafdb_compound", "root": str(root / "rafdb_compound")},
+        "affectnet": {"format": "affectnet", "csv_path": str(root / "affectnet" / "training.csv"),
+                      "images": str(root / "affectnet" / "images")},
+        "affwild2_expr": {"format": "affwild2_expr", "images": str(root / "affwild2" / writers.AFFWILD2_IMAGES),
+                          "annotations": str(root / "affwild2" / writers.AFFWILD2_EXPR_DIR)},
+        "affwild2_au": {"format": "affwild2_au", "images": str(root / "affwild2" / writers.AFFWILD2_IMAGES),
+                        "annotations": str(root / "affwild2" / writers.AFFWILD2_AU_DIR)},
+        "cexpr": {"format": "cexpr", "root": str(root / "cexpr")},
+    }
