@@ -1,0 +1,96 @@
+"""The synthetic world: determinism, real formats read back, AUs acting where they should."""
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from abaw_ce import labels, submission
+from abaw_ce.data.adapters import load_dataset
+from abaw_ce.synth import face as F
+from abaw_ce.synth.world import Scale, generate_world, sample_aus
+
+MICRO = Scale(image_size=64, unlabeled=20, rafdb_basic=21, rafdb_compound=14, affectnet=14, affwild2_videos=2,
+              affwild2_frames=(20, 30), cexpr_videos=1, test_videos=2, video_seconds=(1.5, 2.0))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    out = tmp_path_factory.mktemp("world")
+    info = generate_world(out, seed=7, scale=MICRO)
+    return out, info
+
+
+def _digest(root, patterns=("**/*.jpg", "**/*.txt", "**/*.csv")):
+    h = hashlib.sha256()
+    for pattern in patterns:
+        for p in sorted(root.glob(pattern)):
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_deterministic_per_seed(world, tmp_path):
+    out, _ = world
+    again = generate_world(tmp_path / "again", seed=7, scale=MICRO)
+    assert _digest(out) == _digest(tmp_path / "again")
+    assert again["counts"] == json.loads((out / "world.json").read_text())["counts"]
+    other = F.render_face(F.Identity.random(np.random.default_rng(8)), np.zeros(17))
+    same = F.render_face(F.Identity.random(np.random.default_rng(7)), np.zeros(17))
+    assert not np.array_equal(other.image, same.image)
+
+
+def test_every_format_reads_back(world):
+    out, info = world
+    tables = {name: load_dataset(spec) for name, spec in info["datasets"].items()}
+    assert len(tables["unlabeled"]) == MICRO.unlabeled
+    assert len(tables["rafdb_basic"]) == MICRO.rafdb_basic
+    assert len(tables["rafdb_compound"]) == MICRO.rafdb_compound
+    assert set(tables["rafdb_compound"]["expression"]) <= set(labels.RAFDB_COMPOUND.values())
+    assert len(tables["affectnet"]) == MICRO.affectnet
+    expr = tables["affwild2_expr"].attrs["reports"]["affwild2_expr"]
+    assert expr["skipped_unannotated"] > 0  # the writer leaves -1 rows, which the adapter counts
+    au = tables["affwild2_au"]
+    assert au[[f"AU{a}" for a in labels.AFFWILD2_AUS]].notna().all(axis=1).all()
+    assert len(tables["cexpr"]) > 0 and tables["cexpr"]["frame"].min() >= 1
+    gt = out / "test_ground_truth"
+    report = submission.validate_submission(gt / "ground_truth.txt", template=gt / "template.txt")
+    assert report.ok, report.format()
+    assert len(list((out / "test").glob("*.mp4"))) == MICRO.test_videos
+    assert (out / "contact_sheet.png").stat().st_size > 10_000
+
+
+def test_test_videos_have_audio_and_varied_format(world):
+    import av
+    out, _ = world
+    for path in sorted((out / "test").glob("*.mp4")):
+        with av.open(str(path)) as c:
+            assert c.streams.video and c.streams.audio
+            assert c.streams.video[0].width > 2 * MICRO.image_size  # the face sits inside a larger scene
+
+
+@pytest.mark.parametrize("au", labels.CEXPR_AUS)
+def test_each_au_changes_its_region(au):
+    identity = F.Identity.random(np.random.default_rng(3))
+    identity.glasses, identity.beard, identity.age = False, 0.0, 0.0
+    unit = 128
+    base = F.render_face(identity, np.zeros(17), unit=unit).image.astype(np.float32)
+    moved = F.render_face(identity, F.au_vector({au: 1.0}), unit=unit).image.astype(np.float32)
+    diff = np.abs(moved - base).sum(axis=2)
+    assert diff.sum() > 500 * 255 / 100, f"AU{au} barely changes the face"
+    x0, y0, x1, y1 = ((np.array(F.AU_REGIONS[au]) + F.MARGIN) * unit).round().astype(int)
+    inside = diff[y0:y1, x0:x1].sum() / diff.sum()
+    assert inside > 0.8, f"AU{au}: only {inside:.0%} of the change lies in its region"
+
+
+def test_expressions_follow_the_prior():
+    rng = np.random.default_rng(0)
+    happy = np.stack([sample_aus("happiness", rng) for _ in range(400)])
+    col = labels.CEXPR_AUS.index
+    assert (happy[:, col(12)] >= 0.55).all() and (happy[:, col(25)] >= 0.55).all()
+    # observational AU6 fires with its prior weight 0.51
+    assert 0.4 < (happy[:, col(6)] >= 0.3).mean() < 0.62
+    compound = sample_aus("Sadly_Angry", rng)
+    assert compound[col(15)] >= 0.55 and compound[col(24)] >= 0.55
+    neutral = np.stack([sample_aus("neutral", rng) for _ in range(50)])
+    assert neutral.max() < 0.15
