@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (InputError, FileExistsError) as err:
+    except (InputError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

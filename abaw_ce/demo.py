@@ -1,61 +1,22 @@
 """`abaw-ce demo`: the pipeline on embedded data, on a CPU, with no downloads.
 
-Stages join as they land. Today: example sets in every real format are written, read back by the
-adapters, split into the seed paper's 5 folds, and a chance-level submission over the example test videos
-is written, validated against the organisers'-style template and scored against the ground truth.
+Stages join as they land. Today: the synthetic world (tiny) is rendered in every real format, read back by
+the adapters and split into the seed paper's 5 folds; the test videos go through the face pipeline; a
+chance-level submission over them is written, validated against the organisers'-style template and scored.
 """
 from __future__ import annotations
 
 import json
 import shutil
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 
-from abaw_ce import labels, submission
-from abaw_ce.data import adapters, folds, writers
+from abaw_ce import submission
+from abaw_ce.data import adapters, folds
+from abaw_ce.synth.world import generate_world
 from abaw_ce.data.table import concat_tables
-
-
-def _swatch(rng: np.random.Generator, expression: str, size: int = 32) -> np.ndarray:
-    """A placeholder image whose colour depends on the expression (until the face renderer lands)."""
-    base = (np.array([zlib.crc32(expression.encode()) % 200, 90, 160]) + rng.integers(0, 40, 3)).clip(0, 255)
-    return (np.ones((size, size, 3)) * base + rng.normal(0, 8, (size, size, 3))).clip(0, 255).astype(np.uint8)
-
-
-def write_example_world(root: Path, seed: int = 0) -> dict:
-    """Small example sets in every format under root; returns the dataset specs that read them back."""
-    rng = np.random.default_rng(seed)
-    basics = [e for e in labels.BASIC_EMOTIONS] + ["neutral"]
-    compounds = list(labels.RAFDB_COMPOUND.values())
-    writers.write_rafdb(root / "rafdb_basic", [(f"train_{i:05d}", _swatch(rng, e), e)
-                                               for i, e in enumerate(rng.choice(basics, 60), 1)], "basic")
-    writers.write_rafdb(root / "rafdb_compound", [(f"train_{i:04d}", _swatch(rng, c), c)
-                                                  for i, c in enumerate(rng.choice(compounds, 55), 1)], "compound")
-    affectnet_names = list(labels.AFFECTNET.values())
-    writers.write_affectnet(root / "affectnet" / "training.csv", root / "affectnet" / "images",
-                            [(f"{i % 3}/{i:04d}.jpg", _swatch(rng, e), e)
-                             for i, e in enumerate(rng.choice(affectnet_names, 50))])
-    for v in range(6):
-        n = int(rng.integers(8, 15))
-        exprs = [str(rng.choice(list(labels.AFFWILD2_EXPR.values()))) if rng.random() > 0.1 else None
-                 for _ in range(n)]
-        frames = [None if rng.random() < 0.05 else _swatch(rng, e or "none") for e in exprs]
-        aus = rng.integers(0, 2, (n, len(labels.AFFWILD2_AUS))).astype(np.float32)
-        aus[rng.random(n) < 0.1] = np.nan
-        writers.write_affwild2_video(root / "affwild2", f"video{v}", frames, exprs, aus)
-    return {
-        "rafdb_basic": {"format": "rafdb_basic", "root": root / "rafdb_basic"},
-        "rafdb_compound": {"format": "rafdb_compound", "root": root / "rafdb_compound"},
-        "affectnet": {"format": "affectnet", "csv_path": root / "affectnet" / "training.csv",
-                      "images": root / "affectnet" / "images"},
-        "affwild2_expr": {"format": "affwild2_expr", "images": root / "affwild2" / writers.AFFWILD2_IMAGES,
-                          "annotations": root / "affwild2" / writers.AFFWILD2_EXPR_DIR},
-        "affwild2_au": {"format": "affwild2_au", "images": root / "affwild2" / writers.AFFWILD2_IMAGES,
-                        "annotations": root / "affwild2" / writers.AFFWILD2_AU_DIR},
-    }
 
 
 DEMO_MARKER = ".abaw-ce-demo"
@@ -74,29 +35,27 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False) -> dict:
     started = time.perf_counter()
     summary: dict = {}
 
-    print(f"[1/3] writing example data in every real format under {out / 'data'}")
-    specs = write_example_world(out / "data", seed)
+    print(f"[1/3] rendering the synthetic world (tiny) in every real format under {out / 'world'}")
+    world = generate_world(out / "world", seed=seed, scale="tiny")
+    # The labelled C-EXPR-DB-style videos are held out for fusion tuning, as in the seed paper's folds.
+    specs = {k: v for k, v in world["datasets"].items() if k not in ("unlabeled", "cexpr")}
     table = concat_tables([adapters.load_dataset(spec) for spec in specs.values()])
     summary["datasets"] = table.attrs["reports"]
     for source, report in table.attrs["reports"].items():
         print(f"      {source:<15} " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report.items()))
+    print(f"      contact sheet of rendered expressions: {out / 'world' / 'contact_sheet.png'}")
 
     print("[2/3] 5-fold split (per source, grouped by identity/video, stratified by label)")
-    labelled = table[table["has_target"] | table["expression"].ne("")].reset_index(drop=True)
-    fold_of = folds.assign_folds(labelled, 5, seed)
-    folds.save_folds(labelled, fold_of, out / "folds", 5, seed)
+    fold_of = folds.assign_folds(table, 5, seed)
+    folds.save_folds(table, fold_of, out / "folds", 5, seed)
     summary["fold_sizes"] = np.bincount(fold_of, minlength=5).tolist()
     print(f"      validation rows per fold: {summary['fold_sizes']} -> {out / 'folds' / 'folds.csv'}")
 
-    print("[3/3] challenge file: chance-level predictions for 3 example test videos, validated and scored")
+    print("[3/3] challenge file: chance-level predictions for the test videos, validated and scored")
+    gt_dir = out / "world" / "test_ground_truth"
+    frames = submission.read_template(gt_dir / "template.txt")
+    lengths = frames.groupby("video")["frame"].max().to_dict()
     rng = np.random.default_rng(seed)
-    lengths = {f"test{v:02d}": int(rng.integers(20, 40)) for v in range(3)}
-    truth = {v: rng.integers(0, 7, n) for v, n in lengths.items()}
-    gt_dir = out / "test_ground_truth"
-    submission.write_submission(gt_dir / "ground_truth.txt", truth)
-    template = "\n".join([submission.SUBMISSION_HEADER] + [
-        submission.frame_location(v, k) for v in sorted(lengths) for k in range(1, lengths[v] + 1)]) + "\n"
-    submission.atomic_write_text(gt_dir / "template.txt", template)
     sub_path = submission.write_submission(out / "submission.txt",
                                            {v: rng.integers(0, 7, n) for v, n in lengths.items()})
     report = submission.validate_submission(sub_path, template=gt_dir / "template.txt")

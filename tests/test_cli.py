@@ -36,7 +36,7 @@ def test_demo_runs_and_protects_other_folders(tmp_path):
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["valid"] and set(summary["datasets"]) >= {"rafdb_basic", "affwild2_au"}
-    assert S.validate_submission(out / "submission.txt", template=out / "test_ground_truth" / "template.txt").ok
+    assert S.validate_submission(out / "submission.txt", template=out / "world" / "test_ground_truth" / "template.txt").ok
     assert run("-m", "abaw_ce.cli", "demo", "--out", out).returncode == 0  # an earlier demo is replaced
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -204,7 +204,9 @@ def write_video(path: Path, frames, fps: int, width: int, height: int, audio: np
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        # One encoder thread keeps the bytes identical run to run (a deterministic world).
         stream.options = {"crf": str(crf), "preset": "veryfast"}
+        stream.codec_context.thread_count = 1
         astream = None
         if audio is not None:
             astream = out.add_stream("aac", rate=sample_rate)
@@ -240,7 +242,7 @@ def render_video(path: Path, rng: np.random.Generator, seconds: float, classes: 
     names, envelope = timeline(rng, n, fps, classes, gaps)
     identity = Identity.random(rng)
     scene = clutter(rng, height, width)
-    base_aus = {name: sample_aus(name, rng) for name in set(n_ for n_ in names if n_)}
+    base_aus = {name: sample_aus(name, rng) for name in sorted(set(n_ for n_ in names if n_))}
     face_px = rng.uniform(0.33, 0.5) * height
     drift = rng.uniform(0, 2 * np.pi, 4)
     absent = np.zeros(n, dtype=bool)
