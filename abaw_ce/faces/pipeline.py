@@ -1,0 +1,491 @@
+"""Videos and images in, aligned face crops out: detection, main-face tracking, alignment, crop cache.
+
+``run_faces`` turns a folder into ``<out>/crops`` (a packed store, see ``abaw_ce.data.packed``),
+``<out>/frames.csv`` (every video frame: video, frame, face_found) and ``<out>/faces_report.json``.
+Bad files are reported with a reason and skipped; the rest of the run goes on.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from abaw_ce.errors import InputError
+from abaw_ce.faces.align import align_face
+from abaw_ce.faces.cache import EntryBuilder, FaceEntry, FrameFaces, cache_key, file_digest
+from abaw_ce.faces.detectors import Detection, FaceDetector, make_detector
+from abaw_ce.faces.tracking import MainFaceTracker, main_face_index
+from abaw_ce.video import VIDEO_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+STORE_DIR = "crops"
+FRAMES_CSV = "frames.csv"
+REPORT_JSON = "faces_report.json"
+DEFAULT_BATCH = 32
+# Videos at least this long get their own frame progress bar.
+FRAME_BAR_MIN_FRAMES = 300
+STATUSES = ("ok", "partial", "no_face", "error", "skipped")
+
+
+# --- reading inputs ----------------------------------------------------------------------------------------
+
+def _check_file(path: Path, what: str) -> None:
+    if not path.is_file():
+        raise InputError(path, f"{what} file not found" if not path.exists() else "not a regular file")
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file (0 bytes)")
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """An image file as HxWx3 uint8 RGB (EXIF rotation applied); InputError when it cannot be read."""
+    from PIL import Image, ImageOps
+
+    path = Path(path)
+    _check_file(path, "image")
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise InputError(path, f"cannot read image ({type(err).__name__}: {err})") from None
+
+
+class VideoReader:
+    """Frames of a video, decoded one at a time with PyAV (nothing but the current frame is held)."""
+
+    def __init__(self, path: str | Path):
+        import av
+
+        self.path = Path(path)
+        _check_file(self.path, "video")
+        self._av_error = av.error.FFmpegError
+        try:
+            self._container = av.open(str(self.path))
+        except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
+            raise InputError(self.path, f"cannot open video ({type(err).__name__}: {err})") from None
+        if not self._container.streams.video:
+            self._container.close()
+            raise InputError(self.path, "no video stream in this file")
+        self._stream = self._container.streams.video[0]
+        self._stream.thread_type = "AUTO"
+        rate = self._stream.average_rate or self._stream.guessed_rate or self._stream.base_rate
+        self.fps = float(rate) if rate else 0.0
+        self.expected_frames = max(0, int(self._stream.frames or 0))  # 0 when the container does not say
+        self.frames_read = 0
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        try:
+            for frame in self._container.decode(self._stream):
+                image = frame.to_ndarray(format="rgb24")
+                self.frames_read += 1
+                yield image
+        except self._av_error as err:
+            raise InputError(self.path, f"decoding failed after {self.frames_read} frames "
+                                        f"({type(err).__name__}: {err})") from None
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def open_video(path: str | Path) -> VideoReader:
+    """Open a video for frame-by-frame decoding; InputError names the file when it cannot be opened."""
+    return VideoReader(path)
+
+
+# --- faces of frames ---------------------------------------------------------------------------------------
+
+def _frame_faces(frame: int, image: np.ndarray, detection: Detection | None, size: int) -> FrameFaces:
+    if detection is None:
+        return FrameFaces(frame=frame, face_found=False)
+    return FrameFaces(frame=frame, face_found=True, box=detection.box, score=detection.score,
+                      landmarks=detection.landmarks, crop=align_face(image, detection.landmarks, size))
+
+
+def process_video(video: str | Path | VideoReader, detector: FaceDetector, size: int = 224,
+                  batch_size: int = DEFAULT_BATCH, tracker: MainFaceTracker | None = None) -> Iterator[FrameFaces]:
+    """Per-frame results (1-based frame numbers) of the main face of a video, decoded batch by batch.
+
+    When decoding fails part-way, the frames decoded before the failure are yielded first, then the
+    InputError is raised.
+    """
+    if not isinstance(video, VideoReader):
+        with open_video(video) as reader:
+            yield from process_video(reader, detector, size, batch_size, tracker)
+        return
+    tracker = tracker if tracker is not None else MainFaceTracker()
+    batch: list[np.ndarray] = []
+    next_frame = 1
+    failure: InputError | None = None
+    frames = iter(video)
+    while True:
+        try:
+            batch.append(next(frames))
+        except StopIteration:
+            break
+        except InputError as err:
+            failure = err
+            break
+        if len(batch) >= batch_size:
+            yield from _track_batch(batch, next_frame, detector, tracker, size)
+            next_frame += len(batch)
+            batch = []
+    if batch:
+        yield from _track_batch(batch, next_frame, detector, tracker, size)
+    if failure is not None:
+        raise failure
+
+
+def _track_batch(images: list[np.ndarray], first_frame: int, detector: FaceDetector, tracker: MainFaceTracker,
+                 size: int) -> list[FrameFaces]:
+    results = []
+    for offset, (image, detections) in enumerate(zip(images, detector.detect_batch(images))):
+        chosen = tracker.update(detections, image.shape)
+        results.append(_frame_faces(first_frame + offset, image, chosen, size))
+    return results
+
+
+@dataclass(eq=False)
+class ImageFaces:
+    """The main face of one image file (``faces`` is None and ``error`` says why when it was unreadable)."""
+
+    path: Path
+    faces: FrameFaces | None
+    error: str = ""
+
+
+def process_images(paths: Iterable[str | Path], detector: FaceDetector, size: int = 224,
+                   batch_size: int = DEFAULT_BATCH) -> Iterator[ImageFaces]:
+    """The largest / most central face of each image, aligned; unreadable images come back with an error."""
+    paths = [Path(p) for p in paths]
+    for start in range(0, len(paths), batch_size):
+        loaded: list[tuple[Path, np.ndarray | None, str]] = []
+        for path in paths[start:start + batch_size]:
+            try:
+                loaded.append((path, load_image(path), ""))
+            except InputError as err:
+                loaded.append((path, None, err.problem))
+        detections = iter(detector.detect_batch([image for _, image, _ in loaded if image is not None]))
+        for path, image, error in loaded:
+            if image is None:
+                yield ImageFaces(path, None, error)
+                continue
+            found = next(detections)
+            index = main_face_index(found, image.shape)
+            yield ImageFaces(path, _frame_faces(-1, image, None if index is None else found[index], size))
+
+
+# --- reports ------------------------------------------------------------------------------------------------
+
+@dataclass
+class FileReport:
+    """What happened to one input file. status: ok, partial, no_face, error or skipped."""
+
+    path: str
+    kind: str  # video, image or other
+    status: str = "ok"
+    reason: str = ""
+    frames: int = 0
+    faces_found: int = 0
+    detection_rate: float | None = None
+    cached: bool = False
+    fps: float | None = None
+
+
+@dataclass
+class FacesReport:
+    input: str
+    output: str
+    detector: str
+    size: int
+    cache_dir: str | None = None
+    complete: bool = False
+    files: list[FileReport] = field(default_factory=list)
+
+    @property
+    def store(self) -> str:
+        return str(Path(self.output) / STORE_DIR)
+
+    @property
+    def totals(self) -> dict[str, Any]:
+        frames = sum(f.frames for f in self.files)
+        faces = sum(f.faces_found for f in self.files)
+        counts = {status: sum(f.status == status for f in self.files) for status in STATUSES}
+        return {"files": len(self.files), **counts,
+                "videos": sum(f.kind == "video" for f in self.files),
+                "images": sum(f.kind == "image" for f in self.files),
+                "cached": sum(f.cached for f in self.files),
+                "frames": frames, "faces_found": faces,
+                "detection_rate": round(faces / frames, 4) if frames else None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"input": self.input, "output": self.output, "store": self.store,
+                "frames_csv": str(Path(self.output) / FRAMES_CSV), "detector": self.detector, "size": self.size,
+                "cache_dir": self.cache_dir, "complete": self.complete, "totals": self.totals,
+                "files": [asdict(f) for f in self.files]}
+
+    def summary(self) -> str:
+        t = self.totals
+        rate = "n/a" if t["detection_rate"] is None else f"{100 * t['detection_rate']:.1f}%"
+        counts = ", ".join(f"{t[s]} {s.replace('_', ' ')}" for s in STATUSES if t[s] or s == "ok")
+        lines = [f"faces: {t['files']} files ({t['videos']} videos, {t['images']} images): {counts}",
+                 f"frames: {t['frames']}, face found in {t['faces_found']} ({rate}); {t['cached']} files from cache",
+                 f"crops: {self.store}  frames: {Path(self.output) / FRAMES_CSV}  "
+                 f"report: {Path(self.output) / REPORT_JSON}"]
+        if not self.complete:
+            lines.append("the run stopped early: outputs hold the files finished before it stopped")
+        for item in self.files:
+            if item.status != "ok":
+                lines.append(f"  {item.status}: {item.path}: {item.reason}")
+        return "\n".join(lines)
+
+
+# --- the folder run -------------------------------------------------------------------------------------
+
+def file_kind(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return "video"
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    return "other"
+
+
+def list_inputs(input_path: Path, exclude: Sequence[Path] = ()) -> list[Path]:
+    """Files under input_path (recursively, sorted, hidden ones and excluded folders left out)."""
+    if input_path.is_file():
+        return [input_path]
+    excluded = [p.resolve() for p in exclude]
+    found = []
+    for path in sorted(input_path.rglob("*")):
+        relative = path.relative_to(input_path)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        resolved = path.resolve()
+        if any(resolved == e or e in resolved.parents for e in excluded):
+            continue
+        found.append(path)
+    return found
+
+
+def entry_names(files: Sequence[Path], root: Path) -> dict[Path, str]:
+    """Key prefix per file: the relative path without suffix, keeping the suffix where two would clash."""
+    def relative(path: Path) -> str:
+        return path.name if root.is_file() else path.relative_to(root).as_posix()
+
+    stems = [relative(p).rsplit(".", 1)[0] if "." in p.name else relative(p) for p in files]
+    clashes = {s for s in stems if stems.count(s) > 1}
+    return {p: (relative(p) if s in clashes else s) for p, s in zip(files, stems)}
+
+
+def _check_output(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a folder; choose another output folder")
+    existing = [name for name in (STORE_DIR, FRAMES_CSV, REPORT_JSON) if (out_dir / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{out_dir} already holds face outputs ({', '.join(existing)}); pass --overwrite "
+                              f"(overwrite=True) to replace them")
+
+
+def _write_json_atomic(path: Path, data: Any) -> None:
+    temp = path.with_name(f".{path.name}.tmp")
+    temp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(temp, path)
+
+
+class _FaceRun:
+    """State of one run_faces call: detector, destinations, and per-file processing."""
+
+    def __init__(self, root: Path, detector: FaceDetector, size: int, work_dir: Path, use_cache: bool,
+                 batch_size: int, progress: bool, writer: Any, frames_csv: Any):
+        self.root = root
+        self.detector = detector
+        self.settings = detector.settings
+        self.size = size
+        self.work_dir = work_dir
+        self.use_cache = use_cache
+        self.batch_size = batch_size
+        self.progress = progress
+        self.writer = writer
+        self.frames_csv = frames_csv
+
+    def relative(self, path: Path) -> str:
+        return path.name if self.root.is_file() else path.relative_to(self.root).as_posix()
+
+    def process(self, path: Path, name: str) -> FileReport:
+        record = FileReport(path=self.relative(path), kind=file_kind(path))
+        if record.kind == "other":
+            record.status = "skipped"
+            record.reason = f"not an image or video file (suffix {path.suffix or '(none)'!r})"
+            log.warning("%s: skipped: %s", record.path, record.reason)
+            return record
+        entry = None
+        try:
+            entry, record.cached = self._entry(path, record.kind)
+            self._store(entry, record, name)
+        except InputError as err:
+            record.status, record.reason = "error", err.problem
+        except Exception as err:  # one bad file must not end the run; keep its reason
+            log.debug("failure on %s", path, exc_info=True)
+            record.status, record.reason = "error", f"{type(err).__name__}: {err}"
+        finally:
+            if not self.use_cache and entry is not None and entry.path is not None:
+                entry.path.unlink(missing_ok=True)  # without a cache, entries only stage crops for the store
+        if record.status != "ok":
+            log.warning("%s: %s: %s", record.path, record.status, record.reason)
+        return record
+
+    def _entry(self, path: Path, kind: str) -> tuple[FaceEntry, bool]:
+        _check_file(path, kind)
+        if not self.use_cache:  # a staging file only: no need to hash the input
+            entry_path = self.work_dir / f"{uuid.uuid4().hex}.npz"
+        else:
+            entry_path = self.work_dir / f"{cache_key(file_digest(path), self.settings, self.size)}.npz"
+        if self.use_cache and entry_path.is_file():
+            try:
+                return FaceEntry.load(entry_path), True
+            except ValueError as err:
+                log.warning("ignoring a damaged cache entry: %s", err)
+        if kind == "video":
+            return self._video_entry(path, entry_path), False
+        result = next(process_images([path], self.detector, self.size))
+        if result.faces is None:
+            raise InputError(path, result.error)
+        entry = FaceEntry.from_frames([result.faces], self.size, settings=self.settings)
+        if self.use_cache:
+            entry.save(entry_path)
+        return entry, False
+
+    def _video_entry(self, path: Path, entry_path: Path) -> FaceEntry:
+        from tqdm import tqdm
+
+        with open_video(path) as video, EntryBuilder(entry_path, self.size, self.settings) as builder:
+            error = ""
+            show_bar = self.progress and video.expected_frames >= FRAME_BAR_MIN_FRAMES
+            with tqdm(total=video.expected_frames or None, desc=path.name, unit="frame", leave=False,
+                      disable=not show_bar) as bar:
+                try:
+                    for item in process_video(video, self.detector, self.size, self.batch_size):
+                        builder.add(item)
+                        bar.update(1)
+                except InputError as err:
+                    if builder.frame_count == 0:
+                        raise
+                    error = err.problem  # keep the frames decoded before the damage
+            if builder.frame_count == 0:
+                raise InputError(path, "no frames could be decoded (truncated or damaged file?)")
+            if not error and builder.frame_count < video.expected_frames:
+                # Truncated files often just end early, without a decoding error.
+                error = (f"the container lists {video.expected_frames} frames but only {builder.frame_count} "
+                         f"could be decoded (truncated or damaged file?)")
+            return builder.commit(fps=video.fps, error=error)
+
+    def _store(self, entry: FaceEntry, record: FileReport, name: str) -> None:
+        record.frames = entry.frame_count
+        record.faces_found = entry.face_count
+        record.detection_rate = round(entry.face_count / entry.frame_count, 4) if entry.frame_count else None
+        face_rows = np.flatnonzero(entry.face_found)
+        start = 0
+        for crops in entry.iter_crops():
+            rows = face_rows[start:start + len(crops)]
+            start += len(crops)
+            frames = entry.frames[rows]
+            keys = [f"{name}/{int(f):05d}" for f in frames] if record.kind == "video" else [name] * len(rows)
+            boxes = entry.boxes[rows].astype(np.float64).round(2)
+            self.writer.add_batch(
+                np.ascontiguousarray(crops), keys, path=[record.path] * len(rows),
+                video=[name if record.kind == "video" else ""] * len(rows), frame=frames.tolist(),
+                x1=boxes[:, 0].tolist(), y1=boxes[:, 1].tolist(), x2=boxes[:, 2].tolist(),
+                y2=boxes[:, 3].tolist(), score=entry.scores[rows].astype(np.float64).round(4).tolist())
+        if record.kind == "video":
+            record.fps = round(entry.fps, 4)
+            self.frames_csv.writerows((name, int(f), int(found)) for f, found in zip(entry.frames, entry.face_found))
+        if entry.error:
+            record.status = "partial"
+            record.reason = entry.error
+        elif entry.face_count == 0:
+            record.status = "no_face"
+            record.reason = (f"no face found in any of the {entry.frame_count} frames" if record.kind == "video"
+                             else "no face found")
+
+
+def run_faces(input_dir: str | Path, out_dir: str | Path, detector: str | FaceDetector = "auto", size: int = 224,
+              cache_dir: str | Path | None = None, overwrite: bool = False, batch_size: int = DEFAULT_BATCH,
+              progress: bool = True, detector_options: dict[str, Any] | None = None) -> FacesReport:
+    """Aligned main-face crops of every video and image under input_dir, written to out_dir.
+
+    Writes ``out_dir/crops`` (packed store; index columns path, video, frame (-1 for images), x1, y1, x2, y2,
+    score), ``out_dir/frames.csv`` and ``out_dir/faces_report.json``; returns the report. With cache_dir,
+    each file's results are kept there under its content hash, so a rerun decodes nothing it has seen.
+    """
+    from tqdm import tqdm
+
+    from abaw_ce.data.packed import PackedWriter
+
+    input_path = Path(input_dir)
+    out_dir = Path(out_dir)
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
+        raise ValueError(f"crop size must be a positive integer, got {size!r}")
+    size = int(size)
+    if not input_path.exists():
+        raise InputError(input_path, "input folder not found")
+    _check_output(out_dir, overwrite)
+    files = list_inputs(input_path, exclude=[out_dir] + ([Path(cache_dir)] if cache_dir else []))
+    if not files:
+        raise InputError(input_path, "no files in this folder")
+    face_detector = detector if isinstance(detector, FaceDetector) else make_detector(
+        detector, **(detector_options or {}))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = FacesReport(input=str(input_path.resolve()), output=str(out_dir.resolve()),
+                         detector=face_detector.settings, size=size,
+                         cache_dir=str(Path(cache_dir).resolve()) if cache_dir else None)
+    names = entry_names(files, input_path)
+    writer = PackedWriter(out_dir / STORE_DIR, size, size, overwrite=overwrite,
+                          extra_meta={"made_by": "abaw_ce.faces", "input": report.input,
+                                      "detector": report.detector, "template": "arcface 5-point", "size": size})
+    frames_temp = out_dir / f".{FRAMES_CSV}.partial"
+    work_dir = None
+    try:
+        if cache_dir is not None:
+            work_dir = Path(cache_dir)
+            work_dir.mkdir(parents=True, exist_ok=True)
+        else:  # entries are still built on disk (bounded memory), then thrown away
+            work_dir = Path(tempfile.mkdtemp(prefix=".faces-work-", dir=out_dir))
+        with open(frames_temp, "w", newline="", encoding="utf-8") as frames_handle:
+            frames_csv = csv.writer(frames_handle)
+            frames_csv.writerow(["video", "frame", "face_found"])
+            run = _FaceRun(input_path, face_detector, size, work_dir, cache_dir is not None, batch_size,
+                           progress, writer, frames_csv)
+            with tqdm(files, desc="faces", unit="file", disable=not progress) as bar:
+                for path in bar:
+                    bar.set_postfix_str(path.name, refresh=False)
+                    report.files.append(run.process(path, names[path]))
+        report.complete = True
+    finally:
+        # Publish whatever was finished, even when interrupted: cached entries make a rerun cheap anyway.
+        try:
+            writer.close()
+            if frames_temp.exists():
+                os.replace(frames_temp, out_dir / FRAMES_CSV)
+            _write_json_atomic(out_dir / REPORT_JSON, report.to_dict())
+        finally:
+            if cache_dir is None and work_dir is not None:
+                shutil.rmtree(work_dir, ignore_errors=True)
+    return report

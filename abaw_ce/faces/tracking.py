@@ -1,0 +1,79 @@
+"""Which face is "the" face: the most prominent one in an image, and the same person across video frames."""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from abaw_ce.faces.detectors import Detection
+
+# A face at the image corner keeps this share of its area as prominence; one at the centre keeps all of it.
+CORNER_WEIGHT = 0.25
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def prominence(detection: Detection, image_shape: Sequence[int]) -> float:
+    """Box area weighted by closeness to the image centre (1 at the centre, CORNER_WEIGHT at a corner)."""
+    height, width = image_shape[:2]
+    cx, cy = detection.center
+    half_diagonal = math.hypot(width / 2, height / 2) or 1.0
+    distance = min(1.0, math.hypot(cx - width / 2, cy - height / 2) / half_diagonal)
+    return detection.area * (1.0 - (1.0 - CORNER_WEIGHT) * distance)
+
+
+def main_face_index(detections: Sequence[Detection], image_shape: Sequence[int]) -> int | None:
+    """Index of the largest / most central detection, or None when there are none."""
+    if not detections:
+        return None
+    return int(np.argmax([prominence(d, image_shape) for d in detections]))
+
+
+class MainFaceTracker:
+    """Follows one face through a video.
+
+    The first frame with faces picks the most prominent one; every later frame picks the detection that
+    overlaps the last tracked box most (IoU >= iou_threshold). Frames where none does return None (no face
+    for this frame, even when other people are visible); after ``max_missed`` such frames in a row the track
+    is considered lost and the most prominent face is picked again.
+    """
+
+    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 5):
+        self.iou_threshold = float(iou_threshold)
+        self.max_missed = int(max_missed)
+        self.reset()
+
+    def reset(self) -> None:
+        self.last_box: tuple[float, float, float, float] | None = None
+        self.missed = 0
+
+    @property
+    def lost(self) -> bool:
+        return self.last_box is None or self.missed >= self.max_missed
+
+    def update(self, detections: Sequence[Detection], image_shape: Sequence[int]) -> Detection | None:
+        """The tracked face among this frame's detections, or None."""
+        chosen: Detection | None = None
+        if detections:
+            if self.lost:
+                chosen = detections[main_face_index(detections, image_shape)]
+            else:
+                overlaps = [box_iou(self.last_box, d.box) for d in detections]
+                best = int(np.argmax(overlaps))
+                if overlaps[best] >= self.iou_threshold:
+                    chosen = detections[best]
+        if chosen is None:
+            if self.last_box is not None:
+                self.missed += 1
+            return None
+        self.last_box = chosen.box
+        self.missed = 0
+        return chosen
