@@ -1,4 +1,4 @@
-"""The `abaw-ce` command: demo, validate, labels (more subcommands join as stages land)."""
+"""The `abaw-ce` command: demo, synth, faces, validate, labels (more subcommands join as stages land)."""
 from __future__ import annotations
 
 import argparse
@@ -98,10 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     synth.set_defaults(func=_synth)
     sub.add_parser("labels", help="print the label orders and the emotion→AU prior").set_defaults(func=_labels)
     sub.add_parser("validate", help="validate a challenge file (same as submit/validate.py)", add_help=False)
+    sub.add_parser("faces", help="detect, align and pack faces of an image or video folder", add_help=False)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["validate"]:
         return validate_main(argv[1:])
+    if argv[:1] == ["faces"]:
+        from abaw_ce.faces.cli import main as faces_main
+        return faces_main(argv[1:], prog="abaw-ce faces")
     args = parser.parse_args(argv)
     try:
         return args.func(args)

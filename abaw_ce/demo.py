@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from abaw_ce import submission
 from abaw_ce.data import adapters, folds
@@ -35,7 +36,7 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False) -> dict:
     started = time.perf_counter()
     summary: dict = {}
 
-    print(f"[1/3] rendering the synthetic world (tiny) in every real format under {out / 'world'}")
+    print(f"[1/4] rendering the synthetic world (tiny) in every real format under {out / 'world'}")
     world = generate_world(out / "world", seed=seed, scale="tiny")
     # The labelled C-EXPR-DB-style videos are held out for fusion tuning, as in the seed paper's folds.
     specs = {k: v for k, v in world["datasets"].items() if k not in ("unlabeled", "cexpr")}
@@ -45,13 +46,24 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False) -> dict:
         print(f"      {source:<15} " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report.items()))
     print(f"      contact sheet of rendered expressions: {out / 'world' / 'contact_sheet.png'}")
 
-    print("[2/3] 5-fold split (per source, grouped by identity/video, stratified by label)")
+    print("[2/4] 5-fold split (per source, grouped by identity/video, stratified by label)")
     fold_of = folds.assign_folds(table, 5, seed)
     folds.save_folds(table, fold_of, out / "folds", 5, seed)
     summary["fold_sizes"] = np.bincount(fold_of, minlength=5).tolist()
     print(f"      validation rows per fold: {summary['fold_sizes']} -> {out / 'folds' / 'folds.csv'}")
 
-    print("[3/3] challenge file: chance-level predictions for the test videos, validated and scored")
+    print("[3/4] face pipeline on the test videos (offline OpenCV detector, 5-point alignment, packed crops)")
+    from abaw_ce.faces.pipeline import run_faces
+    run_faces(out / "world" / "test", out / "faces", detector="opencv", size=112, progress=False)
+    visible = pd.read_csv(out / "world" / "test_ground_truth" / "face_visible.csv")
+    found = visible.merge(pd.read_csv(out / "faces" / "frames.csv"), on=["video", "frame"])
+    shown, empty = found[found["face_visible"] == 1], found[found["face_visible"] == 0]
+    summary["detection_rate"] = float(shown["face_found"].mean())
+    summary["false_detection_rate"] = float(empty["face_found"].mean()) if len(empty) else 0.0
+    print(f"      face found in {summary['detection_rate']:.1%} of {len(shown)} frames that show one, "
+          f"in {summary['false_detection_rate']:.1%} of {len(empty)} frames without -> {out / 'faces'}")
+
+    print("[4/4] challenge file: chance-level predictions for the test videos, validated and scored")
     gt_dir = out / "world" / "test_ground_truth"
     frames = submission.read_template(gt_dir / "template.txt")
     lengths = frames.groupby("video")["frame"].max().to_dict()

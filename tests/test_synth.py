@@ -113,3 +113,19 @@ def test_expressions_follow_the_prior():
     assert compound[col(15)] >= 0.55 and compound[col(24)] >= 0.55
     neutral = np.stack([sample_aus("neutral", rng) for _ in range(50)])
     assert neutral.max() < 0.15
+
+
+def test_offline_detector_finds_rendered_faces_in_test_videos(world, tmp_path):
+    import pandas as pd
+
+    from abaw_ce.faces.pipeline import run_faces
+    out, _ = world
+    run_faces(out / "test", tmp_path / "faces", detector="opencv", size=64, progress=False)
+    visible = pd.read_csv(out / "test_ground_truth" / "face_visible.csv")
+    found = pd.read_csv(tmp_path / "faces" / "frames.csv")
+    merged = visible.merge(found, on=["video", "frame"], how="left")
+    assert len(merged) == len(visible) and merged["face_found"].notna().all()
+    shown = merged[merged["face_visible"] == 1]
+    assert shown["face_found"].mean() >= 0.9, "offline detector misses rendered faces"
+    empty = merged[merged["face_visible"] == 0]
+    assert empty.empty or empty["face_found"].mean() <= 0.1, "faces found in frames without one"

@@ -234,8 +234,11 @@ def class_tone(name: str | None) -> float:
 
 
 def render_video(path: Path, rng: np.random.Generator, seconds: float, classes: tuple[str, ...],
-                 gaps: bool) -> list[str | None]:
-    """A C-EXPR-DB-style video: one identity in a scene, moving, with faceless stretches and audio."""
+                 gaps: bool) -> tuple[list[str | None], np.ndarray]:
+    """A C-EXPR-DB-style video: one identity in a scene, moving, with faceless stretches and audio.
+
+    Returns the per-frame class names and whether a face is visible in each frame.
+    """
     fps = int(rng.choice([24, 25, 30]))
     width, height = [(320, 240), (426, 240), (480, 360), (640, 360)][int(rng.integers(4))]
     n = int(seconds * fps)
@@ -275,7 +278,7 @@ def render_video(path: Path, rng: np.random.Generator, seconds: float, classes: 
     audio = 0.3 * np.sin(2 * np.pi * np.cumsum(pitch) / sample_rate) * envelope[frame_of_sample]
     audio += rng.normal(0, 0.02, len(ts))
     write_video(path, frames(), fps, width, height, audio, sample_rate)
-    return names
+    return names, ~absent
 
 
 # --- the world ---------------------------------------------------------------------------------------
@@ -387,8 +390,8 @@ def generate_world(out: str | Path, seed: int = 0, scale: str | Scale = "tiny", 
     # C-EXPR-DB-style labelled videos (12 compounds + Other, gaps unlabelled)
     r = rng[4]
     for v in range(s.cexpr_videos):
-        names = render_video(out / "cexpr" / "videos" / f"{v:03d}.mp4", r, r.uniform(*s.video_seconds),
-                             labels.CEXPR_CLASSES, gaps=True)
+        names, _ = render_video(out / "cexpr" / "videos" / f"{v:03d}.mp4", r, r.uniform(*s.video_seconds),
+                                labels.CEXPR_CLASSES, gaps=True)
         fps = _fps_of(out / "cexpr" / "videos" / f"{v:03d}.mp4")
         writers.write_cexpr_annotation(out / "cexpr" / "annotation" / f"{v:03d}.csv", _segments(names, fps))
         bar.update()
@@ -397,11 +400,13 @@ def generate_world(out: str | Path, seed: int = 0, scale: str | Scale = "tiny", 
     # test videos: every frame one of the 7 challenge classes; ground truth + organisers' template
     r = rng[5]
     truth: dict[str, list[int]] = {}
+    visible_rows = ["video,frame,face_visible"]
     for v in range(s.test_videos):
         vid = f"test{v:03d}"
-        names = render_video(out / "test" / f"{vid}.mp4", r, r.uniform(*s.video_seconds),
-                             labels.CHALLENGE_COMPOUNDS, gaps=False)
+        names, visible = render_video(out / "test" / f"{vid}.mp4", r, r.uniform(*s.video_seconds),
+                                      labels.CHALLENGE_COMPOUNDS, gaps=False)
         truth[vid] = [labels.compound_index(n) for n in names]
+        visible_rows += [f"{vid},{k + 1},{int(flag)}" for k, flag in enumerate(visible)]
         bar.update()
     # The organisers' list can miss a decoder's last frame: emulate it on the first video.
     first = sorted(truth)[0]
@@ -411,6 +416,8 @@ def generate_world(out: str | Path, seed: int = 0, scale: str | Scale = "tiny", 
     template = [submission.SUBMISSION_HEADER] + [submission.frame_location(v, k + 1)
                                                  for v in sorted(truth) for k in range(len(truth[v]))]
     submission.atomic_write_text(gt / "template.txt", "\n".join(template) + "\n", overwrite=overwrite)
+    # Which frames show a face: the reference for measuring a detector's rate on the test videos.
+    submission.atomic_write_text(gt / "face_visible.csv", "\n".join(visible_rows) + "\n", overwrite=overwrite)
     counts["test_videos"] = s.test_videos
     counts["test_frames"] = sum(len(t) for t in truth.values())
     bar.close()
