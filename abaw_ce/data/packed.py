@@ -108,6 +108,10 @@ class PackedWriter:
 
         self.out_dir.parent.mkdir(parents=True, exist_ok=True)
         self.partial_dir = Path(tempfile.mkdtemp(prefix=f"{self.out_dir.name}.partial-", dir=self.out_dir.parent))
+        # mkdtemp makes a private (0700) folder; the published store gets the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        self.partial_dir.chmod(0o777 & ~umask)
         self._faces_file = open(self.partial_dir / FACES_FILE, "wb")
         self._keys: list[str] = []
         self._seen_keys: set[str] = set()
