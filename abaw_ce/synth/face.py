@@ -128,34 +128,29 @@ class _Canvas:
         pts = (np.asarray(pts, dtype=np.float64) + MARGIN) * self.unit
         return np.round(pts * (1 << self.SHIFT)).astype(np.int32)
 
-    def poly(self, pts, colour, target=None, alpha=1.0):
+    def _draw(self, draw, target, alpha):
+        """Run ``draw(layer)`` on target directly, or on a copy blended back with weight ``alpha``."""
         target = self.img if target is None else target
         if alpha >= 1.0:
-            cv2.fillPoly(target, [self.px(pts)], colour, cv2.LINE_AA, self.SHIFT)
+            draw(target)
         else:
             layer = target.copy()
-            cv2.fillPoly(layer, [self.px(pts)], colour, cv2.LINE_AA, self.SHIFT)
+            draw(layer)
             target[:] = target * (1 - alpha) + layer * alpha
+
+    def poly(self, pts, colour, target=None, alpha=1.0):
+        self._draw(lambda img: cv2.fillPoly(img, [self.px(pts)], colour, cv2.LINE_AA, self.SHIFT), target, alpha)
 
     def line(self, pts, colour, width, alpha=1.0):
         thickness = max(1, int(round(width * self.unit)))
-        if alpha >= 1.0:
-            cv2.polylines(self.img, [self.px(pts)], False, colour, thickness, cv2.LINE_AA, self.SHIFT)
-        else:
-            layer = self.img.copy()
-            cv2.polylines(layer, [self.px(pts)], False, colour, thickness, cv2.LINE_AA, self.SHIFT)
-            self.img[:] = self.img * (1 - alpha) + layer * alpha
+        self._draw(lambda img: cv2.polylines(img, [self.px(pts)], False, colour, thickness, cv2.LINE_AA,
+                                             self.SHIFT), None, alpha)
 
     def ellipse(self, centre, axes, colour, angle=0.0, alpha=1.0, target=None):
-        target = self.img if target is None else target
         c = tuple(int(v) for v in self.px(centre))
         ax = tuple(max(1, int(v)) for v in np.round(np.asarray(axes) * self.unit * (1 << self.SHIFT)))
-        if alpha >= 1.0:
-            cv2.ellipse(target, c, ax, angle, 0, 360, colour, -1, cv2.LINE_AA, self.SHIFT)
-        else:
-            layer = target.copy()
-            cv2.ellipse(layer, c, ax, angle, 0, 360, colour, -1, cv2.LINE_AA, self.SHIFT)
-            target[:] = target * (1 - alpha) + layer * alpha
+        self._draw(lambda img: cv2.ellipse(img, c, ax, angle, 0, 360, colour, -1, cv2.LINE_AA, self.SHIFT),
+                   target, alpha)
 
 
 def _oval(cx, cy, w, h, jaw, chin_drop=0.0, n=72) -> np.ndarray:
@@ -320,7 +315,8 @@ def render_face(identity: Identity, aus: np.ndarray, unit: float = 112.0, pose: 
         cap = np.vstack([_oval(cx, 0.50, idn.face_w * 1.06, idn.face_h * 1.04, 0)[54:],
                          _oval(cx, 0.50, idn.face_w * 1.06, idn.face_h * 1.04, 0)[:19]])
         hairline = 0.14 if idn.hair_style != 3 else 0.27
-        cap = np.vstack([cap, [[0.5 + idn.face_w, hairline + 0.1], [0.5, hairline], [0.5 - idn.face_w, hairline + 0.1]]])
+        fringe = [[0.5 + idn.face_w, hairline + 0.1], [0.5, hairline], [0.5 - idn.face_w, hairline + 0.1]]
+        cap = np.vstack([cap, fringe])
         cv.poly(cap, idn.hair.tolist())
         cv.poly(cap, (1.0,), target=cv.mask)
     if idn.glasses:

@@ -204,7 +204,7 @@ def write_video(path: Path, frames, fps: int, width: int, height: int, audio: np
     with av.open(str(path), "w") as out:
         stream = out.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        # One encoder thread keeps the bytes identical run to run (a deterministic world).
+        # Multi-threaded x264 output varies from run to run; one thread keeps videos (near) identical.
         stream.options = {"crf": str(crf), "preset": "veryfast"}
         stream.codec_context.thread_count = 1
         astream = None
@@ -234,10 +234,10 @@ def class_tone(name: str | None) -> float:
 
 
 def render_video(path: Path, rng: np.random.Generator, seconds: float, classes: tuple[str, ...],
-                 gaps: bool) -> tuple[list[str | None], np.ndarray]:
+                 gaps: bool) -> tuple[list[str | None], np.ndarray, int]:
     """A C-EXPR-DB-style video: one identity in a scene, moving, with faceless stretches and audio.
 
-    Returns the per-frame class names and whether a face is visible in each frame.
+    Returns the per-frame class names, whether a face is visible in each frame, and the frame rate.
     """
     fps = int(rng.choice([24, 25, 30]))
     width, height = [(320, 240), (426, 240), (480, 360), (640, 360)][int(rng.integers(4))]
@@ -278,7 +278,7 @@ def render_video(path: Path, rng: np.random.Generator, seconds: float, classes: 
     audio = 0.3 * np.sin(2 * np.pi * np.cumsum(pitch) / sample_rate) * envelope[frame_of_sample]
     audio += rng.normal(0, 0.02, len(ts))
     write_video(path, frames(), fps, width, height, audio, sample_rate)
-    return names, ~absent
+    return names, ~absent, fps
 
 
 # --- the world ---------------------------------------------------------------------------------------
@@ -375,11 +375,12 @@ def generate_world(out: str | Path, seed: int = 0, scale: str | Scale = "tiny", 
             aus = sample_aus(name, r) * (0.5 + 0.5 * level)
             frames.append(None if r.random() < 0.03 else render_aligned(identity, aus, size, r, 0.02))
             au_rows.append(au_presence(aus))
-        exprs = list(names)
         au_arr = np.asarray(au_rows, dtype=np.float32)
         unannotated = slice(int(r.integers(0, n // 2)), None)
         block = np.arange(n)[unannotated][: max(1, n // 10)]
-        exprs = [None if k in set(block) else e for k, e in enumerate(exprs)]
+        exprs: list[str | None] = list(names)
+        for k in block:
+            exprs[k] = None
         au_arr[block[::-1][: max(1, len(block) // 2)]] = np.nan
         suffix = "_left" if v % 5 == 4 else ""
         writers.write_affwild2_video(out / "affwild2", f"video{v:03d}{suffix}", frames, exprs, au_arr,
@@ -390,9 +391,8 @@ def generate_world(out: str | Path, seed: int = 0, scale: str | Scale = "tiny", 
     # C-EXPR-DB-style labelled videos (12 compounds + Other, gaps unlabelled)
     r = rng[4]
     for v in range(s.cexpr_videos):
-        names, _ = render_video(out / "cexpr" / "videos" / f"{v:03d}.mp4", r, r.uniform(*s.video_seconds),
-                                labels.CEXPR_CLASSES, gaps=True)
-        fps = _fps_of(out / "cexpr" / "videos" / f"{v:03d}.mp4")
+        names, _, fps = render_video(out / "cexpr" / "videos" / f"{v:03d}.mp4", r, r.uniform(*s.video_seconds),
+                                     labels.CEXPR_CLASSES, gaps=True)
         writers.write_cexpr_annotation(out / "cexpr" / "annotation" / f"{v:03d}.csv", _segments(names, fps))
         bar.update()
     counts["cexpr_videos"] = s.cexpr_videos
@@ -403,7 +403,7 @@ def generate_world(out: str | Path, seed: int = 0, scale: str | Scale = "tiny", 
     visible_rows = ["video,frame,face_visible"]
     for v in range(s.test_videos):
         vid = f"test{v:03d}"
-        names, visible = render_video(out / "test" / f"{vid}.mp4", r, r.uniform(*s.video_seconds),
+        names, visible, _ = render_video(out / "test" / f"{vid}.mp4", r, r.uniform(*s.video_seconds),
                                       labels.CHALLENGE_COMPOUNDS, gaps=False)
         truth[vid] = [labels.compound_index(n) for n in names]
         visible_rows += [f"{vid},{k + 1},{int(flag)}" for k, flag in enumerate(visible)]
@@ -427,11 +427,6 @@ def generate_world(out: str | Path, seed: int = 0, scale: str | Scale = "tiny", 
             "seconds": round(time.perf_counter() - started, 1), "datasets": dataset_specs(out)}
     (out / "world.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     return info
-
-
-def _fps_of(path: Path) -> float:
-    from abaw_ce.video import video_info
-    return video_info(path).fps
 
 
 def dataset_specs(root: str | Path) -> dict[str, dict]:
