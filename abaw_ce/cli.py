@@ -81,6 +81,17 @@ def _labels(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_encoder(args: argparse.Namespace) -> int:
+    from abaw_ce.models.export import import_checkpoint, save_encoder
+
+    state, arch, meta = import_checkpoint(args.checkpoint, num_heads=args.num_heads)
+    out = save_encoder(args.out, state, arch, meta["mean"], meta["std"], source=meta["source"],
+                       overwrite=args.overwrite)
+    print(f"imported ViT (width {arch.embed_dim}, depth {arch.depth}, heads {arch.num_heads}, patch "
+          f"{arch.patch_size}, {arch.img_size}px) from {args.checkpoint} -> {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="abaw-ce", description="ABAW compound expression recognition kit")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("--scale", choices=["tiny", "small", "medium"], default="tiny")
     synth.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     synth.set_defaults(func=_synth)
+    imp = sub.add_parser("import-encoder", help="convert an MAE / MAE-Face / FMAE .pth checkpoint into an "
+                                                "encoder export the next stages read")
+    imp.add_argument("checkpoint", type=Path)
+    imp.add_argument("--out", type=Path, required=True)
+    imp.add_argument("--num-heads", type=int, default=None, help="only for non-standard widths")
+    imp.add_argument("--overwrite", action="store_true")
+    imp.set_defaults(func=_import_encoder)
     sub.add_parser("labels", help="print the label orders and the emotion→AU prior").set_defaults(func=_labels)
     sub.add_parser("validate", help="validate a challenge file (same as submit/validate.py)", add_help=False)
     sub.add_parser("faces", help="detect, align and pack faces of an image or video folder", add_help=False)

@@ -1,0 +1,152 @@
+"""Face images from any mix of packed stores, faces-step outputs, image folders and CSV manifests.
+
+Everything is served as ``torch.uint8`` (3, H, W) RGB, whatever the file's mode (grayscale, palette, RGBA,
+CMYK, 16-bit). Files are read when asked for, so an image that turns out truncated or corrupt mid-epoch is
+reported by raising ``UnreadableImage`` and the caller decides to skip it.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile
+from torch.utils.data import ConcatDataset, Dataset
+
+from abaw_ce.data import packed
+from abaw_ce.errors import InputError
+
+# A half-written JPEG should fail loudly rather than come back grey-padded.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class UnreadableImage(Exception):
+    def __init__(self, path: str | Path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """(H, W, 3) uint8 from a PIL image of any mode; 16/32-bit images keep their top 8 bits of range."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        gray = np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels become black rather than whatever colour the encoder left under them.
+        rgba = image.convert("RGBA")
+        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return np.asarray(Image.alpha_composite(black, rgba).convert("RGB"), dtype=np.uint8)
+    return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def read_rgb(path: str | Path) -> torch.Tensor:
+    """One image file as uint8 (3, H, W); raises UnreadableImage when it cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            array = to_rgb_array(image)
+    except FileNotFoundError:
+        raise UnreadableImage(path, "file not found") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise UnreadableImage(path, f"cannot decode ({err})") from None
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise UnreadableImage(path, "image has no pixels")
+    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+
+
+class ImageFiles(Dataset):
+    """Image files by path, read on access."""
+
+    def __init__(self, paths: Sequence[str | Path]):
+        self.paths = [str(p) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return read_rgb(self.paths[i])
+
+    def describe(self, i: int) -> str:
+        return self.paths[i]
+
+
+class StoreFaces(Dataset):
+    """A packed store's crops (already decoded, so never unreadable)."""
+
+    def __init__(self, store_dir: Path):
+        self.faces = packed.PackedFaces(store_dir)
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.faces[i]
+
+    def describe(self, i: int) -> str:
+        return f"{self.faces.store_dir}[row {int(self.faces.rows[i])}]"
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    path: str
+    kind: str  # packed | faces_output | image_folder | manifest
+    count: int
+
+
+def _is_packed_store(path: Path) -> bool:
+    try:
+        meta = json.loads((path / packed.META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == packed.FORMAT_NAME
+
+
+def open_source(path: str | Path) -> tuple[Dataset, SourceInfo]:
+    """Open one image source, recognised by what is on disk."""
+    from abaw_ce.data.adapters import load_image_folder, load_manifest
+    from abaw_ce.faces.pipeline import STORE_DIR
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "image source not found (expected a packed store, a faces-step output folder, "
+                               "an image folder or a CSV manifest)")
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise InputError(path, "a file image source must be a CSV manifest with a 'path' column")
+        table = load_manifest(path)
+        dataset: Dataset = ImageFiles(table["path"].tolist())
+        kind = "manifest"
+    elif _is_packed_store(path):
+        dataset, kind = StoreFaces(path), "packed"
+    elif _is_packed_store(path / STORE_DIR):
+        dataset, kind = StoreFaces(path / STORE_DIR), "faces_output"
+    else:
+        try:
+            table = load_image_folder(path)
+        except PermissionError as err:
+            raise InputError(path, f"cannot read this folder ({err.strerror})") from None
+        dataset, kind = ImageFiles(table["path"].tolist()), "image_folder"
+    if len(dataset) == 0:
+        raise InputError(path, f"this {kind.replace('_', ' ')} holds no images")
+    return dataset, SourceInfo(str(path), kind, len(dataset))
+
+
+class FaceImages(ConcatDataset):
+    """All sources concatenated; ``describe(i)`` names where item i comes from (for skip reports)."""
+
+    def __init__(self, sources: Sequence[str | Path]):
+        if not sources:
+            raise ValueError("no image sources given")
+        opened = [open_source(s) for s in sources]
+        super().__init__([d for d, _ in opened])
+        self.infos = [info for _, info in opened]
+
+    def describe(self, i: int) -> str:
+        source = int(np.searchsorted(self.cumulative_sizes, i, side="right"))
+        start = self.cumulative_sizes[source - 1] if source else 0
+        return self.datasets[source].describe(i - start)

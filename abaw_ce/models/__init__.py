@@ -1,0 +1,1 @@
+"""Models: the shared timm ViT encoder, the MAE around it, encoder exports and imports."""

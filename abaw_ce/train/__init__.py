@@ -1,0 +1,1 @@
+"""Training machinery shared by the stages: run folders, checkpoints, metrics, seeded sampling."""

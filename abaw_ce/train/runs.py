@@ -1,0 +1,215 @@
+"""Run folders shared by every training stage.
+
+A run folder holds ``config.yaml`` (the resolved config), ``metrics.json``, ``checkpoints/update_<n>/``
+(Accelerate states, newest K kept), ``tensorboard/`` and the stage's exports. Checkpoints are written
+under a ``.partial`` name and renamed when complete, so the newest folder is always whole.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+
+from abaw_ce.errors import InputError
+
+CONFIG_FILE = "config.yaml"
+METRICS_FILE = "metrics.json"
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_PATTERN = re.compile(r"update_(\d+)")
+
+
+def cpu_processes_requested() -> bool:
+    """True under torchrun/MPI on a machine without CUDA: Accelerate then needs ``cpu=True`` to use gloo."""
+    import torch
+
+    world = max(int(os.environ.get(k, "1") or 1) for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
+    return world > 1 and not torch.cuda.is_available()
+
+
+def packaged_config(name: str) -> Path:
+    path = resources.files("abaw_ce") / "configs" / f"{name}.yaml"
+    return Path(str(path))
+
+
+def load_config(default: str, config_paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> DictConfig:
+    """The packaged default ``<default>.yaml``, then each YAML of ``config_paths``, then ``key=value`` overrides.
+
+    Keys must exist in the default: a typo is an error naming the key, not a silently ignored setting.
+    """
+    base = OmegaConf.load(packaged_config(default))
+    OmegaConf.set_struct(base, True)
+    layers: list[tuple[str, Any]] = []
+    for config_path in map(Path, config_paths):
+        if not config_path.is_file():
+            raise InputError(config_path, "config file not found")
+        try:
+            layers.append((str(config_path), OmegaConf.load(config_path)))
+        except (OmegaConfBaseException, ValueError) as err:
+            raise InputError(config_path, f"not a valid YAML config ({err})") from None
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like key=value (e.g. train.epochs=10)")
+        try:
+            layers.append((f"override {item!r}", OmegaConf.from_dotlist([item])))
+        except OmegaConfBaseException as err:
+            raise ValueError(f"override {item!r} cannot be parsed ({err})") from None
+    for origin, layer in layers:
+        try:
+            base = OmegaConf.merge(base, layer)
+        except ConfigKeyError as err:
+            key = getattr(err, "full_key", None) or str(err).splitlines()[0]
+            raise ValueError(f"{origin}: unknown config key {key!r}; the known keys are in "
+                             f"{packaged_config(default)}") from None
+        except OmegaConfBaseException as err:
+            raise ValueError(f"{origin}: {str(err).splitlines()[0]}") from None
+    return base
+
+
+def flat_config(config: DictConfig) -> dict[str, Any]:
+    """Dotted keys to scalars (lists as strings), as trackers' hyper-parameter tables want."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), value)
+        elif isinstance(node, (int, float, str, bool)):
+            out[prefix] = node
+        else:
+            out[prefix] = str(node)
+
+    walk("", OmegaConf.to_container(config, resolve=True))
+    return out
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=1)
+            out.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def new_run_name(stage: str) -> str:
+    return f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint so a resumed run continues mid-epoch."""
+    update: int = 0           # optimizer updates done
+    epoch: int = 0            # current epoch
+    batch_in_epoch: int = 0   # micro-batches (per process) consumed in the current epoch
+    images: int = 0           # images seen, all processes
+    skipped: int = 0          # unreadable images replaced, all processes
+
+    def state_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for key, value in state.items():
+            setattr(self, key, int(value))
+
+
+def checkpoint_name(update: int) -> str:
+    return f"update_{update:08d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    folder = run_dir / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = []
+    for entry in folder.iterdir():
+        match = CHECKPOINT_PATTERN.fullmatch(entry.name)
+        if match and entry.is_dir():
+            found.append((int(match.group(1)), entry))
+    return sorted(found)
+
+
+def find_resume_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(run folder, checkpoint folder) from either a run folder (its newest checkpoint) or a checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(path, "resume folder not found")
+    if not path.is_dir():
+        raise InputError(path, "resume must name a run folder or one of its checkpoints/update_* folders")
+    if CHECKPOINT_PATTERN.fullmatch(path.name) and path.parent.name == CHECKPOINT_DIR:
+        return path.parent.parent, path
+    checkpoints = list_checkpoints(path)
+    if not checkpoints:
+        raise InputError(path, f"no checkpoint to resume from (nothing under {path / CHECKPOINT_DIR})")
+    return path, checkpoints[-1][1]
+
+
+def save_checkpoint(accelerator: Any, run_dir: Path, update: int, keep: int) -> Path:
+    """``accelerator.save_state`` into checkpoints/update_<n>, atomically; older ones beyond ``keep`` removed."""
+    final = run_dir / CHECKPOINT_DIR / checkpoint_name(update)
+    partial = final.with_name(final.name + ".partial")
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        if final.exists():  # the same update saved twice (e.g. end of run right after an interval)
+            shutil.rmtree(final)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        os.replace(partial, final)
+        if keep > 0:
+            for _, old in list_checkpoints(run_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+class MetricsLog:
+    """``metrics.json``: a list of records, rewritten atomically; a resumed run drops records past its checkpoint."""
+
+    def __init__(self, path: Path, resume_update: int | None = None):
+        self.path = path
+        self.records: list[dict[str, Any]] = []
+        if resume_update is not None and path.is_file():
+            try:
+                self.records = [r for r in json.loads(path.read_text(encoding="utf-8"))
+                                if r.get("update", 0) <= resume_update]
+            except (ValueError, AttributeError):
+                self.records = []
+
+    def append(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        atomic_write_json(self.path, self.records)
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """A new run needs an empty or absent folder; --overwrite clears only a folder that is itself a run."""
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{run_dir} already exists and is not empty; pass --resume {run_dir} to "
+                                  f"continue it, --overwrite to start it again, or another output.dir")
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise FileExistsError(f"{run_dir} is not a run folder ({CONFIG_FILE} missing); refusing to delete it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def config_differences(saved: DictConfig, current: DictConfig, sections: Sequence[str]) -> list[str]:
+    """Keys under ``sections`` whose values differ between two configs (resume safety check)."""
+    a, b = flat_config(saved), flat_config(current)
+    keys = sorted(k for k in set(a) | set(b) if k.split(".")[0] in sections)
+    return [f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]

@@ -1,0 +1,9 @@
+"""Stage 1, MAE face pretraining: ``accelerate launch pretrain/mae.py [--config FILE] [key=value ...]``."""
+from __future__ import annotations
+
+import sys
+
+from abaw_ce.train.mae_cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
