@@ -67,7 +67,7 @@ def test_pretraining_learns_and_exports(faces, tmp_path):
     first, last = metrics[0]["loss"], metrics[-1]["loss"]
     assert last < 0.8 * first, (first, last)
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
-    assert (run / "reconstructions" / "update_00000000.png").is_file()
+    assert (run / "reconstructions" / "update_00000000.png").is_file() and (run / "loss.png").is_file()
     assert (run / "reconstructions" / "update_00000072.png").is_file()
     assert list((run / "tensorboard").rglob("events.out.tfevents*"))
     model, meta = load_encoder(run / "export")
@@ -84,7 +84,7 @@ def test_pretraining_learns_and_exports(faces, tmp_path):
 
 def test_interrupted_then_resumed_equals_uninterrupted(faces, tmp_path):
     common = [*TINY, f"data.sources=[{faces}]", "train.epochs=2", "train.batch_size=4", "train.grad_accum=2",
-              "train.checkpoint_every=2", "train.keep_checkpoints=2"]
+              "train.checkpoint_every=2", "train.keep_checkpoints=2", "optim.clip_grad=0.5"]
     straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
     run_stage(*common, f"output.dir={straight}")
     # stop mid-epoch (6 updates per epoch), then resume with DataLoader workers this time
@@ -183,3 +183,20 @@ def test_bad_requests_get_clear_errors(faces, tmp_path, capsys):
     run = tmp_path / "run"
     run_stage(*TINY, f"data.sources=[{faces}]", "train.epochs=1", "train.batch_size=16", f"output.dir={run}")
     assert "model.depth" in fails("--resume", run, "model.depth=3")
+
+
+def test_sources_mix_packed_stores_faces_outputs_manifests_and_folders(faces, tmp_path):
+    from abaw_ce.data.images import FaceImages
+    from abaw_ce.data.packed import pack_image_files
+
+    files = sorted(faces.iterdir())
+    pack_image_files(files[:5], tmp_path / "store", 32, 32)
+    pack_image_files(files[5:8], tmp_path / "faces_out" / "crops", 32, 32)
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("path\n" + "".join(f"{p}\n" for p in files[8:10]))
+    dataset = FaceImages([tmp_path / "store", tmp_path / "faces_out", manifest, faces])
+    assert [info.kind for info in dataset.infos] == ["packed", "faces_output", "manifest", "image_folder"]
+    assert len(dataset) == 5 + 3 + 2 + 48
+    assert torch.equal(dataset[0], read_rgb(files[0]))
+    assert torch.equal(dataset[9], read_rgb(files[9]))
+    assert dataset.describe(6).endswith("[row 1]") and dataset.describe(8) == str(files[8])

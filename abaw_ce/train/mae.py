@@ -324,6 +324,8 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
                 source={"stage": "mae", "run": run_dir.name, "update": progress.update, "epochs": progress.epoch,
                         "images_seen": progress.images, "config": runs.CONFIG_FILE})
             accelerator.print(f"exported encoder -> {export}")
+        runs.plot_metrics(metrics.records, run_dir / "loss.png", ("loss", "lr", "images_per_s"),
+                          title=f"MAE pretraining, {run_dir.name}")
         _write_status(run_dir, "finished" if finished else "stopped", progress, total_updates,
                       checkpoint=str(last_good.relative_to(run_dir)) if last_good else None)
         if not finished:

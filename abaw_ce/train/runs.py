@@ -196,6 +196,33 @@ class MetricsLog:
         atomic_write_json(self.path, self.records)
 
 
+def plot_metrics(records: Sequence[dict[str, Any]], path: Path, keys: Sequence[str] = ("loss", "lr"),
+                 title: str = "") -> Path | None:
+    """One panel per key against the update number; None when there is nothing to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if any(k in r for r in records)]
+    if not records or not keys:
+        return None
+    fig, axes = plt.subplots(len(keys), 1, figsize=(6, 2.2 * len(keys)), sharex=True, squeeze=False)
+    for ax, key in zip(axes[:, 0], keys):
+        points = [(r["update"], r[key]) for r in records if key in r]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 30 else None)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("update")
+    if title:
+        axes[0, 0].set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     """A new run needs an empty or absent folder; --overwrite clears only a folder that is itself a run."""
     if run_dir.exists() and any(run_dir.iterdir()):
