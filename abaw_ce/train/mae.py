@@ -228,7 +228,7 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
     running_count = torch.zeros((), device=device)
     nonfinite = torch.zeros((), device=device, dtype=torch.bool)
     skipped = torch.zeros((), device=device, dtype=torch.long)
-    last_good = runs.list_checkpoints(run_dir)[-1][1] if checkpoint is not None else None
+    last_good = checkpoint
     stop_at = total_updates if t.stop_after_updates is None else min(total_updates, int(t.stop_after_updates))
     tick, tick_update = time.perf_counter(), progress.update
     bar = tqdm(total=total_updates, initial=progress.update, desc="mae", unit="upd",
@@ -270,6 +270,10 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
             save_reconstructions(unwrapped, vis_batch, list(config.data.mean), list(config.data.std),
                                  run_dir / RECON_DIR / f"{runs.checkpoint_name(progress.update)}.png")
 
+    if checkpoint is not None and progress.update >= stop_at and (run_dir / EXPORT_DIR).is_dir():
+        accelerator.print(f"{run_dir} already finished at update {progress.update}; nothing to do")
+        accelerator.end_training()
+        return run_dir
     model.train()
     if progress.update == 0 and accelerator.is_main_process:
         visualise_now()
