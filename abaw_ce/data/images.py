@@ -6,7 +6,6 @@ reported by raising ``UnreadableImage`` and the caller decides to skip it.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,14 +97,6 @@ class SourceInfo:
     count: int
 
 
-def _is_packed_store(path: Path) -> bool:
-    try:
-        meta = json.loads((path / packed.META_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("format") == packed.FORMAT_NAME
-
-
 def open_source(path: str | Path) -> tuple[Dataset, SourceInfo]:
     """Open one image source, recognised by what is on disk."""
     from abaw_ce.data.adapters import load_image_folder, load_manifest
@@ -121,9 +112,9 @@ def open_source(path: str | Path) -> tuple[Dataset, SourceInfo]:
         table = load_manifest(path)
         dataset: Dataset = ImageFiles(table["path"].tolist())
         kind = "manifest"
-    elif _is_packed_store(path):
+    elif packed.is_store(path):
         dataset, kind = StoreFaces(path), "packed"
-    elif _is_packed_store(path / STORE_DIR):
+    elif packed.is_store(path / STORE_DIR):
         dataset, kind = StoreFaces(path / STORE_DIR), "faces_output"
     else:
         try:

@@ -64,7 +64,7 @@ def _cell(key: str, column: str, value: Any) -> Any:
     raise ValueError(f"crop {key!r}: column {column!r} must be a string or number, got {type(value).__name__}")
 
 
-def _is_store(path: Path) -> bool:
+def is_store(path: Path) -> bool:
     try:
         meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -83,7 +83,7 @@ def _check_destination(out_dir: Path, overwrite: bool) -> None:
     if not overwrite:
         raise FileExistsError(f"{out_dir} already exists and is not empty; pass --overwrite (overwrite=True) "
                               f"to replace it")
-    if not _is_store(out_dir):
+    if not is_store(out_dir):
         # overwrite=True deletes the folder, so only do it to something this module wrote.
         raise FileExistsError(f"{out_dir} is not empty and is not a packed store ({META_FILE} missing or foreign); "
                               f"refusing to delete it even with --overwrite")
