@@ -15,3 +15,13 @@ def put_image(path: Path, size: int = 8, value: int = 128) -> Path:
 @pytest.fixture
 def image_factory():
     return put_image
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """The tiny synthetic world, rendered once per test session (about 15 s)."""
+    from abaw_ce.synth.world import generate_world
+
+    root = tmp_path_factory.mktemp("tiny_world") / "world"
+    generate_world(root, seed=0, scale="tiny")
+    return root

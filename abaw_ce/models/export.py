@@ -58,10 +58,14 @@ def _atomic_dir(out_dir: Path, overwrite: bool) -> Path:
 
 def save_encoder(out_dir: str | Path, state: Mapping[str, torch.Tensor], arch: VitArch, mean: list[float],
                  std: list[float], source: Mapping[str, Any], overwrite: bool = False,
-                 history: list[Mapping[str, Any]] | None = None) -> Path:
-    """Write an export folder atomically; ``source`` says which run/update/checkpoint it came from."""
+                 history: list[Mapping[str, Any]] | None = None, head: Mapping[str, Any] | None = None) -> Path:
+    """Write an export folder atomically; ``source`` says which run/update/checkpoint it came from.
+
+    ``head`` (``{"task", "labels", "activation", ...}``) marks a classifier export whose state also holds
+    ``head.weight``/``head.bias`` with one output per label.
+    """
     out_dir = Path(out_dir)
-    check_encoder_state(state, arch, out_dir / WEIGHTS_FILE)
+    check_encoder_state(state, arch, out_dir / WEIGHTS_FILE, num_classes=len(head["labels"]) if head else 0)
     partial = _atomic_dir(out_dir, overwrite)
     try:
         tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
@@ -69,6 +73,8 @@ def save_encoder(out_dir: str | Path, state: Mapping[str, torch.Tensor], arch: V
         meta = {"format": ENCODER_FORMAT, "version": ENCODER_VERSION, "arch": arch.to_dict(),
                 "pooling": "avg+fc_norm", "mean": list(map(float, mean)), "std": list(map(float, std)),
                 "source": dict(source), "history": list(history or [])}
+        if head is not None:
+            meta["head"] = dict(head)
         (partial / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         umask = os.umask(0)
         os.umask(umask)
@@ -103,9 +109,11 @@ def read_encoder_meta(export_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
-def check_encoder_state(state: Mapping[str, torch.Tensor], arch: VitArch, path: str | Path) -> None:
+def check_encoder_state(state: Mapping[str, torch.Tensor], arch: VitArch, path: str | Path,
+                        num_classes: int = 0) -> None:
     """Raise InputError listing missing, unexpected and wrongly shaped keys against ``arch``."""
-    expected = {k: tuple(v.shape) for k, v in build_vit(arch, pooled_norm=True).state_dict().items()}
+    expected = {k: tuple(v.shape) for k, v in
+                build_vit(arch, pooled_norm=True, num_classes=num_classes).state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
@@ -131,42 +139,69 @@ def _resize_pos_embed(state: dict[str, torch.Tensor], arch: VitArch) -> None:
                                                 old_size=[old, old], num_prefix_tokens=1)
 
 
+def _read_export(path: Path, num_heads: int | None) -> tuple[dict[str, torch.Tensor], VitArch, dict[str, Any]]:
+    if path.suffix.lower() in FOREIGN_SUFFIXES:
+        return import_checkpoint(path, num_heads=num_heads)
+    export_dir = path.parent if path.name in (WEIGHTS_FILE, META_FILE) else path
+    if not export_dir.exists():
+        raise InputError(export_dir, "encoder export not found")
+    meta = read_encoder_meta(export_dir)
+    weights = export_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise InputError(weights, "file not found; the export is incomplete")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as err:
+        raise InputError(weights, f"cannot read safetensors ({err})") from None
+    head = meta.get("head")
+    check_encoder_state(state, meta["arch"], weights, num_classes=len(head["labels"]) if head else 0)
+    return state, meta["arch"], meta
+
+
 def load_encoder(path: str | Path, img_size: int | None = None, num_classes: int = 0,
-                 num_heads: int | None = None, **vit_kwargs: Any) -> tuple[VisionTransformer, dict[str, Any]]:
+                 num_heads: int | None = None, keep_head: bool = False,
+                 **vit_kwargs: Any) -> tuple[VisionTransformer, dict[str, Any]]:
     """A timm ViT (avg pooling + fc_norm) from an export folder / its files, or a foreign MAE checkpoint.
 
     ``img_size`` resizes the position table (bicubic) when it differs from the checkpoint's; ``num_heads``
-    is only needed for a foreign checkpoint of non-standard width.
+    is only needed for a foreign checkpoint of non-standard width. A classifier export's head is dropped
+    (a fresh ``num_classes`` head is made) unless ``keep_head``; see ``load_classifier``.
     Returns (model, meta); ``meta['arch']`` is the architecture actually built.
     """
     path = Path(path)
-    if path.suffix.lower() in FOREIGN_SUFFIXES:
-        state, arch, meta = import_checkpoint(path, num_heads=num_heads)
+    state, arch, meta = _read_export(path, num_heads)
+    head = meta.get("head")
+    if keep_head:
+        if not head:
+            raise InputError(path, "this export has no classifier head (it is an encoder-only export)")
+        num_classes = len(head["labels"])
     else:
-        export_dir = path.parent if path.name in (WEIGHTS_FILE, META_FILE) else path
-        if not export_dir.exists():
-            raise InputError(export_dir, "encoder export not found")
-        meta = read_encoder_meta(export_dir)
-        arch = meta["arch"]
-        weights = export_dir / WEIGHTS_FILE
-        if not weights.is_file():
-            raise InputError(weights, "file not found; the export is incomplete")
-        try:
-            state = load_file(str(weights))
-        except (SafetensorError, OSError) as err:
-            raise InputError(weights, f"cannot read safetensors ({err})") from None
-        check_encoder_state(state, arch, weights)
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
     if img_size is not None and img_size != arch.img_size:
         arch = VitArch(**{**arch.to_dict(), "img_size": int(img_size)})
         _resize_pos_embed(state, arch)
     model = build_vit(arch, pooled_norm=True, num_classes=num_classes, **vit_kwargs)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    allowed_missing = {k for k in model.state_dict() if k.startswith("head.")}
+    allowed_missing = set() if keep_head else {k for k in model.state_dict() if k.startswith("head.")}
     if set(missing) - allowed_missing or unexpected:
         raise InputError(path, f"weights do not fit: missing {sorted(set(missing) - allowed_missing)}, "
                                f"unexpected {sorted(unexpected)}")
     meta = {**meta, "arch": arch}
     return model, meta
+
+
+def load_classifier(path: str | Path, img_size: int | None = None) -> tuple[VisionTransformer, dict[str, Any]]:
+    """An exported fine-tuned model with its head; ``meta['head']['labels']`` names the outputs."""
+    return load_encoder(path, img_size=img_size, keep_head=True)
+
+
+def export_meta_summary(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """What a later export records about the one it was trained from (its ``history`` entry)."""
+    arch = meta["arch"]
+    return {"source": meta.get("source", {}), "arch": arch.to_dict() if isinstance(arch, VitArch) else arch,
+            "mean": meta.get("mean"), "std": meta.get("std"),
+            **({"head": {k: meta["head"][k] for k in ("task", "labels") if k in meta["head"]}}
+               if meta.get("head") else {})}
 
 
 def _sha256(path: Path) -> str:

@@ -331,7 +331,7 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
         runs.plot_metrics(metrics.records, run_dir / "loss.png", ("loss", "lr", "images_per_s"),
                           title=f"MAE pretraining, {run_dir.name}")
         _write_status(run_dir, "finished" if finished else "stopped", progress, total_updates,
-                      checkpoint=str(last_good.relative_to(run_dir)) if last_good else None)
+                      checkpoint=f"{runs.CHECKPOINT_DIR}/{last_good.name}" if last_good else None)
         if not finished:
             accelerator.print(f"stopped at update {progress.update}/{total_updates}; continue with "
                               f"--resume {run_dir}")

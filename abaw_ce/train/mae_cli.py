@@ -20,7 +20,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="continue a run from its newest checkpoint (or from the checkpoint folder given)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder (output.dir)")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     if args.resume == "":
         parser.error("--resume needs the run folder to continue (e.g. --resume runs/mae-20261130-101500)")
     return args

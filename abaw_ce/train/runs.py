@@ -235,6 +235,25 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
+class discard_if_unused:
+    """Context manager: remove a just-created run folder when setup fails before any training output exists,
+    so fixing a typo and re-running the same command works."""
+
+    def __init__(self, run_dir: Path, created: bool):
+        self.run_dir, self.created = run_dir, created
+
+    def __enter__(self) -> "discard_if_unused":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None or not self.created or not self.run_dir.is_dir():
+            return
+        produced = [p for p in self.run_dir.rglob("*") if p.is_file()
+                    and p.name not in (CONFIG_FILE, "folds.csv", "folds.json")]
+        if not produced:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
 def config_differences(saved: DictConfig, current: DictConfig, sections: Sequence[str]) -> list[str]:
     """Keys under ``sections`` whose values differ between two configs (resume safety check)."""
     a, b = flat_config(saved), flat_config(current)

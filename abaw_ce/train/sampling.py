@@ -54,10 +54,11 @@ class EpochSampler(Sampler):
 
 
 class SeededSamples(Dataset):
-    """``make(image, key)`` applied to ``base[index]`` with the CPU RNG seeded from (seed, epoch, index).
+    """``make(image)`` applied to ``base[index]`` with the CPU RNG seeded from (seed, epoch, index).
 
     An unreadable image is replaced by the next readable item (same seed stream) and counted in the
-    sample's ``skipped`` field, so a bad file costs one warning instead of the run.
+    sample's ``skipped`` field (``index`` is the item actually served), so a bad file costs one warning
+    instead of the run. A base item may be a dict with an ``image`` and fields passed through untouched.
     """
 
     def __init__(self, base: Dataset, make: Callable[[torch.Tensor], dict[str, Any]], seed: int):
@@ -79,10 +80,16 @@ class SeededSamples(Dataset):
                     self._warned.add(item)
                     log.warning("skipping unreadable image %s", err)
                 continue
+            extras: dict[str, Any] = {}
+            if isinstance(image, dict):  # labelled items: {"image": ..., "target": ..., ...}
+                extras = {k: v for k, v in image.items() if k != "image"}
+                image = image["image"]
             with torch.random.fork_rng(devices=[]):
                 torch.default_generator.manual_seed(derived_seed(self.seed, epoch, _SAMPLE, index))
                 sample = self.make(image)
+            sample.update(extras)
             sample["skipped"] = torch.tensor(skipped)
+            sample["index"] = torch.tensor(item)
             return sample
         raise RuntimeError(f"{min(MAX_REPLACEMENTS, size)} images in a row from item {index} could not be read; "
                            f"the data looks broken (see the warnings above)")

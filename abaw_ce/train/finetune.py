@@ -1,0 +1,371 @@
+"""Stages 2 and 3 on the shared engine: AU fine-tuning (``finetune/au.py``) and the 5-fold multi-label
+basic-emotion models (``finetune/emotion.py``)."""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from accelerate.utils import set_seed
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from abaw_ce import labels
+from abaw_ce.data import folds as folds_lib
+from abaw_ce.data.adapters import load_dataset
+from abaw_ce.data.labelled import FaceTransform, TableSamples
+from abaw_ce.data.table import au_arrays, concat_tables, targets as table_targets
+from abaw_ce.errors import InputError
+from abaw_ce.models.export import export_meta_summary, load_classifier, load_encoder, save_encoder
+from abaw_ce.models.vit import build_vit, vit_arch
+from abaw_ce.train import engine, runs
+from abaw_ce.train.losses import (binary_kl, inverse_frequency_weights, masked_bce_pos_weight, pos_weights,
+                                  weighted_bce)
+from abaw_ce.train.metrics import evaluate_multilabel
+from abaw_ce.train.sampling import SeededSamples, derived_seed
+
+log = logging.getLogger(__name__)
+
+FOLD_PREFIX = "fold_"
+OOF_FILE = "oof.csv"
+FROZEN_ON_RESUME = ("model", "data", "loss", "optim", "distill", "train.batch_size", "train.grad_accum",
+                    "train.seed", "train.ema", "train.ema_decay", "train.mixup_alpha")
+
+
+# ---------------------------------------------------------------- encoder and inputs
+
+def build_backbone(config: DictConfig, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+    """The ViT to fine-tune, its input settings and the metadata of where it came from.
+
+    ``model.encoder`` null means random initialisation (the "no MAE pretraining" ablation row). An encoder
+    whose image size or normalisation differs from an explicit config value is refused unless
+    ``model.resize_pos_embed`` asks for the resize.
+    """
+    m, d = config.model, config.data
+    if m.encoder in (None, "none"):
+        size = m.img_size or m.arch.img_size
+        arch = vit_arch(m.arch.size, img_size=size, patch_size=m.arch.patch_size, embed_dim=m.arch.embed_dim,
+                        depth=m.arch.depth, num_heads=m.arch.num_heads)
+        model = build_vit(arch, pooled_norm=True, num_classes=num_classes, drop_path_rate=m.drop_path)
+        mean = list(d.mean) if d.mean is not None else [0.485, 0.456, 0.406]
+        std = list(d.std) if d.std is not None else [0.229, 0.224, 0.225]
+        return model, {"arch": arch, "mean": mean, "std": std, "history": [],
+                       "source": {"stage": "random-init"}}
+    encoder_path = Path(m.encoder)
+    _, probe = load_encoder(encoder_path)  # reads metadata and checks the weights once
+    native = probe["arch"].img_size
+    if m.img_size is not None and m.img_size != native and not m.resize_pos_embed:
+        raise ValueError(f"encoder {encoder_path} was trained at {native} px but model.img_size is {m.img_size}; "
+                         f"set model.img_size={native}, or model.resize_pos_embed=true to resize its "
+                         f"position table")
+    for key in ("mean", "std"):
+        wanted = d[key]
+        if wanted is not None and [round(float(x), 6) for x in wanted] != [round(float(x), 6) for x in probe[key]]:
+            raise ValueError(f"data.{key} {list(wanted)} differs from the normalisation the encoder {encoder_path} "
+                             f"was trained with ({probe[key]}); leave data.{key} null to use the encoder's")
+    model, meta = load_encoder(encoder_path, img_size=m.img_size, num_classes=num_classes,
+                               drop_path_rate=m.drop_path)
+    if m.img_size is not None and m.img_size != native:
+        print(f"resized the position table of {encoder_path} from {native} px to {m.img_size} px")
+    return model, meta
+
+
+def _transforms(config: DictConfig, img_size: int, mean: list[float], std: list[float]
+                ) -> tuple[FaceTransform, FaceTransform]:
+    a = config.data.augment
+    train = FaceTransform(img_size, mean, std, train=True, crop_scale=tuple(a.crop_scale), hflip=a.hflip,
+                          rotation=a.rotation, color_jitter=a.color_jitter)
+    return train, FaceTransform(img_size, mean, std, train=False)
+
+
+def load_tables(specs: Sequence[Any], non_basic: str | None = None) -> pd.DataFrame:
+    if not specs:
+        raise ValueError("data.datasets is empty; list the labelled sets, e.g. "
+                         "data.datasets=[{format:rafdb_basic,root:data/RAF-DB/basic}]")
+    tables = []
+    for spec in specs:
+        spec = dict(OmegaConf.to_container(spec, resolve=True)) if isinstance(spec, DictConfig) else dict(spec)
+        if non_basic is not None and spec.get("format") not in ("affwild2_au", "image_folder"):
+            spec.setdefault("non_basic", non_basic)
+        tables.append(load_dataset(spec))
+    return concat_tables(tables)
+
+
+def _export_fn(stage: str, task: str, label_names: Sequence[str], arch_meta: dict[str, Any], run_dir: Path,
+               table: pd.DataFrame | None = None, mean: list[float] | None = None, std: list[float] | None = None):
+    """Write the best (EMA) weights as a classifier export, and the validation probabilities beside it."""
+    history = [export_meta_summary(arch_meta)] + list(arch_meta.get("history", []))
+
+    def export(model: nn.Module, out: Path, result: dict[str, Any], outputs: dict[str, np.ndarray]) -> None:
+        state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+        save_encoder(out, state, arch_meta["arch"], mean, std, overwrite=True, history=history,
+                     source={"stage": stage, "run": str(run_dir), "epoch": result["epoch"],
+                             "val_score": result["score"]},
+                     head={"task": task, "labels": list(label_names), "activation": "sigmoid",
+                           "thresholds": result.get("thresholds", {})})
+        if table is not None:
+            index = outputs["index"].astype(int)
+            frame = table.iloc[index][["path", "frame", "source", "group"]].reset_index(drop=True)
+            for j, name in enumerate(label_names):
+                frame[f"y_{name}"] = outputs["target"][:, j]
+            for j, name in enumerate(label_names):
+                frame[f"p_{name}"] = outputs["probs"][:, j]
+            frame.to_csv(run_dir / OOF_FILE, index=False)
+
+    return export
+
+
+def _samples(dataset: TableSamples, transform: FaceTransform, seed: int) -> SeededSamples:
+    return SeededSamples(dataset, transform, seed=seed)
+
+
+# ---------------------------------------------------------------- teachers
+
+class ProbabilityEnsemble(nn.Module):
+    """Several classifiers as one: the logit of their mean sigmoid probability."""
+
+    def __init__(self, models: Sequence[nn.Module]):
+        super().__init__()
+        self.models = nn.ModuleList(models)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        probs = torch.stack([torch.sigmoid(m(images).float()) for m in self.models]).mean(dim=0)
+        return torch.logit(probs, eps=1e-6)
+
+
+def resolve_teacher_paths(spec: Any, fold: int | None) -> list[Path]:
+    """Exports named by ``distill.teachers``: export folders, or an emotion run (its same-fold export, so
+    the teacher never saw this fold's validation data)."""
+    if spec is None:
+        return []
+    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    paths: list[Path] = []
+    for item in map(Path, items):
+        if (item / "export").is_dir() or not item.exists():
+            paths.append(item / "export" if (item / "export").is_dir() else item)
+        elif fold is not None and (item / f"{FOLD_PREFIX}{fold}" / "export").is_dir():
+            paths.append(item / f"{FOLD_PREFIX}{fold}" / "export")
+        elif any(item.glob(f"{FOLD_PREFIX}*/export")):
+            raise InputError(item, f"this emotion run has no finished fold {fold} export to distil from")
+        else:
+            paths.append(item)
+    return paths
+
+
+def load_teacher(paths: Sequence[Path], img_size: int, mean: list[float], std: list[float]) -> nn.Module | None:
+    if not paths:
+        return None
+    models = []
+    for path in paths:
+        model, meta = load_classifier(path)
+        head = meta.get("head") or {}
+        if list(head.get("labels", [])) != list(labels.BASIC_EMOTIONS):
+            raise InputError(path, f"teacher outputs {head.get('labels')}, expected the basic emotions in the "
+                                   f"kit's order {list(labels.BASIC_EMOTIONS)}; refusing to distil from it")
+        if meta["arch"].img_size != img_size or [round(x, 6) for x in meta["mean"]] != [round(x, 6) for x in mean] \
+                or [round(x, 6) for x in meta["std"]] != [round(x, 6) for x in std]:
+            raise InputError(path, f"teacher expects {meta['arch'].img_size} px with mean {meta['mean']} std "
+                                   f"{meta['std']}, the student {img_size} px with mean {mean} std {std}")
+        models.append(model.eval())
+    return models[0] if len(models) == 1 else ProbabilityEnsemble(models)
+
+
+# ---------------------------------------------------------------- runs
+
+def start_or_resume(stage: str, config: DictConfig, resume: str | None, overrides: Sequence[str]
+                    ) -> tuple[DictConfig, Path, bool]:
+    """(config, run folder, resuming). A new run folder gets config.yaml; a resumed one keeps its own."""
+    if resume is None:
+        run_dir = Path(config.output.dir) if config.output.dir else Path("runs") / runs.new_run_name(stage)
+        runs.prepare_run_dir(run_dir, overwrite=bool(config.output.overwrite))
+        OmegaConf.save(config, run_dir / runs.CONFIG_FILE)
+        return config, run_dir, False
+    run_dir = Path(resume)
+    if not run_dir.is_dir():
+        raise InputError(run_dir, "resume folder not found")
+    saved_path = run_dir / runs.CONFIG_FILE
+    if not saved_path.is_file():
+        raise InputError(saved_path, "file not found; cannot resume a run without its config")
+    saved = OmegaConf.load(saved_path)
+    merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(list(overrides)))
+    changed = [d for d in runs.config_differences(saved, merged, ("model", "data", "loss", "optim", "distill",
+                                                                  "train"))
+               if d.split(":")[0].startswith(FROZEN_ON_RESUME)]
+    if changed:
+        raise ValueError(f"cannot resume {run_dir} with changed settings: " + "; ".join(changed))
+    return merged, run_dir, True
+
+
+def _status(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / engine.STATUS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _resume_point(run_dir: Path) -> Path | None:
+    found = runs.list_checkpoints(run_dir)
+    return found[-1][1] if found else None
+
+
+def _class_weights(setting: Any, y_train: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    if setting in (None, "none"):
+        return np.ones(len(names))
+    if setting == "inverse_frequency":
+        return inverse_frequency_weights(y_train >= 0.5, names)
+    values = np.asarray(list(setting), dtype=np.float64)
+    if values.shape != (len(names),) or not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ValueError(f"loss.class_weights must be inverse_frequency, none, or {len(names)} non-negative "
+                         f"numbers in the order {list(names)}; got {setting!r}")
+    return values
+
+
+def _fold_assignment(table: pd.DataFrame, run_dir: Path, n_folds: int, seed: int) -> np.ndarray:
+    saved = run_dir / "folds.csv"
+    if saved.is_file():
+        return folds_lib.load_folds(table, saved)
+    assigned = folds_lib.assign_folds(table, n_folds, seed)
+    folds_lib.save_folds(table, assigned, run_dir, n_folds, seed)
+    return assigned
+
+
+def train_emotion(config: DictConfig, resume: str | None = None, overrides: Sequence[str] = (),
+                  folds: Sequence[int] | None = None) -> Path:
+    """Train the fold models (all, or ``folds``); returns the run folder with its fold report."""
+    config, run_dir, resuming = start_or_resume("emotion", config, resume, overrides)
+    with runs.discard_if_unused(run_dir, created=not resuming):
+        _train_emotion_folds(config, run_dir, resuming, folds)
+    from abaw_ce.train.reports import write_fold_report
+
+    report = write_fold_report(run_dir, config.data.folds)
+    if report is not None:
+        print(report.read_text(encoding="utf-8"))
+    return run_dir
+
+
+def _train_emotion_folds(config: DictConfig, run_dir: Path, resuming: bool, folds: Sequence[int] | None) -> None:
+    d, t = config.data, config.train
+    table = load_tables(d.datasets, d.non_basic)
+    table = table[table["has_target"]].reset_index(drop=True)
+    if table.empty:
+        raise ValueError("no labelled sample in data.datasets (after the non-basic policy)")
+    assignment = _fold_assignment(table, run_dir, d.folds, d.fold_seed)
+    wanted = list(range(d.folds)) if folds is None else sorted(set(folds))
+    outside = [k for k in wanted if not 0 <= k < d.folds]
+    if outside:
+        raise ValueError(f"--folds {outside} outside 0..{d.folds - 1}")
+    names = labels.BASIC_EMOTIONS
+    for k in wanted:
+        fold_dir = run_dir / f"{FOLD_PREFIX}{k}"
+        if _status(fold_dir).get("state") == "finished":
+            print(f"emotion fold {k}: already finished, skipped")
+            continue
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        train_table, val_table = folds_lib.split(table, assignment, k)
+        set_seed(derived_seed(t.seed, k) % 2**32)  # the new head's initialisation
+        model, meta = build_backbone(config, len(names))
+        img_size, mean, std = meta["arch"].img_size, list(meta["mean"]), list(meta["std"])
+        train_tf, eval_tf = _transforms(config, img_size, mean, std)
+        y_train = table_targets(train_table)
+        weights = torch.tensor(_class_weights(config.loss.class_weights, y_train, names), dtype=torch.float32)
+        teacher = load_teacher(resolve_teacher_paths(config.distill.teachers, k), img_size, mean, std)
+        distill_weight = float(config.distill.weight)
+
+        def loss_fn(logits: torch.Tensor, batch: dict[str, torch.Tensor], teacher_probs: torch.Tensor | None,
+                    weights: torch.Tensor = weights) -> torch.Tensor:
+            loss = weighted_bce(logits, batch["target"], weights)
+            if teacher_probs is not None:
+                loss = loss + distill_weight * binary_kl(logits, teacher_probs)
+            return loss
+
+        engine.fit(
+            stage=f"emotion fold {k}", config=config, run_dir=fold_dir, model=model,
+            train_set=SeededSamples(TableSamples(train_table, y_train), train_tf, derived_seed(t.seed, k)),
+            val_set=SeededSamples(TableSamples(val_table, table_targets(val_table)), eval_tf, t.seed),
+            loss_fn=loss_fn, evaluate=lambda p, y, m: evaluate_multilabel(p, y, names),
+            export=_export_fn("emotion", "emotion", names, meta, fold_dir, val_table, mean, std),
+            teacher=teacher, resume_from=_resume_point(fold_dir) if resuming else None)
+
+
+def train_au(config: DictConfig, resume: str | None = None, overrides: Sequence[str] = ()) -> Path:
+    """AU fine-tuning of the encoder; the export (``<run>/export``) feeds the emotion stage."""
+    config, run_dir, resuming = start_or_resume("au", config, resume, overrides)
+    if _status(run_dir).get("state") == "finished":
+        print(f"{run_dir} already finished")
+        return run_dir
+    with runs.discard_if_unused(run_dir, created=not resuming):
+        _train_au(config, run_dir, resuming)
+    best = json.loads((run_dir / engine.VALIDATION_FILE).read_text(encoding="utf-8"))
+    print(f"AU mean F1 {best['mean_f1']:.4f} at 0.5, {best['mean_f1_tuned']:.4f} at tuned thresholds "
+          f"(epoch {best['epoch']}); export -> {run_dir / engine.BEST_DIR}")
+    return run_dir
+
+
+def _train_au(config: DictConfig, run_dir: Path, resuming: bool) -> None:
+    d, t = config.data, config.train
+    names = [f"AU{n}" for n in labels.AU_SETS[d.au_set]]
+    table = load_tables(d.datasets)
+    values, mask = au_arrays(table, d.au_set)
+    labelled = mask.any(axis=1)
+    if not labelled.any():
+        raise ValueError(f"no sample in data.datasets carries any of the {d.au_set} AUs {names}")
+    table, values, mask = table[labelled].reset_index(drop=True), values[labelled], mask[labelled]
+    assignment = _fold_assignment(table, run_dir, d.folds, d.fold_seed)
+    val = assignment == d.val_fold
+    set_seed(t.seed)  # the new head's initialisation
+    model, meta = build_backbone(config, len(names))
+    img_size, mean, std = meta["arch"].img_size, list(meta["mean"]), list(meta["std"])
+    train_tf, eval_tf = _transforms(config, img_size, mean, std)
+    weight = torch.tensor(pos_weights(values[~val], mask[~val]), dtype=torch.float32)
+
+    def loss_fn(logits: torch.Tensor, batch: dict[str, torch.Tensor], teacher_probs: torch.Tensor | None
+                ) -> torch.Tensor:
+        return masked_bce_pos_weight(logits, batch["target"], batch["mask"], weight)
+
+    engine.fit(
+        stage="au", config=config, run_dir=run_dir, model=model,
+        train_set=SeededSamples(TableSamples(table[~val], values[~val], mask[~val]), train_tf, t.seed),
+        val_set=SeededSamples(TableSamples(table[val], values[val], mask[val]), eval_tf, t.seed),
+        loss_fn=loss_fn, evaluate=lambda p, y, m: evaluate_multilabel(p, y, names, m),
+        export=_export_fn("au", "au", names, meta, run_dir, None, mean, std),
+        resume_from=_resume_point(run_dir) if resuming else None)
+
+
+ABLATION_ROWS = (
+    # name, MAE pretraining, distillation, EMA, mixup (the rows of the seed paper's Table 2)
+    ("baseline", False, False, False, False),
+    ("+MAE", True, False, False, False),
+    ("+distillation", True, True, False, False),
+    ("+EMA", True, True, True, False),
+    ("+mixup", True, True, True, True),
+)
+
+
+def run_ablation(config: DictConfig, out_dir: Path, folds: Sequence[int] | None = None) -> Path:
+    """Table-2-style ablation: each row an emotion run under ``out_dir``; distillation rows are taught by
+    the "+MAE" row's same-fold models. Re-running continues unfinished rows."""
+    from abaw_ce.train.reports import fold_table, write_ablation_table
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    alpha = config.train.mixup_alpha or 0.2
+    rows = []
+    for name, mae, distill, ema, mix in ABLATION_ROWS:
+        variant = OmegaConf.merge(config, OmegaConf.create({
+            "model": {"encoder": config.model.encoder if mae else "none"},
+            "distill": {"teachers": str(out_dir / "+MAE") if distill else None},
+            "train": {"ema": ema, "mixup_alpha": alpha if mix else 0.0},
+            "output": {"dir": str(out_dir / name), "overwrite": False}}))
+        run_dir = out_dir / name
+        resume = str(run_dir) if (run_dir / runs.CONFIG_FILE).is_file() else None
+        print(f"ablation row {name}: MAE {mae}, distillation {distill}, EMA {ema}, mixup {mix}")
+        train_emotion(variant, resume=resume, folds=folds)
+        table = fold_table(run_dir, variant.data.folds)
+        rows.append({"name": name, "mae": mae, "distillation": distill, "ema": ema, "mixup": mix,
+                     "f1": float(table["Average"].mean()) if not table.empty else float("nan"),
+                     "folds": len(table)})
+    md = write_ablation_table(rows, out_dir)
+    print(md.read_text(encoding="utf-8"))
+    return md

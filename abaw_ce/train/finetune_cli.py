@@ -1,0 +1,81 @@
+"""Command lines of stages 2 and 3 (``finetune/au.py``, ``finetune/emotion.py``)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from omegaconf.errors import MissingMandatoryValue
+
+from abaw_ce.errors import InputError
+from abaw_ce.train import runs
+
+
+def _parser(prog: str, stage: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=f"Settings come from abaw_ce/configs/{stage}.yaml, then --config, then "
+                               f"key=value overrides (e.g. model.encoder=runs/mae-.../export).")
+    parser.add_argument("--config", help="YAML file layered over the defaults")
+    parser.add_argument("--demo", action="store_true", help=f"small CPU settings (configs/{stage}_demo.yaml)")
+    parser.add_argument("--resume", metavar="RUN", help="continue a run folder (unfinished folds/epochs)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output.dir run")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    return parser
+
+
+def _config(stage: str, args: argparse.Namespace):
+    files = ([runs.packaged_config(f"{stage}_demo")] if args.demo else []) + ([args.config] if args.config else [])
+    overrides = list(args.overrides) + (["output.overwrite=true"] if args.overwrite else [])
+    return runs.load_config(stage, files, overrides)
+
+
+def _guarded(call) -> int:
+    from abaw_ce.train.engine import NonFiniteLoss
+
+    try:
+        call()
+    except MissingMandatoryValue as err:
+        key = getattr(err, "full_key", "") or str(err)
+        print(f"error: {key} is required (e.g. model.encoder=runs/mae-.../export, or none for a random "
+              f"initialisation)", file=sys.stderr)
+        return 2
+    except (InputError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except NonFiniteLoss as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    return 0
+
+
+def main_au(argv: list[str] | None = None) -> int:
+    args = _parser("finetune/au.py", "au").parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from abaw_ce.train.finetune import train_au
+
+    return _guarded(lambda: train_au(_config("au", args), resume=args.resume, overrides=args.overrides))
+
+
+def _fold_list(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--folds takes comma-separated fold numbers like 0,2; got {text!r}")
+
+
+def main_emotion(argv: list[str] | None = None) -> int:
+    parser = _parser("finetune/emotion.py", "emotion")
+    parser.add_argument("--folds", type=_fold_list, help="comma-separated folds to train (default: all)")
+    parser.add_argument("--ablation", metavar="OUT_DIR", type=Path,
+                        help="run the Table-2 ablation (5 settings) into OUT_DIR and write ablation.md")
+    args = parser.parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from abaw_ce.train.finetune import run_ablation, train_emotion
+
+    if args.ablation:
+        return _guarded(lambda: run_ablation(_config("emotion", args), args.ablation, folds=args.folds))
+    return _guarded(lambda: train_emotion(_config("emotion", args), resume=args.resume,
+                                          overrides=args.overrides, folds=args.folds))

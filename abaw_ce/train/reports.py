@@ -1,0 +1,100 @@
+"""Fold reports shaped like Table 1 of the seed paper, and ablation tables like its Table 2."""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from abaw_ce import labels
+
+REPORT_NAME = "fold_report"
+OOF_NAME = "oof.csv"
+
+
+def _markdown(frame: pd.DataFrame, first_column: str) -> str:
+    columns = [first_column, *frame.columns]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for index, row in frame.iterrows():
+        cells = [f"{v:.4f}" if isinstance(v, (float, np.floating)) else str(v) for v in row.tolist()]
+        lines.append("| " + " | ".join([str(index), *cells]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def fold_table(run_dir: Path, n_folds: int, tuned: bool = False) -> pd.DataFrame:
+    """Rows fold-1..n (finished folds only), columns the six emotions + Average (F1 on the fold's validation)."""
+    rows = {}
+    for k in range(n_folds):
+        path = run_dir / f"fold_{k}" / "validation.json"
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text(encoding="utf-8"))
+        f1 = result["f1_tuned" if tuned else "f1"]
+        row = {name.capitalize(): f1[name] for name in labels.BASIC_EMOTIONS}
+        row["Average"] = float(np.mean(list(row.values())))
+        rows[f"fold-{k + 1}"] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def write_fold_report(run_dir: Path, n_folds: int) -> Path | None:
+    """``fold_report.csv``/``.md``/``.png`` and the pooled out-of-fold probabilities ``oof.csv``."""
+    table = fold_table(run_dir, n_folds)
+    if table.empty:
+        return None
+    tuned = fold_table(run_dir, n_folds, tuned=True)
+    table.to_csv(run_dir / f"{REPORT_NAME}.csv", index_label="fold")
+    tuned.to_csv(run_dir / f"{REPORT_NAME}_tuned.csv", index_label="fold")
+    text = (f"F1 of the 6 basic emotions on each fold's validation part (threshold 0.5; EMA weights of the "
+            f"best epoch)\n\n{_markdown(table, 'Val. Set')}\nWith per-emotion thresholds tuned on the same "
+            f"validation part (optimistic):\n\n{_markdown(tuned, 'Val. Set')}")
+    md = run_dir / f"{REPORT_NAME}.md"
+    md.write_text(text, encoding="utf-8")
+    _bar_chart(table, run_dir / f"{REPORT_NAME}.png")
+    frames = []
+    for k in range(n_folds):
+        path = run_dir / f"fold_{k}" / OOF_NAME
+        if path.is_file():
+            frames.append(pd.read_csv(path).assign(fold=k))
+    if frames:
+        pd.concat(frames, ignore_index=True).to_csv(run_dir / OOF_NAME, index=False)
+    return md
+
+
+def _bar_chart(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = list(table.columns)
+    x = np.arange(len(columns))
+    width = 0.8 / max(1, len(table))
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    for i, (fold, row) in enumerate(table.iterrows()):
+        ax.bar(x + i * width - 0.4 + width / 2, row.to_numpy(dtype=float), width, label=fold)
+    ax.set_xticks(x, columns)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("F1")
+    ax.legend(fontsize=8, ncol=len(table))
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("basic-emotion F1 per validation fold")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_ablation_table(rows: Sequence[Mapping[str, object]], out_dir: Path) -> Path:
+    """``ablation.csv``/``.md``: one row per setting with its switches (✓/×) and mean F1 over its folds."""
+    frame = pd.DataFrame(list(rows))
+    frame.to_csv(out_dir / "ablation.csv", index=False)
+    header = "| Method | MAE Pretraining | Distillation | EMA | Mixup | F1 score |\n|---|---|---|---|---|---|\n"
+    lines = []
+    for row in rows:
+        marks = ["✓" if row[k] else "×" for k in ("mae", "distillation", "ema", "mixup")]
+        lines.append(f"| {row['name']} | " + " | ".join(marks) + f" | {float(row['f1']):.4f} |")
+    md = out_dir / "ablation.md"
+    md.write_text("Mean basic-emotion F1 over the validation folds\n\n" + header + "\n".join(lines) + "\n",
+                  encoding="utf-8")
+    return md

@@ -1,0 +1,132 @@
+"""Engine parts: EMA rate, multi-label mixup, distillation, equation (1), early stopping, schedule, metrics."""
+import logging
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from abaw_ce.train.engine import EarlyStopping, make_ema, restart_schedule
+from abaw_ce.train.losses import (binary_kl, inverse_frequency_weights, masked_bce_pos_weight, mixup, pos_weights,
+                                  weighted_bce)
+from abaw_ce.train.metrics import evaluate_multilabel, multilabel_f1, tune_thresholds
+
+
+def test_ema_moves_toward_raw_weights_at_the_configured_rate():
+    model = nn.Linear(3, 2)
+    ema = make_ema(model, decay=0.9)
+    before = [p.detach().clone() for p in ema.module.parameters()]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    ema.update(model, step=10)
+    for old, new, raw in zip(before, ema.module.parameters(), model.parameters()):
+        assert torch.allclose(new, 0.9 * old + 0.1 * raw, atol=1e-6)
+    # timm's EMA copies the weights at the first update (step 1), then averages at the configured decay
+    ema.update(nn.Linear(3, 2), step=1)
+    assert not torch.allclose(ema.module.weight, model.weight)
+    for _ in range(200):
+        ema.update(model, step=2)
+    for new, raw in zip(ema.module.parameters(), model.parameters()):
+        assert torch.allclose(new, raw, atol=1e-6)
+
+
+def test_mixup_is_convex_with_one_lambda_for_images_and_targets():
+    n = 6
+    images = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 4, 4).clone()
+    targets = torch.eye(n)[:, :6]
+    mask = torch.ones(n, 6)
+    mask[2, 4] = 0
+    mixed, mixed_targets, mixed_mask, lam = mixup(images, targets, 0.4, np.random.default_rng(3), mask)
+    assert 0 < lam < 1
+    for i in range(n):
+        value = mixed[i].unique()
+        assert value.numel() == 1  # every pixel mixed with the same lambda
+        partner = (value.item() - lam * i) / (1 - lam)
+        j = int(round(partner))
+        assert abs(partner - j) < 1e-4
+        assert torch.allclose(mixed_targets[i], lam * targets[i] + (1 - lam) * targets[j])
+        assert torch.allclose(mixed_mask[i], mask[i] * mask[j])
+    assert torch.allclose(mixed_targets.sum(dim=1), torch.ones(n))
+    lams = [mixup(images, targets, 0.2, np.random.default_rng(s))[3] for s in range(200)]
+    assert 0.45 < np.mean(lams) < 0.55  # Beta(a, a) is symmetric
+
+
+def test_distillation_term_vanishes_when_student_equals_teacher():
+    probs = torch.tensor([[0.1, 0.7, 0.5], [0.9, 0.2, 0.01]])
+    assert binary_kl(torch.logit(probs), probs).abs().item() < 1e-6
+    assert binary_kl(torch.zeros(2, 3), probs).item() > 0.01
+    logits = torch.zeros(2, 3, requires_grad=True)
+    binary_kl(logits, probs).backward()
+    soft = torch.zeros(2, 3, requires_grad=True)
+    torch.nn.functional.binary_cross_entropy_with_logits(soft, probs).backward()
+    assert torch.allclose(logits.grad, soft.grad, atol=1e-6)  # same gradient as soft-target BCE
+
+
+def test_class_weights_enter_the_loss_as_equation_one():
+    torch.manual_seed(0)
+    logits, targets = torch.randn(5, 6), (torch.rand(5, 6) > 0.5).float()
+    weights = torch.tensor([1.0, 2.0, 0.5, 3.0, 1.0, 0.0])
+    p = torch.sigmoid(logits)
+    by_hand = -(weights * (targets * p.log() + (1 - targets) * (1 - p).log())).sum(dim=1) / 6
+    assert weighted_bce(logits, targets, weights).item() == pytest.approx(by_hand.mean().item(), rel=1e-5)
+    assert weighted_bce(logits, targets, weights).item() != pytest.approx(weighted_bce(logits, targets).item())
+
+
+def test_inverse_frequency_weights_survive_a_class_that_never_occurs(caplog):
+    y = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [1, 0, 0]])
+    with caplog.at_level(logging.WARNING):
+        w = inverse_frequency_weights(y, ["a", "b", "never"])
+    assert np.all(np.isfinite(w)) and w[2] == 1.0
+    assert w[1] / w[0] == pytest.approx(3.0)  # 1/4 positives vs 3/4
+    assert "never" in caplog.text and "no positive" in caplog.text
+
+
+def test_masked_au_loss_ignores_unlabelled_entries():
+    logits, targets = torch.randn(4, 3), torch.ones(4, 3)
+    mask = torch.tensor([[1, 1, 0]] * 4, dtype=torch.float32)
+    changed = logits.clone()
+    changed[:, 2] += 50
+    weight = torch.tensor(pos_weights(np.ones((4, 3)) * [[1, 0, 1]], np.ones((4, 3))))
+    assert masked_bce_pos_weight(logits, targets, mask, weight) == masked_bce_pos_weight(changed, targets, mask, weight)
+    assert np.allclose(pos_weights(np.array([[1, 0], [0, 0], [0, 0], [0, 1]]), np.ones((4, 2))), [3.0, 3.0])
+
+
+def test_early_stopping_stops_after_patience_epochs_without_improvement():
+    stop = EarlyStopping(patience=2)
+    assert stop.step(0.5, 0) and not stop.stopped
+    assert not stop.step(0.5, 1) and not stop.stopped  # equal is not better
+    assert stop.step(0.6, 2) and stop.bad_epochs == 0
+    stop.step(0.1, 3)
+    stop.step(0.2, 4)
+    assert stop.stopped and stop.best_epoch == 2 and stop.best_score == 0.6
+    restored = EarlyStopping()
+    restored.load_state_dict(stop.state_dict())
+    assert restored == stop
+
+
+def test_cosine_schedule_restarts_every_cycle_down_to_min_lr():
+    optimizer = torch.optim.AdamW(nn.Linear(2, 2).parameters(), lr=1e-3)
+    schedule = restart_schedule(optimizer, updates_per_epoch=10, epochs=20, warmup_epochs=1, restart_epochs=5,
+                                min_lr=1e-8)
+    lrs = []
+    for update in range(200):
+        schedule.step_update(update)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[0] == pytest.approx(1e-8) and lrs[10] == pytest.approx(1e-3)  # warmup, then the peak
+    assert min(lrs[10:60]) < 1e-5 and lrs[60] == pytest.approx(1e-3)  # a 50-update cycle, then a restart
+    assert lrs[110] == pytest.approx(1e-3)
+
+
+def test_f1_metrics_and_tuned_thresholds():
+    probs = np.array([[0.9, 0.3], [0.6, 0.35], [0.2, 0.4], [0.1, 0.1]])
+    truth = np.array([[1, 1], [1, 1], [0, 1], [0, 0]])
+    result = multilabel_f1(probs, truth, ["a", "b"])
+    assert result["per_class"]["a"] == 1.0 and result["per_class"]["b"] == 0.0
+    thresholds = tune_thresholds(probs, truth)
+    assert thresholds[1] <= 0.3
+    full = evaluate_multilabel(probs, truth, ["a", "b"])
+    assert full["score"] == 0.5 and full["mean_f1_tuned"] == 1.0
+    masked = multilabel_f1(probs, truth, ["a", "b"], mask=np.array([[1, 1], [1, 1], [1, 0], [1, 1]]))
+    assert not math.isnan(masked["mean"])
