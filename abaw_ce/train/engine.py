@@ -7,6 +7,7 @@ validation score keeping the best export, mid-epoch resumable checkpoints, Tenso
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, set_seed
+from accelerate.utils import set_seed
 from omegaconf import DictConfig
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
@@ -29,29 +30,16 @@ from tqdm.auto import tqdm
 
 from abaw_ce.errors import InputError
 from abaw_ce.train import runs
+from abaw_ce.train.loop import STATUS_FILE, LossMonitor, NonFiniteLoss, make_accelerator, write_status
 from abaw_ce.train.losses import mixup
 from abaw_ce.train.sampling import EpochSampler, derived_seed
 
 log = logging.getLogger(__name__)
 
 BEST_DIR = "export"
-STATUS_FILE = "status.json"
+__all__ = ["fit", "FitResult", "EarlyStopping", "NonFiniteLoss", "STATUS_FILE", "predict", "restart_schedule"]
 VALIDATION_FILE = "validation.json"
 _MIXUP = 2
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-def resolve_precision(choice: str | bool) -> str:
-    if choice is False or choice == "fp32":  # YAML reads a bare `no` as false
-        return "no"
-    if choice == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if choice not in ("bf16", "fp16", "no"):
-        raise ValueError(f"train.precision must be auto, bf16, fp16 or fp32, got {choice!r}")
-    return choice
 
 
 @dataclass
@@ -121,10 +109,6 @@ def _check_train_config(t: DictConfig) -> None:
             raise ValueError(f"train.{key} must be a positive integer, got {value!r}")
 
 
-def write_status(run_dir: Path, stage: str, state: str, **extra: Any) -> None:
-    runs.atomic_write_json(run_dir / STATUS_FILE, {"stage": stage, "state": state, **extra})
-
-
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator,
             activation: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid) -> dict[str, np.ndarray]:
@@ -149,12 +133,7 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
     """Train ``model`` with the recipe in ``config`` (sections optim/train); the run folder must exist."""
     t, o = config.train, config.optim
     _check_train_config(t)
-    accelerator = Accelerator(
-        cpu=runs.cpu_processes_requested(), mixed_precision=resolve_precision(t.precision),
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=t.grad_accum, sync_with_dataloader=False),
-        log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
-        step_scheduler_with_optimizer=False)
+    accelerator = make_accelerator(run_dir, t.precision, t.grad_accum)
     set_seed(t.seed)
     if len(train_set) < t.batch_size * accelerator.num_processes:
         raise ValueError(f"{stage}: only {len(train_set)} training samples, fewer than one global batch "
@@ -196,14 +175,10 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
                               resume_update=progress.update if resume_from is not None else None)
     accelerator.init_trackers(stage, config=runs.flat_config(config))
     unwrapped = accelerator.unwrap_model(model)
-    device = accelerator.device
     total_updates = updates_per_epoch * t.epochs
     stop_at = total_updates if t.stop_after_updates is None else min(total_updates, int(t.stop_after_updates))
-    running_loss = torch.zeros((), device=device)
-    running_count = torch.zeros((), device=device)
-    nonfinite = torch.zeros((), device=device, dtype=torch.bool)
-    skipped = torch.zeros((), device=device, dtype=torch.long)
-    last_good = resume_from
+    monitor = LossMonitor(accelerator, run_dir, stage, t.keep_checkpoints, last_good=resume_from)
+    images_per_update = t.batch_size * accelerator.num_processes * t.grad_accum
     tick, tick_update = time.perf_counter(), progress.update
     if accelerator.is_main_process:
         write_status(run_dir, stage, "running", epoch=progress.epoch, update=progress.update)
@@ -213,36 +188,19 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
                           f"{'alpha ' + str(t.mixup_alpha) if t.mixup_alpha else 'off'}, distillation "
                           f"{'on' if teacher is not None else 'off'} -> {run_dir}")
 
-    def check_finite() -> None:
-        if accelerator.reduce(nonfinite.long(), "sum").item() > 0:
-            where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved yet"
-            message = (f"{stage}: the loss became NaN/inf before update {progress.update}; stopped without "
-                       f"saving. {where}. Lower optim.lr, set optim.clip_grad, or check the data")
-            if accelerator.is_main_process:
-                write_status(run_dir, stage, "failed", reason=message)
-            raise NonFiniteLoss(message)
-
-    def checkpoint_now() -> None:
-        nonlocal last_good
-        check_finite()
-        last_good = runs.save_checkpoint(accelerator, run_dir, progress.update, t.keep_checkpoints)
-
     def log_train() -> None:
-        nonlocal tick, tick_update, running_loss, running_count
-        check_finite()
-        loss = (accelerator.reduce(running_loss, "sum") / accelerator.reduce(running_count, "sum").clamp(min=1)).item()
-        progress.skipped += int(accelerator.reduce(skipped, "sum").item())
-        skipped.zero_()
+        nonlocal tick, tick_update
+        loss, skipped = monitor.take(progress.update)
+        progress.skipped += skipped
         now = time.perf_counter()
-        rate = (progress.update - tick_update) * t.batch_size * accelerator.num_processes * t.grad_accum / max(now - tick, 1e-9)
         record = {"update": progress.update, "epoch": round(progress.update / updates_per_epoch, 3),
-                  "loss": loss, "lr": max(g["lr"] for g in optimizer.param_groups), "images_per_s": rate,
+                  "loss": loss, "lr": max(g["lr"] for g in optimizer.param_groups),
+                  "images_per_s": (progress.update - tick_update) * images_per_update / max(now - tick, 1e-9),
                   "skipped_images": progress.skipped}
         accelerator.log({k: v for k, v in record.items() if k != "update"}, step=progress.update)
         if accelerator.is_main_process:
             metrics.append(record)
         bar.set_postfix(loss=f"{loss:.4f}")
-        running_loss, running_count = torch.zeros_like(running_loss), torch.zeros_like(running_count)
         tick, tick_update = now, progress.update
 
     def end_of_epoch() -> None:
@@ -293,14 +251,11 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             progress.batch_in_epoch += 1
-            running_loss += loss.detach().float()
-            running_count += 1
-            nonfinite |= ~torch.isfinite(loss.detach())
-            skipped += batch["skipped"].sum().to(device)
+            monitor.add(loss, batch["skipped"])
             if not accelerator.sync_gradients:
                 continue
             progress.update += 1
-            progress.images += t.batch_size * accelerator.num_processes * t.grad_accum
+            progress.images += images_per_update
             scheduler.step_update(progress.update)
             if ema is not None:
                 ema.update(unwrapped, step=progress.update)
@@ -308,22 +263,21 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
             if progress.update % t.log_every == 0:
                 log_train()
             if t.checkpoint_every and progress.update % t.checkpoint_every == 0 and progress.update < stop_at:
-                checkpoint_now()
+                monitor.checkpoint(progress.update)
         if progress.batch_in_epoch >= batches_per_epoch:
-            check_finite()
+            monitor.check_finite(progress.update)
             end_of_epoch()
             progress.epoch += 1
             progress.batch_in_epoch = 0
-            checkpoint_now()
+            monitor.checkpoint(progress.update)
     bar.close()
-    if running_count.item() > 0:
+    if monitor.pending:
         log_train()
     if progress.batch_in_epoch:  # stopped mid-epoch
-        checkpoint_now()
+        monitor.checkpoint(progress.update)
     finished = stopping.stopped or progress.epoch >= t.epochs
     best: dict[str, Any] = {}
     if (run_dir / VALIDATION_FILE).is_file():
-        import json
         best = json.loads((run_dir / VALIDATION_FILE).read_text(encoding="utf-8"))
     if accelerator.is_main_process:
         runs.plot_metrics(metrics.records, run_dir / "curves.png", ("loss", "lr", "val_score"),
@@ -331,7 +285,7 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
         write_status(run_dir, stage, "finished" if finished else "stopped", epoch=progress.epoch,
                      update=progress.update, best_epoch=stopping.best_epoch, best_score=stopping.best_score,
                      stopped_early=stopping.stopped,
-                     checkpoint=f"{runs.CHECKPOINT_DIR}/{last_good.name}" if last_good else None)
+                     checkpoint=monitor.checkpoint_ref())
         if not finished:
             accelerator.print(f"{stage}: stopped at update {progress.update}; continue with --resume")
     accelerator.end_training()

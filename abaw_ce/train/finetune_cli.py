@@ -30,8 +30,10 @@ def _config(stage: str, args: argparse.Namespace):
     return runs.load_config(stage, files, overrides)
 
 
-def _guarded(call) -> int:
-    from abaw_ce.train.engine import NonFiniteLoss
+def guarded(call, hint=None) -> int:
+    """Run a stage; known failures become a one-line error and exit status 2 (bad input) or 3 (NaN loss).
+    ``hint(err)`` may add a second line for an input error."""
+    from abaw_ce.train.loop import NonFiniteLoss
 
     try:
         call()
@@ -42,6 +44,9 @@ def _guarded(call) -> int:
         return 2
     except (InputError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        extra = hint(err) if hint is not None else None
+        if extra:
+            print(f"hint: {extra}", file=sys.stderr)
         return 2
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
@@ -54,7 +59,7 @@ def main_au(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from abaw_ce.train.finetune import train_au
 
-    return _guarded(lambda: train_au(_config("au", args), resume=args.resume, overrides=args.overrides))
+    return guarded(lambda: train_au(_config("au", args), resume=args.resume, overrides=args.overrides))
 
 
 def _fold_list(text: str | None) -> list[int] | None:
@@ -76,6 +81,6 @@ def main_emotion(argv: list[str] | None = None) -> int:
     from abaw_ce.train.finetune import run_ablation, train_emotion
 
     if args.ablation:
-        return _guarded(lambda: run_ablation(_config("emotion", args), args.ablation, folds=args.folds))
-    return _guarded(lambda: train_emotion(_config("emotion", args), resume=args.resume,
+        return guarded(lambda: run_ablation(_config("emotion", args), args.ablation, folds=args.folds))
+    return guarded(lambda: train_emotion(_config("emotion", args), resume=args.resume,
                                           overrides=args.overrides, folds=args.folds))

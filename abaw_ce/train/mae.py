@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, broadcast_object_list, set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from omegaconf import DictConfig, OmegaConf
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
@@ -24,20 +23,17 @@ from abaw_ce.models.export import encoder_state_from_pretraining, save_encoder
 from abaw_ce.models.mae import DecoderArch, MaskedAutoencoder
 from abaw_ce.models.vit import VitArch, vit_arch
 from abaw_ce.train import runs
+from abaw_ce.train.loop import STATUS_FILE, LossMonitor, NonFiniteLoss, make_accelerator, write_status
 from abaw_ce.train.sampling import EpochSampler, SeededSamples, derived_seed
 
 log = logging.getLogger(__name__)
 
 EXPORT_DIR = "export"
 RECON_DIR = "reconstructions"
-STATUS_FILE = "status.json"
+__all__ = ["pretrain_mae", "NonFiniteLoss", "STATUS_FILE", "build_mae", "save_reconstructions"]
 # Settings a resumed run may not change (anything else, e.g. epochs or workers, may be).
 FROZEN_ON_RESUME = ("model", "optim", "data.sources", "data.mean", "data.std", "data.crop_scale", "data.hflip",
                     "train.batch_size", "train.grad_accum", "train.seed")
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
 
 
 def build_mae(config: DictConfig) -> MaskedAutoencoder:
@@ -70,16 +66,6 @@ class MaeSampleMaker:
         return {"image": self.transform(image), "noise": torch.rand(self.num_patches)}
 
 
-def _precision(choice: str | bool) -> str:
-    if choice is False or choice == "fp32":  # YAML reads a bare `no` as false
-        return "no"
-    if choice == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if choice not in ("bf16", "fp16", "no"):
-        raise ValueError(f"train.precision must be auto, bf16, fp16 or fp32, got {choice!r}")
-    return choice
-
-
 def _check_positive(config: DictConfig) -> None:
     t = config.train
     for key in ("epochs", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
@@ -108,11 +94,6 @@ def _resolve_run(config: DictConfig, resume: str | None, overrides: list[str]
     if changed:
         raise ValueError(f"cannot resume {run_dir} with changed settings: " + "; ".join(changed))
     return merged, run_dir, checkpoint
-
-
-def _write_status(run_dir: Path, state: str, progress: runs.Progress, total: int, **extra: Any) -> None:
-    runs.atomic_write_json(run_dir / STATUS_FILE, {"stage": "mae", "state": state, "update": progress.update,
-                                                   "total_updates": total, **extra})
 
 
 @torch.no_grad()
@@ -150,13 +131,7 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
     t, o = config.train, config.optim
     # Open the data first: a wrong path fails in a second, before any process group starts.
     dataset = FaceImages(list(config.data.sources))
-    accelerator = Accelerator(
-        cpu=runs.cpu_processes_requested(),
-        mixed_precision=_precision(t.precision),
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=t.grad_accum, sync_with_dataloader=False),
-        log_with="tensorboard",
-        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
-        step_scheduler_with_optimizer=False)
+    accelerator = make_accelerator(run_dir, t.precision, t.grad_accum)
     # Every process must agree on the folder (a default name carries a timestamp).
     shared = [str(run_dir)]
     broadcast_object_list(shared)
@@ -220,40 +195,23 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
                           f"ViT width {arch.embed_dim} depth {arch.depth} at {arch.img_size}px, "
                           f"{accelerator.num_processes} process(es), effective batch {effective_batch}, "
                           f"lr {lr:.3g}, {total_updates} updates -> {run_dir}")
-        _write_status(run_dir, "running", progress, total_updates)
+        write_status(run_dir, "mae", "running", update=progress.update, total_updates=total_updates)
 
     unwrapped = accelerator.unwrap_model(model)
-    device = accelerator.device
-    running_loss = torch.zeros((), device=device)
-    running_count = torch.zeros((), device=device)
-    nonfinite = torch.zeros((), device=device, dtype=torch.bool)
-    skipped = torch.zeros((), device=device, dtype=torch.long)
-    last_good = checkpoint
     stop_at = total_updates if t.stop_after_updates is None else min(total_updates, int(t.stop_after_updates))
+    if checkpoint is not None and progress.update >= stop_at and (run_dir / EXPORT_DIR).is_dir():
+        accelerator.print(f"{run_dir} already finished at update {progress.update}; nothing to do")
+        accelerator.end_training()
+        return run_dir
+    monitor = LossMonitor(accelerator, run_dir, "mae", t.keep_checkpoints, last_good=checkpoint)
     tick, tick_update = time.perf_counter(), progress.update
     bar = tqdm(total=total_updates, initial=progress.update, desc="mae", unit="upd",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
 
-    def check_finite() -> None:
-        if accelerator.reduce(nonfinite.long(), "sum").item() > 0:
-            where = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved yet"
-            message = (f"the loss became NaN/inf before update {progress.update}; stopped without saving. "
-                       f"{where}. Lower optim.base_lr, set optim.clip_grad, or check the data")
-            if accelerator.is_main_process:
-                _write_status(run_dir, "failed", progress, total_updates, reason=message)
-            raise NonFiniteLoss(message)
-
-    def checkpoint_now() -> None:
-        nonlocal last_good
-        check_finite()
-        last_good = runs.save_checkpoint(accelerator, run_dir, progress.update, t.keep_checkpoints)
-
     def log_now() -> None:
-        nonlocal tick, tick_update, running_loss, running_count
-        check_finite()
-        loss = (accelerator.reduce(running_loss, "sum") / accelerator.reduce(running_count, "sum").clamp(min=1)).item()
-        progress.skipped += int(accelerator.reduce(skipped, "sum").item())
-        skipped.zero_()
+        nonlocal tick, tick_update
+        loss, skipped = monitor.take(progress.update)
+        progress.skipped += skipped
         now = time.perf_counter()
         rate = (progress.update - tick_update) * effective_batch / max(now - tick, 1e-9)
         record = {"update": progress.update, "epoch": round(progress.update / updates_per_epoch, 3), "loss": loss,
@@ -262,7 +220,6 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
         if accelerator.is_main_process:
             metrics.append(record)
         bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
-        running_loss, running_count = torch.zeros_like(running_loss), torch.zeros_like(running_count)
         tick, tick_update = now, progress.update
 
     def visualise_now() -> None:
@@ -270,10 +227,6 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
             save_reconstructions(unwrapped, vis_batch, list(config.data.mean), list(config.data.std),
                                  run_dir / RECON_DIR / f"{runs.checkpoint_name(progress.update)}.png")
 
-    if checkpoint is not None and progress.update >= stop_at and (run_dir / EXPORT_DIR).is_dir():
-        accelerator.print(f"{run_dir} already finished at update {progress.update}; nothing to do")
-        accelerator.end_training()
-        return run_dir
     model.train()
     if progress.update == 0 and accelerator.is_main_process:
         visualise_now()
@@ -294,10 +247,7 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             progress.batch_in_epoch += 1
-            running_loss += loss.detach().float()
-            running_count += 1
-            nonfinite |= ~torch.isfinite(loss.detach())
-            skipped += batch["skipped"].sum().to(device)
+            monitor.add(loss, batch["skipped"])
             if not accelerator.sync_gradients:
                 continue
             progress.update += 1
@@ -307,16 +257,16 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
             if progress.update % t.log_every == 0:
                 log_now()
             if progress.update % t.checkpoint_every == 0 and progress.update < stop_at:
-                checkpoint_now()
+                monitor.checkpoint(progress.update)
             if t.vis_every and progress.update % t.vis_every == 0:
                 visualise_now()
         if progress.batch_in_epoch >= batches_per_epoch:
             progress.epoch += 1
             progress.batch_in_epoch = 0
     bar.close()
-    if running_count.item() > 0:
+    if monitor.pending:
         log_now()
-    checkpoint_now()
+    monitor.checkpoint(progress.update)
     finished = progress.update >= total_updates
     if accelerator.is_main_process:
         if t.vis_every == 0 or progress.update % t.vis_every:
@@ -330,8 +280,8 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
             accelerator.print(f"exported encoder -> {export}")
         runs.plot_metrics(metrics.records, run_dir / "loss.png", ("loss", "lr", "images_per_s"),
                           title=f"MAE pretraining, {run_dir.name}")
-        _write_status(run_dir, "finished" if finished else "stopped", progress, total_updates,
-                      checkpoint=f"{runs.CHECKPOINT_DIR}/{last_good.name}" if last_good else None)
+        write_status(run_dir, "mae", "finished" if finished else "stopped", update=progress.update,
+                     total_updates=total_updates, checkpoint=monitor.checkpoint_ref())
         if not finished:
             accelerator.print(f"stopped at update {progress.update}/{total_updates}; continue with "
                               f"--resume {run_dir}")

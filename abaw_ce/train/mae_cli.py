@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 
 from abaw_ce.errors import InputError
 from abaw_ce.train import runs
@@ -26,27 +25,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _hint(err: Exception) -> str | None:
+    if isinstance(err, InputError) and ("image source" in str(err) or "no images" in str(err)):
+        return ("name your face data with data.sources=[path,...] (packed stores, faces-step outputs, image "
+                "folders or CSV manifests) or in a --config YAML")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from abaw_ce.train.mae import NonFiniteLoss, pretrain_mae
+    from abaw_ce.train.finetune_cli import guarded
+    from abaw_ce.train.mae import pretrain_mae
 
-    try:
-        files = ([runs.packaged_config("mae_demo")] if args.demo else []) + ([args.config] if args.config else [])
-        overrides = list(args.overrides) + (["output.overwrite=true"] if args.overwrite else [])
-        config = runs.load_config("mae", files, overrides)
-        pretrain_mae(config, resume=args.resume, overrides=list(args.overrides))
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        if "image source" in str(err) or "no images" in str(err):
-            print("hint: name your face data with data.sources=[path,...] (packed stores, faces-step outputs, "
-                  "image folders or CSV manifests) or in a --config YAML", file=sys.stderr)
-        return 2
-    except (FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except NonFiniteLoss as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
-    return 0
-
+    files = ([runs.packaged_config("mae_demo")] if args.demo else []) + ([args.config] if args.config else [])
+    overrides = list(args.overrides) + (["output.overwrite=true"] if args.overwrite else [])
+    return guarded(lambda: pretrain_mae(runs.load_config("mae", files, overrides), resume=args.resume,
+                                        overrides=list(args.overrides)), hint=_hint)

@@ -1,0 +1,97 @@
+"""Pieces of the training loop shared by MAE pretraining and the fine-tuning engine: the Accelerator,
+sync-free loss bookkeeping, the NaN guard and checkpointing."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
+
+from abaw_ce.train import runs
+
+STATUS_FILE = "status.json"
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def resolve_precision(choice: str | bool) -> str:
+    """Accelerate's mixed_precision from the config's ``train.precision``."""
+    if choice is False or choice == "fp32":  # YAML reads a bare `no` as false
+        return "no"
+    if choice == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if choice not in ("bf16", "fp16", "no"):
+        raise ValueError(f"train.precision must be auto, bf16, fp16 or fp32, got {choice!r}")
+    return choice
+
+
+def make_accelerator(run_dir: Path, precision: str | bool, grad_accum: int) -> Accelerator:
+    """Accumulation counted by updates (not tied to the end of the loader), TensorBoard under the run."""
+    return Accelerator(
+        cpu=runs.cpu_processes_requested(), mixed_precision=resolve_precision(precision),
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum, sync_with_dataloader=False),
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
+        step_scheduler_with_optimizer=False)
+
+
+def write_status(run_dir: Path, stage: str, state: str, **extra) -> None:
+    runs.atomic_write_json(run_dir / STATUS_FILE, {"stage": stage, "state": state, **extra})
+
+
+class LossMonitor:
+    """Accumulates losses on the device (no host sync per step); syncs only when asked to report, check or
+    checkpoint. A non-finite loss stops the run without writing a checkpoint from the bad weights."""
+
+    def __init__(self, accelerator: Accelerator, run_dir: Path, stage: str, keep_checkpoints: int,
+                 last_good: Path | None = None):
+        self.accelerator, self.run_dir, self.stage = accelerator, run_dir, stage
+        self.keep, self.last_good = keep_checkpoints, last_good
+        device = accelerator.device
+        self.loss_sum = torch.zeros((), device=device)
+        self.count = torch.zeros((), device=device)
+        self.nonfinite = torch.zeros((), device=device, dtype=torch.bool)
+        self.skipped = torch.zeros((), device=device, dtype=torch.long)
+
+    def add(self, loss: torch.Tensor, skipped: torch.Tensor) -> None:
+        loss = loss.detach().float()
+        self.loss_sum += loss
+        self.count += 1
+        self.nonfinite |= ~torch.isfinite(loss)
+        self.skipped += skipped.sum().to(self.skipped.device)
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.count.item() > 0)
+
+    def check_finite(self, update: int) -> None:
+        if self.accelerator.reduce(self.nonfinite.long(), "sum").item() > 0:
+            where = (f"the last good checkpoint is {self.last_good}" if self.last_good
+                     else "no checkpoint was saved yet")
+            message = (f"{self.stage}: the loss became NaN/inf before update {update}; stopped without saving. "
+                       f"{where}. Lower the learning rate, set optim.clip_grad, or check the data")
+            if self.accelerator.is_main_process:
+                write_status(self.run_dir, self.stage, "failed", update=update, reason=message)
+            raise NonFiniteLoss(message)
+
+    def checkpoint(self, update: int) -> Path:
+        self.check_finite(update)
+        self.last_good = runs.save_checkpoint(self.accelerator, self.run_dir, update, self.keep)
+        return self.last_good
+
+    def take(self, update: int) -> tuple[float, int]:
+        """(mean loss since the last take over all processes, images skipped since then); resets both."""
+        self.check_finite(update)
+        reduce = self.accelerator.reduce
+        loss = (reduce(self.loss_sum, "sum") / reduce(self.count, "sum").clamp(min=1)).item()
+        skipped = int(reduce(self.skipped, "sum").item())
+        self.loss_sum.zero_()
+        self.count.zero_()
+        self.skipped.zero_()
+        return loss, skipped
+
+    def checkpoint_ref(self) -> str | None:
+        return f"{runs.CHECKPOINT_DIR}/{self.last_good.name}" if self.last_good else None
