@@ -1,0 +1,133 @@
+"""From basic-emotion probabilities to the 7 challenge classes: ensembling, pairwise fusion, temporal
+smoothing and gap filling along a video.
+
+A compound's score comes from the probabilities of its two constituent basic emotions (``labels.
+CHALLENGE_PAIRS``); the predicted class is the best-scoring compound. ``sum`` is what the winning team used.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from abaw_ce import labels
+
+FUSION_METHODS = ("sum", "mean", "product", "min", "weighted")
+SMOOTHING_METHODS = ("none", "box", "gaussian", "median")
+
+
+def pair_indices(pairs: Sequence[tuple[str, str]] = labels.CHALLENGE_PAIRS) -> np.ndarray:
+    """(C, 2) column indices of each compound's two basic emotions in the model's output order."""
+    return np.array([[labels.BASIC_INDEX[a], labels.BASIC_INDEX[b]] for a, b in pairs], dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class WeightedFusion:
+    """score_c = weight_c * (p_a + p_b) + bias_c, fitted on labelled compound data."""
+    weights: np.ndarray
+    biases: np.ndarray
+
+    def to_dict(self) -> dict:
+        return {"weights": self.weights.tolist(), "biases": self.biases.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> WeightedFusion:
+        return cls(np.asarray(data["weights"], np.float64), np.asarray(data["biases"], np.float64))
+
+
+def _check_probs(probs: np.ndarray) -> np.ndarray:
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[1] != len(labels.BASIC_EMOTIONS):
+        raise ValueError(f"expected (N, {len(labels.BASIC_EMOTIONS)}) basic-emotion probabilities in the order "
+                         f"{labels.BASIC_EMOTIONS}, got shape {probs.shape}")
+    return probs
+
+
+def pair_scores(probs: np.ndarray, method: str = "sum", fusion: WeightedFusion | None = None,
+                pairs: Sequence[tuple[str, str]] = labels.CHALLENGE_PAIRS) -> np.ndarray:
+    """(N, C) compound scores from (N, 6) basic probabilities."""
+    probs = _check_probs(probs)
+    idx = pair_indices(pairs)
+    a, b = probs[:, idx[:, 0]], probs[:, idx[:, 1]]
+    if method == "sum":
+        return a + b
+    if method == "mean":
+        return (a + b) / 2
+    if method == "product":
+        return a * b
+    if method == "min":
+        return np.minimum(a, b)
+    if method == "weighted":
+        if fusion is None:
+            raise ValueError("weighted fusion needs fitted weights (fit_weighted_fusion)")
+        return (a + b) * fusion.weights + fusion.biases
+    raise ValueError(f"fusion method must be one of {FUSION_METHODS}, got {method!r}")
+
+
+def fuse(probs: np.ndarray, method: str = "sum", fusion: WeightedFusion | None = None) -> np.ndarray:
+    """Challenge class index 0..6 per row."""
+    return pair_scores(probs, method, fusion).argmax(axis=1)
+
+
+def fit_weighted_fusion(probs: np.ndarray, classes: np.ndarray, steps: int = 500, lr: float = 0.05,
+                        l2: float = 1e-3) -> WeightedFusion:
+    """Per-class weight and bias on the pair sum, by softmax cross-entropy over the 7 classes (full-batch
+    gradient descent; 14 parameters, so it cannot overfit much)."""
+    sums = pair_scores(probs, "sum")
+    classes = np.asarray(classes, dtype=np.int64)
+    if len(classes) != len(sums) or classes.min(initial=0) < 0 or classes.max(initial=0) >= sums.shape[1]:
+        raise ValueError(f"classes must be {len(sums)} indices in 0..{sums.shape[1] - 1}")
+    onehot = np.eye(sums.shape[1])[classes]
+    weights, biases = np.ones(sums.shape[1]), np.zeros(sums.shape[1])
+    for _ in range(steps):
+        logits = sums * weights + biases
+        logits -= logits.max(axis=1, keepdims=True)
+        soft = np.exp(logits)
+        soft /= soft.sum(axis=1, keepdims=True)
+        error = (soft - onehot) / len(sums)
+        weights -= lr * ((error * sums).sum(axis=0) + l2 * (weights - 1))
+        biases -= lr * (error.sum(axis=0) + l2 * biases)
+    return WeightedFusion(weights, biases)
+
+
+def ensemble(members: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
+    """Weighted average of probability arrays of one shape (fold models, models, tracks)."""
+    if not members:
+        raise ValueError("nothing to ensemble")
+    stacked = np.stack([np.asarray(m, dtype=np.float64) for m in members])
+    w = np.ones(len(members)) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(members),) or np.any(w < 0) or w.sum() <= 0:
+        raise ValueError(f"ensemble weights must be {len(members)} non-negative numbers with a positive sum")
+    return np.tensordot(w / w.sum(), stacked, axes=1)
+
+
+def fill_missing(values: np.ndarray, present: np.ndarray) -> np.ndarray:
+    """Rows where ``present`` is False get linear interpolation between the nearest present rows (the
+    nearest present row at the edges). Raises when no row is present."""
+    values = np.asarray(values, dtype=np.float64)
+    present = np.asarray(present, dtype=bool)
+    if not present.any():
+        raise ValueError("no frame of this video has a face; there is nothing to fill from")
+    if present.all():
+        return values.copy()
+    t = np.arange(len(values))
+    known = np.flatnonzero(present)
+    # np.interp holds the end values constant outside the known range: nearest at the edges.
+    return np.stack([np.interp(t, known, values[known, j]) for j in range(values.shape[1])], axis=1)
+
+
+def smooth(values: np.ndarray, method: str = "gaussian", window: int = 5) -> np.ndarray:
+    """Filter each column along time (axis 0). ``window`` is in frames: the box/median width, and about
+    the Gaussian's +-2 sigma span. Edges repeat the nearest frame; a video shorter than the window is fine."""
+    values = np.asarray(values, dtype=np.float64)
+    if method == "none" or window <= 1 or len(values) <= 1:
+        return values.copy()
+    if method == "box":
+        return ndimage.uniform_filter1d(values, size=window, axis=0, mode="nearest")
+    if method == "gaussian":
+        return ndimage.gaussian_filter1d(values, sigma=window / 4.0, axis=0, mode="nearest")
+    if method == "median":
+        return ndimage.median_filter(values, size=(window, 1), mode="nearest")
+    raise ValueError(f"smoothing method must be one of {SMOOTHING_METHODS}, got {method!r}")

@@ -1,0 +1,94 @@
+"""Pairwise fusion, ensembling, gap filling and temporal smoothing."""
+import numpy as np
+import pytest
+
+from abaw_ce import labels
+from abaw_ce.fusion import (WeightedFusion, ensemble, fill_missing, fit_weighted_fusion, fuse, pair_scores,
+                            smooth)
+
+
+def probs_for(*emotions, high=0.9, low=0.1):
+    row = np.full(6, low)
+    for e in emotions:
+        row[labels.BASIC_INDEX[e]] = high
+    return row
+
+
+def test_each_compound_is_found_from_its_two_basic_emotions():
+    rows = np.stack([probs_for(a, b) for a, b in labels.CHALLENGE_PAIRS])
+    for method in ("sum", "mean", "product", "min"):
+        assert fuse(rows, method).tolist() == list(range(7)), method
+
+
+def test_fusion_rules_differ_as_defined():
+    p = np.array([[0.2, 0.0, 0.0, 0.0, 0.0, 0.0]])
+    p[0, labels.BASIC_INDEX["fear"]] = 0.6  # Fearfully_Surprised pair = (fear 0.6, surprise 0.2)
+    s = {m: pair_scores(p, m)[0, 0] for m in ("sum", "mean", "product", "min")}
+    assert s == pytest.approx({"sum": 0.8, "mean": 0.4, "product": 0.12, "min": 0.2})
+    # sum and product can disagree: one very confident emotion vs two moderate ones
+    q = probs_for("happiness", high=0.0, low=0.0)
+    q[labels.BASIC_INDEX["happiness"]], q[labels.BASIC_INDEX["surprise"]] = 0.95, 0.3
+    q[labels.BASIC_INDEX["sadness"]], q[labels.BASIC_INDEX["fear"]] = 0.6, 0.6
+    assert fuse(q[None], "sum")[0] == 1 and fuse(q[None], "product")[0] == 5
+    with pytest.raises(ValueError, match="fusion method"):
+        fuse(q[None], "max")
+    with pytest.raises(ValueError, match=r"\(N, 6\)"):
+        fuse(np.zeros((2, 7)))
+
+
+def test_weighted_fusion_learns_a_class_bias():
+    rng = np.random.default_rng(0)
+    rows, classes = [], []
+    for _ in range(400):
+        c = int(rng.integers(7))
+        a, b = labels.CHALLENGE_PAIRS[c]
+        # class 6 (sadness, anger) is systematically under-confident, so plain sums miss it
+        high = 0.42 if c == 6 else 0.8
+        row = rng.uniform(0.25, 0.5, 6)
+        row[labels.BASIC_INDEX[a]] = high + rng.normal(0, 0.05)
+        row[labels.BASIC_INDEX[b]] = high + rng.normal(0, 0.05)
+        rows.append(row)
+        classes.append(c)
+    rows, classes = np.array(rows), np.array(classes)
+    plain = (fuse(rows, "sum") == classes).mean()
+    fitted = fit_weighted_fusion(rows, classes)
+    weighted = (fuse(rows, "weighted", fitted) == classes).mean()
+    assert weighted > plain + 0.02
+    assert WeightedFusion.from_dict(fitted.to_dict()).weights.tolist() == fitted.weights.tolist()
+    with pytest.raises(ValueError, match="weighted fusion needs"):
+        fuse(rows, "weighted")
+
+
+def test_ensemble_is_a_weighted_mean():
+    a, b = np.zeros((2, 6)), np.ones((2, 6))
+    assert np.allclose(ensemble([a, b]), 0.5)
+    assert np.allclose(ensemble([a, b], [1, 3]), 0.75)
+    with pytest.raises(ValueError):
+        ensemble([a, b], [1, -1])
+
+
+def test_missing_frames_are_interpolated_and_edges_take_the_nearest():
+    values = np.array([[0.0], [0.0], [2.0], [0.0], [4.0], [0.0]])
+    present = np.array([False, True, True, False, True, False])
+    values[1] = 1.0
+    filled = fill_missing(values, present)
+    assert filled[:, 0].tolist() == [1.0, 1.0, 2.0, 3.0, 4.0, 4.0]
+    with pytest.raises(ValueError, match="no frame"):
+        fill_missing(values, np.zeros(6, bool))
+
+
+def test_smoothing_filters():
+    step = np.r_[np.zeros(10), np.ones(10)][:, None]
+    box = smooth(step, "box", 5)
+    assert box[9, 0] == pytest.approx(0.4) and box[0, 0] == 0 and box[-1, 0] == 1
+    spike = np.zeros((11, 1))
+    spike[5] = 1
+    assert smooth(spike, "median", 3).max() == 0
+    assert smooth(spike, "gaussian", 8)[5, 0] < 0.5
+    assert np.allclose(smooth(np.full((7, 2), 0.3), "gaussian", 9), 0.3)
+    short = np.array([[0.2, 0.8], [0.4, 0.6]])
+    for method in ("box", "gaussian", "median"):
+        assert smooth(short, method, 15).shape == (2, 2)  # shorter than the window
+    assert np.array_equal(smooth(short, "none", 5), short)
+    with pytest.raises(ValueError, match="smoothing method"):
+        smooth(short, "mean", 3)
