@@ -1,0 +1,129 @@
+"""Batched inference of fold models over the faces step's packed crops, saved per video.
+
+Every batch of crops goes through every model (optionally also mirrored), and the sigmoid probabilities are
+averaged; frames without a face keep NaN rows so fusion settings can change later without running the
+models again (``probs/<video>.npz``: frames, face_found, probs).
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from abaw_ce import labels
+from abaw_ce.data.packed import PackedFaces
+from abaw_ce.errors import InputError
+from abaw_ce.models.export import META_FILE, load_classifier
+
+PROBS_DIR = "probs"
+
+
+@dataclass
+class LoadedModel:
+    path: Path
+    model: nn.Module
+    img_size: int
+    mean: list[float]
+    std: list[float]
+
+
+def find_exports(run: str | Path) -> list[Path]:
+    """Classifier exports of a run: every finished ``fold_*/export``, or the folder itself if it is one."""
+    run = Path(run)
+    if (run / META_FILE).is_file():
+        return [run]
+    if (run / "export" / META_FILE).is_file():
+        return [run / "export"]
+    exports = sorted(p.parent for p in run.glob("fold_*/export/" + META_FILE))
+    if not exports:
+        raise InputError(run, "no model export here (expected fold_*/export folders of an emotion run, or an "
+                              "export folder)")
+    return exports
+
+
+def load_models(runs: Sequence[str | Path], device: torch.device | str = "cpu") -> list[LoadedModel]:
+    """Every export of every run; all must output the six basic emotions in the kit's order."""
+    loaded = []
+    for run in runs:
+        for path in find_exports(run):
+            model, meta = load_classifier(path)
+            names = (meta.get("head") or {}).get("labels")
+            if list(names or []) != list(labels.BASIC_EMOTIONS):
+                raise InputError(path, f"model outputs {names}; expected the basic emotions in the kit's order "
+                                       f"{list(labels.BASIC_EMOTIONS)} (refusing to mix label orders)")
+            loaded.append(LoadedModel(path, model.to(device).eval(), meta["arch"].img_size,
+                                      list(meta["mean"]), list(meta["std"])))
+    if not loaded:
+        raise ValueError("no model to run")
+    return loaded
+
+
+def _prepare(batch: torch.Tensor, m: LoadedModel) -> torch.Tensor:
+    x = batch.float().div_(255)
+    if x.shape[-1] != m.img_size or x.shape[-2] != m.img_size:
+        x = F.interpolate(x, size=(m.img_size, m.img_size), mode="bilinear", antialias=True, align_corners=False)
+    mean = torch.tensor(m.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(m.std, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+@torch.no_grad()
+def predict_crops(store_dir: str | Path, models: Sequence[LoadedModel], batch_size: int = 256,
+                  flip: bool = False, device: torch.device | str = "cpu", bf16: bool = False,
+                  progress: bool = True) -> np.ndarray:
+    """(N, 6) mean probability over models (and mirrored crops with ``flip``) for every crop of a store."""
+    faces = PackedFaces(store_dir)
+    out = np.zeros((len(faces), len(labels.BASIC_EMOTIONS)), dtype=np.float32)
+    device = torch.device(device)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
+    starts = range(0, len(faces), batch_size)
+    for start in tqdm(starts, desc="inference", unit="batch", disable=not progress):
+        rows = np.arange(start, min(start + batch_size, len(faces)))
+        crops = faces.get_batch(rows).to(device, non_blocking=True)
+        total = torch.zeros(len(rows), len(labels.BASIC_EMOTIONS), device=device)
+        views = 0
+        for m in models:
+            x = _prepare(crops, m)
+            for view in ((x, x.flip(-1)) if flip else (x,)):
+                with autocast:
+                    total += torch.sigmoid(m.model(view).float())
+                views += 1
+        out[rows] = (total / views).cpu().numpy()
+    return out
+
+
+def save_video_probs(faces_dir: str | Path, probs: np.ndarray, out_dir: str | Path) -> dict[str, Path]:
+    """Split crop probabilities per video, aligned to every decoded frame (NaN where no face)."""
+    from abaw_ce.data.packed import read_index
+    from abaw_ce.faces.pipeline import FRAMES_CSV, STORE_DIR
+
+    faces_dir, out_dir = Path(faces_dir), Path(out_dir)
+    frames = pd.read_csv(faces_dir / FRAMES_CSV, dtype={"video": str})
+    index = read_index(faces_dir / STORE_DIR)
+    if len(index) != len(probs):
+        raise ValueError(f"{len(probs)} probability rows for {len(index)} crops")
+    crops = index[["video", "frame"]].astype({"video": str}).assign(row=np.arange(len(index)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for video, part in frames.groupby("video", sort=True):
+        part = part.sort_values("frame").merge(crops, on=["video", "frame"], how="left")
+        values = np.full((len(part), probs.shape[1]), np.nan, dtype=np.float32)
+        has = part["row"].notna().to_numpy()
+        values[has] = probs[part.loc[has, "row"].astype(int).to_numpy()]
+        path = out_dir / f"{video}.npz"
+        np.savez(path, frames=part["frame"].to_numpy(np.int64), face_found=has, probs=values)
+        written[str(video)] = path
+    return written
+
+
+def read_video_probs(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with np.load(path) as data:
+        return data["frames"], data["face_found"], data["probs"]

@@ -1,0 +1,239 @@
+"""Test videos -> faces -> fold-model probabilities -> fusion and smoothing -> the challenge file.
+
+Every frame gets a label: frames without a face take probabilities interpolated from neighbouring frames,
+a video without any face takes the mean probabilities of all faces found, and when the organisers' template
+is given its rows are exactly the file's rows (frames past the decoded end repeat the last label, decoded
+frames it does not list are dropped), each case reported per video. Nothing is written unless every video
+can be labelled, and an existing file is never replaced without ``overwrite``.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from abaw_ce import fusion, labels, submission
+from abaw_ce.errors import InputError
+from abaw_ce.inference import PROBS_DIR, load_models, predict_crops, read_video_probs, save_video_probs
+
+
+@dataclass
+class VideoReport:
+    video: str
+    frames: int
+    faces: int
+    notes: list[str] = field(default_factory=list)
+    histogram: list[int] = field(default_factory=list)
+
+
+def video_labels(face_found: np.ndarray, probs: np.ndarray, fallback: np.ndarray, method: str = "sum",
+                 weights: fusion.WeightedFusion | None = None, smoothing: str = "gaussian", window: int = 9
+                 ) -> tuple[np.ndarray, list[str]]:
+    """Class 0..6 for each frame of one video, and what was done to get there."""
+    notes = []
+    if face_found.any():
+        filled = fusion.fill_missing(probs, face_found)
+        missing = int((~face_found).sum())
+        if missing:
+            notes.append(f"{missing} frame(s) without a face filled from their neighbours")
+    else:
+        filled = np.repeat(fallback[None, :], len(probs), axis=0)
+        notes.append("no face found in any frame: every frame takes the mean probabilities of all test faces")
+    if len(probs) < window and smoothing != "none":
+        notes.append(f"shorter than the smoothing window ({len(probs)} < {window} frames)")
+    smoothed = fusion.smooth(filled, smoothing, window)
+    return fusion.fuse(smoothed, method, weights), notes
+
+
+def align_to_template(decoded_frames: np.ndarray, decoded_labels: np.ndarray, wanted: np.ndarray
+                      ) -> tuple[np.ndarray, list[str]]:
+    """Labels for the template's frame numbers of one video."""
+    lookup = dict(zip(decoded_frames.tolist(), decoded_labels.tolist()))
+    last = int(decoded_labels[-1])
+    out = np.array([lookup.get(int(f), last if f > decoded_frames.max() else -1) for f in wanted])
+    notes = []
+    padded = int((wanted > decoded_frames.max()).sum())
+    if padded:
+        notes.append(f"template lists {padded} frame(s) past the {int(decoded_frames.max())} decoded: padded "
+                     f"with the last label")
+    holes = out < 0
+    if holes.any():  # template frames inside the video that the decoder skipped: nearest decoded frame
+        for i in np.flatnonzero(holes):
+            nearest = decoded_frames[np.argmin(np.abs(decoded_frames - wanted[i]))]
+            out[i] = lookup[int(nearest)]
+        notes.append(f"{int(holes.sum())} template frame(s) not decoded: nearest decoded frame's label")
+    trimmed = int(len(set(decoded_frames.tolist()) - set(wanted.tolist())))
+    if trimmed:
+        notes.append(f"{trimmed} decoded frame(s) not in the template: left out")
+    return out, notes
+
+
+def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | Path,
+                    template: str | Path | None = None, work_dir: str | Path | None = None,
+                    detector: str = "auto", crop_size: int = 224, method: str = "sum",
+                    weights: fusion.WeightedFusion | None = None, smoothing: str = "gaussian", window: int = 9,
+                    flip: bool = False, batch_size: int = 256, device: str | None = None,
+                    overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Write the challenge file for every video under ``videos``; returns the summary (also saved as JSON)."""
+    import torch
+
+    from abaw_ce.faces.pipeline import STORE_DIR, entry_names, list_inputs, run_faces
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; refusing to overwrite it (pass --overwrite to replace it)")
+    template_rows = submission.read_template(template) if template is not None else None
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    models = load_models(runs, device)  # fails early on a bad run, before any decoding
+    work = Path(work_dir) if work_dir is not None else out.with_name(out.stem + "_work")
+    videos = Path(videos)
+    if not videos.is_dir():
+        raise InputError(videos, "video folder not found")
+    names = set(entry_names(list_inputs(videos, exclude=[work]), videos).values())
+    if not names:
+        raise InputError(videos, "no files in this folder")
+    if template_rows is not None:
+        missing = sorted(set(template_rows["video"]) - names)
+        if missing:
+            raise InputError(Path(template), f"lists {len(missing)} video(s) not found in {videos}: "
+                                             f"{missing[:5]}; nothing was written")
+    faces_dir = work / "faces"
+    run_faces(videos, faces_dir, detector=detector, size=crop_size, overwrite=True, progress=progress,
+              cache_dir=work / "faces_cache")
+    probs = predict_crops(faces_dir / STORE_DIR, models, batch_size=batch_size, flip=flip, device=device,
+                          bf16=device.startswith("cuda"), progress=progress)
+    per_video = save_video_probs(faces_dir, probs, work / PROBS_DIR)
+    if not per_video:
+        raise InputError(Path(videos), "no video could be decoded here")
+    fallback = probs.mean(axis=0) if len(probs) else np.full(len(labels.BASIC_EMOTIONS), 0.5)
+
+    if template_rows is not None:
+        missing = sorted(set(template_rows["video"]) - set(per_video))
+        if missing:
+            raise InputError(Path(template), f"lists {len(missing)} video(s) that could not be decoded in "
+                                             f"{videos}: {missing[:5]}; nothing was written")
+    reports, parts = [], []
+    for video, path in per_video.items():
+        frames, face_found, values = read_video_probs(path)
+        classes, notes = video_labels(face_found, values, fallback, method, weights, smoothing, window)
+        if template_rows is not None:
+            wanted = template_rows.loc[template_rows["video"] == video, "frame"].to_numpy(np.int64)
+            if len(wanted) == 0:
+                notes.append("not in the template: left out")
+                reports.append(VideoReport(video, len(frames), int(face_found.sum()), notes))
+                continue
+            classes, more = align_to_template(frames, classes, wanted)
+            notes += more
+            frames = wanted
+        parts.append(pd.DataFrame({"video": video, "frame": frames, "label": classes}))
+        reports.append(VideoReport(video, len(frames), int(face_found.sum()), notes,
+                                   np.bincount(classes, minlength=7).tolist()))
+    rows = pd.concat(parts, ignore_index=True)
+    if template_rows is not None:  # the template's order, exactly
+        rows = template_rows.merge(rows, on=["video", "frame"], how="left")
+    written = submission.write_submission(out, rows, overwrite=overwrite)
+    summary = _summary(reports, rows, runs, models, method, smoothing, window, written)
+    submission.atomic_write_text(out.with_name(out.stem + "_summary.json"), json.dumps(summary, indent=2) + "\n",
+                                 overwrite=True)
+    _timelines(per_video, rows, out.with_name(out.stem + "_timelines.png"))
+    return summary
+
+
+def _summary(reports: list[VideoReport], rows: pd.DataFrame, runs: Sequence[str | Path], models: list,
+             method: str, smoothing: str, window: int, written: Path) -> dict[str, Any]:
+    counts = np.bincount(rows["label"].to_numpy(np.int64), minlength=7).astype(np.float64)
+    share = counts / max(counts.sum(), 1)
+    prior = np.array([labels.CEXPR_FRAME_COUNTS[c] for c in labels.CHALLENGE_COMPOUNDS], dtype=np.float64)
+    prior /= prior.sum()
+    # KL(predicted class share || C-EXPR-DB class share): a label-free sanity check, large = suspicious.
+    kl = float(np.sum(np.where(share > 0, share * np.log(np.maximum(share, 1e-12) / prior), 0.0)))
+    return {"submission": str(written), "frames": int(len(rows)), "videos": len(reports),
+            "faces_found": int(sum(r.faces for r in reports)), "models": [str(m.path) for m in models],
+            "runs": [str(r) for r in runs], "fusion": method, "smoothing": smoothing, "window": window,
+            "class_histogram": dict(zip(labels.CHALLENGE_COMPOUNDS, counts.astype(int).tolist())),
+            "kl_to_cexpr_prior": kl, "per_video": [asdict(r) for r in reports]}
+
+
+def _timelines(per_video: dict[str, Path], rows: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    videos = sorted(per_video)
+    fig, axes = plt.subplots(len(videos), 1, figsize=(10, 1.1 * len(videos) + 0.6), squeeze=False)
+    for ax, video in zip(axes[:, 0], videos):
+        frames, face_found, _ = read_video_probs(per_video[video])
+        part = rows[rows["video"] == video]
+        ax.step(part["frame"], part["label"], where="post", lw=1)
+        ax.fill_between(frames, -0.5, 6.5, where=~face_found, step="mid", color="0.85", lw=0)
+        ax.set_ylim(-0.5, 6.5)
+        ax.set_yticks(range(7), [c.replace("_", " ") for c in labels.CHALLENGE_COMPOUNDS], fontsize=5)
+        ax.set_title(video, fontsize=7, loc="left")
+    axes[-1, 0].set_xlabel("frame (grey: no face found)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def newest_finished_run(root: Path = Path("runs")) -> Path:
+    """The most recently modified run folder under ``root`` holding at least one finished fold export."""
+    candidates = []
+    for run in root.glob("*"):
+        finished = [s for s in run.glob("fold_*/status.json")
+                    if json.loads(s.read_text(encoding="utf-8")).get("state") == "finished"]
+        if finished and any(run.glob("fold_*/export")):
+            candidates.append((max(s.stat().st_mtime for s in finished), run))
+    if not candidates:
+        raise InputError(root, "no finished emotion run found here; pass --models RUN [RUN ...]")
+    return max(candidates)[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="submit/make_submission.py",
+                                     description="Write the challenge file for a folder of test videos.")
+    parser.add_argument("--videos", required=True, type=Path, help="folder of test videos")
+    parser.add_argument("--models", nargs="+", type=Path, help="emotion runs or exports (default: the newest "
+                                                               "finished run under runs/)")
+    parser.add_argument("--out", type=Path, default=Path("submission.txt"))
+    parser.add_argument("--template", type=Path, help="the organisers' example file: its rows are the output's")
+    parser.add_argument("--work-dir", type=Path, help="faces and per-video probabilities (default: beside --out)")
+    parser.add_argument("--detector", default="auto", choices=["auto", "insightface", "opencv", "none"])
+    parser.add_argument("--crop-size", type=int, default=224)
+    parser.add_argument("--fusion", default="sum", choices=[m for m in fusion.FUSION_METHODS if m != "weighted"])
+    parser.add_argument("--fusion-weights", type=Path, help="JSON of a fitted weighted fusion (weights, biases)")
+    parser.add_argument("--smoothing", default="gaussian", choices=list(fusion.SMOOTHING_METHODS))
+    parser.add_argument("--window", type=int, default=9, help="smoothing window in frames")
+    parser.add_argument("--flip", action="store_true", help="average with mirrored crops (test-time augmentation)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        runs = args.models or [newest_finished_run()]
+        weights = None
+        method = args.fusion
+        if args.fusion_weights is not None:
+            weights = fusion.WeightedFusion.from_dict(json.loads(args.fusion_weights.read_text(encoding="utf-8")))
+            method = "weighted"
+        summary = make_submission(args.videos, runs, args.out, template=args.template, work_dir=args.work_dir,
+                                  detector=args.detector, crop_size=args.crop_size, method=method,
+                                  weights=weights, smoothing=args.smoothing, window=args.window, flip=args.flip,
+                                  batch_size=args.batch_size, overwrite=args.overwrite)
+    except (InputError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for report in summary["per_video"]:
+        for note in report["notes"]:
+            print(f"{report['video']}: {note}")
+    print(f"models: {', '.join(summary['models'])}")
+    print(f"wrote {summary['frames']} frames of {summary['videos']} videos ({summary['faces_found']} with a face) "
+          f"to {summary['submission']}")
+    return 0
