@@ -20,11 +20,16 @@ def _frame_counts(video_dir: Path) -> dict[str, int]:
 
 
 def validate_main(argv: list[str] | None = None) -> int:
-    """Validate a challenge file (format, coverage) and score it against ground truth when given."""
+    """Validate fold runs (every fold finished, one label order and preprocessing, no fold far below the
+    others) and/or a challenge file (format, coverage), scoring it against ground truth when given."""
     from abaw_ce import submission
+    from abaw_ce.run_checks import check_runs
 
     parser = argparse.ArgumentParser(prog="validate", description=validate_main.__doc__)
-    parser.add_argument("--submission", type=Path, required=True, help="the challenge file to check")
+    parser.add_argument("runs", nargs="*", type=Path, metavar="RUN", help="emotion run folders to check")
+    parser.add_argument("--f1-band", type=float, default=0.15,
+                        help="a fold whose validation F1 is this far below its run's median fails")
+    parser.add_argument("--submission", type=Path, help="the challenge file to check")
     parser.add_argument("--template", type=Path, help="the organisers' frame list: rows must equal it")
     parser.add_argument("--videos", type=Path, help="folder of the test videos: rows must cover their frames")
     parser.add_argument("--frame-tolerance", type=int, default=0,
@@ -32,7 +37,16 @@ def validate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ground-truth", type=Path, help="a challenge-format file of true labels to score against")
     parser.add_argument("--confusion-png", type=Path, help="where to draw the confusion matrix (with --ground-truth)")
     args = parser.parse_args(argv)
+    if not args.runs and args.submission is None:
+        parser.error("give run folders to check, --submission FILE, or both")
+    ok = True
     try:
+        if args.runs:
+            checked = check_runs(args.runs, f1_band=args.f1_band)
+            print(checked.format())
+            ok = checked.ok
+        if args.submission is None:
+            return 0 if ok else 1
         counts = _frame_counts(args.videos) if args.videos else None
         report = submission.validate_submission(args.submission, template=args.template, frame_counts=counts,
                                                 frame_tolerance=args.frame_tolerance)
@@ -46,7 +60,7 @@ def validate_main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return 0 if report.ok else 1
+    return 0 if report.ok and ok else 1
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -1,5 +1,5 @@
-"""Validate a challenge file before upload: `python submit/validate.py --submission FILE [--template FILE]
-[--videos DIR] [--ground-truth FILE]`. Exit status 0 only when the file is valid."""
+"""Validate before upload: `python submit/validate.py [RUN ...] [--submission FILE] [--template FILE]
+[--videos DIR] [--ground-truth FILE]`. Exit status 0 only when every run and the file are valid."""
 import sys
 
 from abaw_ce.cli import validate_main
