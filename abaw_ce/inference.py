@@ -66,7 +66,8 @@ def load_models(runs: Sequence[str | Path], device: torch.device | str = "cpu") 
     return loaded
 
 
-def _prepare(batch: torch.Tensor, m: LoadedModel) -> torch.Tensor:
+def prepare_batch(batch: torch.Tensor, m: LoadedModel) -> torch.Tensor:
+    """uint8 (B, 3, H, W) crops -> the model's input size and normalisation."""
     x = batch.float().div_(255)
     if x.shape[-1] != m.img_size or x.shape[-2] != m.img_size:
         x = F.interpolate(x, size=(m.img_size, m.img_size), mode="bilinear", antialias=True, align_corners=False)
@@ -91,7 +92,7 @@ def predict_crops(store_dir: str | Path, models: Sequence[LoadedModel], batch_si
         total = torch.zeros(len(rows), len(labels.BASIC_EMOTIONS), device=device)
         views = 0
         for m in models:
-            x = _prepare(crops, m)
+            x = prepare_batch(crops, m)
             for view in ((x, x.flip(-1)) if flip else (x,)):
                 with autocast:
                     total += torch.sigmoid(m.model(view).float())
