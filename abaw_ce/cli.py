@@ -66,7 +66,7 @@ def validate_main(argv: list[str] | None = None) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from abaw_ce.demo import run_demo
 
-    run_demo(args.out, seed=args.seed, overwrite=args.overwrite)
+    run_demo(args.out, seed=args.seed, overwrite=args.overwrite, quick=args.quick)
     return 0
 
 
@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--overwrite", action="store_true",
                       help="replace --out even when it holds something other than an earlier demo")
+    demo.add_argument("--quick", action="store_true", help="a few training epochs only (a smoke run)")
     demo.set_defaults(func=_demo)
     synth = sub.add_parser("synth", help="write the synthetic world of rendered faces in the real formats")
     synth.add_argument("--out", type=Path, required=True)

@@ -1,8 +1,9 @@
-"""`abaw-ce demo`: the pipeline on embedded data, on a CPU, with no downloads.
+"""`abaw-ce demo`: the whole pipeline on embedded data, on a CPU, with no downloads.
 
-Stages join as they land. Today: the synthetic world (tiny) is rendered in every real format, read back by
-the adapters and split into the seed paper's 5 folds; the test videos go through the face pipeline; a
-chance-level submission over them is written, validated against the organisers'-style template and scored.
+The synthetic world (tiny) is rendered in every real format; a tiny MAE is pretrained on its faces, tuned on
+its action units, then trained as 5 basic-emotion fold models on its labelled sets; the test videos go
+through make_submission (faces, every fold model, fusion, smoothing) and the fold runs and the file are
+validated and scored against the ground truth. ``quick`` shortens every training stage for tests.
 """
 from __future__ import annotations
 
@@ -11,20 +12,36 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 
 from abaw_ce import submission
-from abaw_ce.data import adapters, folds
 from abaw_ce.synth.world import generate_world
-from abaw_ce.data.table import concat_tables
+
+# Epochs of (MAE, AU, emotion) for the full demo and for a quick smoke run.
+DEMO_EPOCHS = {"full": (60, 30, 30), "quick": (2, 1, 1)}
 
 
 DEMO_MARKER = ".abaw-ce-demo"
 
 
-def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False) -> dict:
+def _config(stage: str, run_dir: Path, epochs: int, **values) -> "OmegaConf":
+    from abaw_ce.train import runs
+
+    config = runs.load_config(stage, [runs.packaged_config(f"{stage}_demo")],
+                              [f"output.dir={run_dir}", f"train.epochs={epochs}"])
+    for key, value in values.items():
+        OmegaConf.update(config, key, value, merge=False)
+    return config
+
+
+def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: bool = False) -> dict:
     """Run the demo into ``out``; an earlier demo there is replaced, any other non-empty folder is refused."""
+    from abaw_ce.make_submission import make_submission
+    from abaw_ce.run_checks import check_runs
+    from abaw_ce.train.finetune import train_au, train_emotion
+    from abaw_ce.train.mae import pretrain_mae
+
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not (out / DEMO_MARKER).exists() and not overwrite:
@@ -34,50 +51,82 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     (out / DEMO_MARKER).write_text("written by `abaw-ce demo`; the next demo run replaces this folder\n")
     started = time.perf_counter()
-    summary: dict = {}
+    mae_epochs, au_epochs, emotion_epochs = DEMO_EPOCHS["quick" if quick else "full"]
+    summary: dict = {"quick": quick}
+    times: dict[str, float] = {}
 
-    print(f"[1/4] rendering the synthetic world (tiny) in every real format under {out / 'world'}")
+    def stage(name: str, t0: float) -> None:
+        times[name] = round(time.perf_counter() - t0, 1)
+        print(f"      ({times[name]} s)")
+
+    t0 = time.perf_counter()
+    print(f"[1/6] rendering the synthetic world (tiny) in every real format under {out / 'world'}")
     world = generate_world(out / "world", seed=seed, scale="tiny")
-    # The labelled C-EXPR-DB-style videos are held out for fusion tuning, as in the seed paper's folds.
-    specs = {k: v for k, v in world["datasets"].items() if k not in ("unlabeled", "cexpr")}
-    table = concat_tables([adapters.load_dataset(spec) for spec in specs.values()])
-    summary["datasets"] = table.attrs["reports"]
-    for source, report in table.attrs["reports"].items():
-        print(f"      {source:<15} " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report.items()))
+    specs = world["datasets"]
     print(f"      contact sheet of rendered expressions: {out / 'world' / 'contact_sheet.png'}")
+    stage("world", t0)
 
-    print("[2/4] 5-fold split (per source, grouped by identity/video, stratified by label)")
-    fold_of = folds.assign_folds(table, 5, seed)
-    folds.save_folds(table, fold_of, out / "folds", 5, seed)
-    summary["fold_sizes"] = np.bincount(fold_of, minlength=5).tolist()
-    print(f"      validation rows per fold: {summary['fold_sizes']} -> {out / 'folds' / 'folds.csv'}")
+    t0 = time.perf_counter()
+    print(f"[2/6] MAE pretraining of a tiny ViT on the unlabeled and RAF-DB-style faces ({mae_epochs} epochs)")
+    root = out / "world"
+    sources = [str(root / "faces"), str(root / "rafdb_basic" / "Image" / "aligned"),
+               str(root / "rafdb_compound" / "Image" / "aligned")]
+    mae_run = pretrain_mae(_config("mae", out / "runs" / "mae", mae_epochs, **{"data.sources": sources,
+                                                                              "train.seed": seed}))
+    metrics = json.loads((mae_run / "metrics.json").read_text())
+    summary["mae_loss"] = [metrics[0]["loss"], metrics[-1]["loss"]]
+    print(f"      loss {metrics[0]['loss']:.3f} -> {metrics[-1]['loss']:.3f}; reconstructions in "
+          f"{mae_run / 'reconstructions'}")
+    stage("mae", t0)
 
-    print("[3/4] face pipeline on the test videos (offline OpenCV detector, 5-point alignment, packed crops)")
-    from abaw_ce.faces.pipeline import run_faces
-    run_faces(out / "world" / "test", out / "faces", detector="opencv", size=112, progress=False)
-    visible = pd.read_csv(out / "world" / "test_ground_truth" / "face_visible.csv")
-    found = visible.merge(pd.read_csv(out / "faces" / "frames.csv"), on=["video", "frame"])
-    shown, empty = found[found["face_visible"] == 1], found[found["face_visible"] == 0]
-    summary["detection_rate"] = float(shown["face_found"].mean())
-    summary["false_detection_rate"] = float(empty["face_found"].mean()) if len(empty) else 0.0
-    print(f"      face found in {summary['detection_rate']:.1%} of {len(shown)} frames that show one, "
-          f"in {summary['false_detection_rate']:.1%} of {len(empty)} frames without -> {out / 'faces'}")
+    t0 = time.perf_counter()
+    print(f"[3/6] action-unit fine-tuning on the Aff-Wild2-style AU videos ({au_epochs} epochs)")
+    au_run = train_au(_config("au", out / "runs" / "au", au_epochs, **{
+        "model.encoder": str(mae_run / "export"), "data.datasets": [specs["affwild2_au"]], "train.seed": seed}))
+    summary["au_mean_f1"] = json.loads((au_run / "validation.json").read_text())["mean_f1"]
+    stage("au", t0)
 
-    print("[4/4] challenge file: chance-level predictions for the test videos, validated and scored")
+    t0 = time.perf_counter()
+    print(f"[4/6] 5 basic-emotion fold models on RAF-DB basic + compound, AffectNet and Aff-Wild2 EXPR "
+          f"({emotion_epochs} epochs each)")
+    labelled = [specs[k] for k in ("rafdb_basic", "rafdb_compound", "affectnet", "affwild2_expr")]
+    emotion_run = train_emotion(_config("emotion", out / "runs" / "emotion", emotion_epochs, **{
+        "model.encoder": str(au_run / "export"), "data.datasets": labelled, "data.fold_seed": seed,
+        "train.seed": seed}))
+    stage("emotion", t0)
+
+    t0 = time.perf_counter()
+    print("[5/6] make_submission on the test videos (OpenCV detector, 5 fold models, sum fusion, smoothing)")
     gt_dir = out / "world" / "test_ground_truth"
-    frames = submission.read_template(gt_dir / "template.txt")
-    lengths = frames.groupby("video")["frame"].max().to_dict()
-    rng = np.random.default_rng(seed)
-    sub_path = submission.write_submission(out / "submission.txt",
-                                           {v: rng.integers(0, 7, n) for v, n in lengths.items()})
+    sub_path = out / "submission.txt"
+    made = make_submission(out / "world" / "test", [emotion_run], sub_path, template=gt_dir / "template.txt",
+                           detector="opencv", crop_size=112, progress=False)
+    for report in made["per_video"]:
+        for note in report["notes"]:
+            print(f"      {report['video']}: {note}")
+    visible = pd.read_csv(gt_dir / "face_visible.csv")
+    found = visible.merge(pd.read_csv(sub_path.with_name("submission_work") / "faces" / "frames.csv"),
+                          on=["video", "frame"])
+    shown = found[found["face_visible"] == 1]
+    summary["detection_rate"] = float(shown["face_found"].mean())
+    print(f"      face found in {summary['detection_rate']:.1%} of {len(shown)} frames that show one")
+    stage("submission", t0)
+
+    print("[6/6] validation of the fold runs and of the file, and the score against the ground truth")
+    checked = check_runs([emotion_run])
+    print("      " + checked.format().replace("\n", "\n      "))
     report = submission.validate_submission(sub_path, template=gt_dir / "template.txt")
     print("      " + report.format().replace("\n", "\n      "))
     scored = submission.score(submission.read_submission(sub_path),
                               submission.read_submission(gt_dir / "ground_truth.txt"))
-    submission.plot_confusion(scored.confusion, out / "confusion.png", "chance-level demo predictions")
-    print(f"      macro F1 {scored.macro_f1:.3f} (chance level; the trained stages replace this predictor)")
-    summary.update(submission=str(sub_path), valid=report.ok, macro_f1=scored.macro_f1,
-                   seconds=round(time.perf_counter() - started, 1))
+    submission.plot_confusion(scored.confusion, out / "confusion.png", "demo predictions")
+    print("      " + scored.format().replace("\n", "\n      "))
+    summary.update(submission=str(sub_path), valid=report.ok, runs_valid=checked.ok, macro_f1=scored.macro_f1,
+                   seconds=round(time.perf_counter() - started, 1), stage_seconds=times,
+                   runs={"mae": str(mae_run), "au": str(au_run), "emotion": str(emotion_run)})
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(f"demo finished in {summary['seconds']} s; summary in {out / 'demo_summary.json'}")
+    print(f"ground truth: {gt_dir / 'ground_truth.txt'}")
+    print(f"submission: {sub_path}")
+    print(f"compound macro F1: {scored.macro_f1:.4f}")
     return summary

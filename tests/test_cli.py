@@ -32,15 +32,24 @@ def test_validate_script_exit_status(tmp_path):
 
 def test_demo_runs_and_protects_other_folders(tmp_path):
     out = tmp_path / "demo"
-    res = run("-m", "abaw_ce.cli", "demo", "--out", out)
+    res = run("-m", "abaw_ce.cli", "demo", "--out", out, "--quick")
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "demo_summary.json").read_text())
-    assert summary["valid"] and set(summary["datasets"]) >= {"rafdb_basic", "affwild2_au"}
+    assert summary["valid"] and summary["runs_valid"] and summary["quick"]
+    assert set(summary["stage_seconds"]) == {"world", "mae", "au", "emotion", "submission"}
+    for status in (Path(summary["runs"]["mae"]) / "status.json", Path(summary["runs"]["au"]) / "status.json",
+                   *sorted(Path(summary["runs"]["emotion"]).glob("fold_*/status.json"))):
+        assert json.loads(status.read_text())["state"] == "finished", status
     assert S.validate_submission(out / "submission.txt", template=out / "world" / "test_ground_truth" / "template.txt").ok
-    assert run("-m", "abaw_ce.cli", "demo", "--out", out).returncode == 0  # an earlier demo is replaced
+    last = res.stdout.strip().splitlines()[-3:]
+    assert last[0] == f"ground truth: {out / 'world' / 'test_ground_truth' / 'ground_truth.txt'}"
+    assert last[1] == f"submission: {out / 'submission.txt'}"
+    assert last[2].startswith("compound macro F1: ") and 0 <= float(last[2].split(": ")[1]) <= 1
+    assert "| fold-5 |" in res.stdout
+    assert run("-m", "abaw_ce.cli", "demo", "--out", out, "--quick").returncode == 0  # an earlier demo is replaced
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    res = run("-m", "abaw_ce.cli", "demo", "--out", mine)
+    res = run("-m", "abaw_ce.cli", "demo", "--out", mine, "--quick")
     assert res.returncode == 2 and "not written by the demo" in res.stderr
     assert (mine / "notes.txt").read_text() == "keep me"
