@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from abaw_ce.errors import InputError
 from abaw_ce.train import runs
-from abaw_ce.train.loop import STATUS_FILE, LossMonitor, NonFiniteLoss, make_accelerator, write_status
+from abaw_ce.train.loop import (STATUS_FILE, LossMonitor, NonFiniteLoss, epoch_batches, make_accelerator,
+                                optimizer_step, write_status)
 from abaw_ce.train.losses import mixup
 from abaw_ce.train.sampling import EpochSampler, derived_seed
 
@@ -225,13 +226,7 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     model.train()
     while progress.update < stop_at and progress.epoch < t.epochs and not stopping.stopped:
-        train_loader.set_epoch(progress.epoch)
-        skip = progress.batch_in_epoch
-        epoch_loader = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
-        epoch_loader.set_epoch(progress.epoch)
-        for batch in epoch_loader:
-            if progress.batch_in_epoch >= batches_per_epoch or progress.update >= stop_at:
-                break
+        for batch in epoch_batches(accelerator, train_loader, progress, batches_per_epoch, stop_at):
             batch = dict(batch)
             if t.mixup_alpha:
                 rng = np.random.default_rng(derived_seed(t.seed, progress.epoch, _MIXUP, progress.batch_in_epoch,
@@ -242,14 +237,8 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
             if teacher is not None:
                 with torch.no_grad(), accelerator.autocast():
                     teacher_probs = torch.sigmoid(teacher(batch["image"]).float())
-            with accelerator.accumulate(model):
-                outputs = model(batch["image"])
-                loss = loss_fn(outputs, batch, teacher_probs)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and o.clip_grad:
-                    accelerator.clip_grad_norm_(model.parameters(), o.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            loss = optimizer_step(accelerator, model, optimizer,
+                                  lambda: loss_fn(model(batch["image"]), batch, teacher_probs), o.clip_grad)
             progress.batch_in_epoch += 1
             monitor.add(loss, batch["skipped"])
             if not accelerator.sync_gradients:

@@ -2,7 +2,9 @@
 sync-free loss bookkeeping, the NaN guard and checkpointing."""
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -95,3 +97,30 @@ class LossMonitor:
 
     def checkpoint_ref(self) -> str | None:
         return f"{runs.CHECKPOINT_DIR}/{self.last_good.name}" if self.last_good else None
+
+
+def epoch_batches(accelerator: Accelerator, loader: Any, progress: runs.Progress, batches_per_epoch: int,
+                  stop_at: int) -> Iterator[Any]:
+    """The batches of the current epoch still to do: skips those a resumed run already consumed, and stops
+    at the epoch's last whole update or at ``stop_at`` updates."""
+    loader.set_epoch(progress.epoch)
+    skip = progress.batch_in_epoch
+    epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+    epoch_loader.set_epoch(progress.epoch)
+    for batch in epoch_loader:
+        if progress.batch_in_epoch >= batches_per_epoch or progress.update >= stop_at:
+            return
+        yield batch
+
+
+def optimizer_step(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                   compute_loss: Callable[[], torch.Tensor], clip_grad: float | None) -> torch.Tensor:
+    """One micro-batch: loss, backward, and (on accumulation boundaries) clipping and the optimizer step."""
+    with accelerator.accumulate(model):
+        loss = compute_loss()
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and clip_grad:
+            accelerator.clip_grad_norm_(model.parameters(), clip_grad)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return loss

@@ -23,7 +23,8 @@ from abaw_ce.models.export import encoder_state_from_pretraining, save_encoder
 from abaw_ce.models.mae import DecoderArch, MaskedAutoencoder
 from abaw_ce.models.vit import VitArch, vit_arch
 from abaw_ce.train import runs
-from abaw_ce.train.loop import STATUS_FILE, LossMonitor, NonFiniteLoss, make_accelerator, write_status
+from abaw_ce.train.loop import (STATUS_FILE, LossMonitor, NonFiniteLoss, epoch_batches, make_accelerator,
+                                optimizer_step, write_status)
 from abaw_ce.train.sampling import EpochSampler, SeededSamples, derived_seed
 
 log = logging.getLogger(__name__)
@@ -231,21 +232,9 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
     if progress.update == 0 and accelerator.is_main_process:
         visualise_now()
     while progress.update < stop_at:
-        loader.set_epoch(progress.epoch)
-        skip = progress.batch_in_epoch
-        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
-        if skip:
-            epoch_loader.set_epoch(progress.epoch)
-        for batch in epoch_loader:
-            if progress.batch_in_epoch >= batches_per_epoch or progress.update >= stop_at:
-                break
-            with accelerator.accumulate(model):
-                loss, _, _ = model(batch["image"], batch["noise"])
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and o.clip_grad:
-                    accelerator.clip_grad_norm_(model.parameters(), o.clip_grad)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+        for batch in epoch_batches(accelerator, loader, progress, batches_per_epoch, stop_at):
+            loss = optimizer_step(accelerator, model, optimizer,
+                                  lambda: model(batch["image"], batch["noise"])[0], o.clip_grad)
             progress.batch_in_epoch += 1
             monitor.add(loss, batch["skipped"])
             if not accelerator.sync_gradients:
