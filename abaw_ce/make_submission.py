@@ -117,9 +117,10 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
         if missing:
             raise InputError(Path(template), f"lists {len(missing)} video(s) that could not be decoded in "
                                              f"{videos}: {missing[:5]}; nothing was written")
-    reports, parts = [], []
+    reports, parts, faces_of = [], [], {}
     for video, path in per_video.items():
         frames, face_found, values = read_video_probs(path)
+        faces_of[video] = (frames, face_found)
         classes, notes = video_labels(face_found, values, fallback, method, weights, smoothing, window)
         if template_rows is not None:
             wanted = template_rows.loc[template_rows["video"] == video, "frame"].to_numpy(np.int64)
@@ -140,7 +141,7 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     summary = _summary(reports, rows, runs, models, method, smoothing, window, written)
     submission.atomic_write_text(out.with_name(out.stem + "_summary.json"), json.dumps(summary, indent=2) + "\n",
                                  overwrite=True)
-    _timelines(per_video, rows, out.with_name(out.stem + "_timelines.png"))
+    _timelines(faces_of, rows, out.with_name(out.stem + "_timelines.png"))
     return summary
 
 
@@ -159,16 +160,17 @@ def _summary(reports: list[VideoReport], rows: pd.DataFrame, runs: Sequence[str 
             "kl_to_cexpr_prior": kl, "per_video": [asdict(r) for r in reports]}
 
 
-def _timelines(per_video: dict[str, Path], rows: pd.DataFrame, path: Path) -> None:
+def _timelines(faces_of: dict[str, tuple[np.ndarray, np.ndarray]], rows: pd.DataFrame, path: Path) -> None:
+    """One strip per video: the fused class over time, frames without a face shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    videos = sorted(per_video)
+    videos = sorted(faces_of)
     fig, axes = plt.subplots(len(videos), 1, figsize=(10, 1.1 * len(videos) + 0.6), squeeze=False)
     for ax, video in zip(axes[:, 0], videos):
-        frames, face_found, _ = read_video_probs(per_video[video])
+        frames, face_found = faces_of[video]
         part = rows[rows["video"] == video]
         ax.step(part["frame"], part["label"], where="post", lw=1)
         ax.fill_between(frames, -0.5, 6.5, where=~face_found, step="mid", color="0.85", lw=0)

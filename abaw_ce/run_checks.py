@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from abaw_ce import labels
 from abaw_ce.errors import InputError
-from abaw_ce.models.export import read_encoder_meta
+from abaw_ce.models.export import input_signature, read_encoder_meta
 
 
 @dataclass
@@ -67,8 +67,7 @@ def check_runs(runs: Sequence[str | Path], f1_band: float = 0.15) -> RunCheck:
             names = (meta.get("head") or {}).get("labels")
             if list(names or []) != list(labels.BASIC_EMOTIONS):
                 check.problems.append(f"{fold}: outputs {names}, not the basic emotions in the kit's order")
-            key = (meta["arch"].img_size, tuple(round(x, 6) for x in meta["mean"]),
-                   tuple(round(x, 6) for x in meta["std"]))
+            key = input_signature(meta["arch"].img_size, meta["mean"], meta["std"])
             inputs.setdefault(key, []).append(str(fold))
             validation = _json(fold / "validation.json")
             if "mean_f1" in validation:

@@ -13,7 +13,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +193,11 @@ def load_encoder(path: str | Path, img_size: int | None = None, num_classes: int
 def load_classifier(path: str | Path, img_size: int | None = None) -> tuple[VisionTransformer, dict[str, Any]]:
     """An exported fine-tuned model with its head; ``meta['head']['labels']`` names the outputs."""
     return load_encoder(path, img_size=img_size, keep_head=True)
+
+
+def input_signature(img_size: int, mean: Sequence[float], std: Sequence[float]) -> tuple:
+    """What a model expects of its input, comparable across exports (float noise rounded away)."""
+    return int(img_size), tuple(round(float(x), 6) for x in mean), tuple(round(float(x), 6) for x in std)
 
 
 def export_meta_summary(meta: Mapping[str, Any]) -> dict[str, Any]:

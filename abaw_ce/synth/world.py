@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from abaw_ce import labels, submission
 from abaw_ce.data import writers
-from abaw_ce.synth.face import MARGIN, Identity, Pose, aligned_matrix, au_vector, composite, render_face
+from abaw_ce.synth.face import MARGIN, Identity, Pose, aligned_matrix, composite, render_face
 
 AU_ON = 0.4  # an AU intensity at or above this is labelled present
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,10 +27,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from abaw_ce.errors import InputError
 from abaw_ce.train import runs
-from abaw_ce.train.loop import (STATUS_FILE, LossMonitor, NonFiniteLoss, epoch_batches, make_accelerator,
-                                optimizer_step, write_status)
+from abaw_ce.train.loop import (STATUS_FILE, LossMonitor, NonFiniteLoss, TrainLog, epoch_batches,
+                                make_accelerator, restore, train_step,
+                                write_status)
 from abaw_ce.train.losses import mixup
 from abaw_ce.train.sampling import EpochSampler, derived_seed
 
@@ -103,13 +102,6 @@ EvaluateFn = Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, Any]]
 ExportFn = Callable[[nn.Module, Path, dict[str, Any], dict[str, np.ndarray]], None]
 
 
-def _check_train_config(t: DictConfig) -> None:
-    for key in ("epochs", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "patience"):
-        value = t[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"train.{key} must be a positive integer, got {value!r}")
-
-
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator,
             activation: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid) -> dict[str, np.ndarray]:
@@ -133,7 +125,8 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
         teacher: nn.Module | None = None, resume_from: Path | None = None) -> FitResult:
     """Train ``model`` with the recipe in ``config`` (sections optim/train); the run folder must exist."""
     t, o = config.train, config.optim
-    _check_train_config(t)
+    runs.check_positive_ints(t, "train", ("epochs", "batch_size", "grad_accum", "log_every", "keep_checkpoints",
+                                          "patience"))
     accelerator = make_accelerator(run_dir, t.precision, t.grad_accum)
     set_seed(t.seed)
     if len(train_set) < t.batch_size * accelerator.num_processes:
@@ -166,12 +159,7 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
     if resume_from is not None:
-        try:
-            accelerator.load_state(str(resume_from))
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise InputError(resume_from, f"cannot restore this checkpoint ({err})") from None
-        scheduler.step_update(progress.update)
-        accelerator.print(f"{stage}: resumed {run_dir} at epoch {progress.epoch}, update {progress.update}")
+        restore(accelerator, resume_from, scheduler, progress)
     metrics = runs.MetricsLog(run_dir / runs.METRICS_FILE,
                               resume_update=progress.update if resume_from is not None else None)
     accelerator.init_trackers(stage, config=runs.flat_config(config))
@@ -180,7 +168,6 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
     stop_at = total_updates if t.stop_after_updates is None else min(total_updates, int(t.stop_after_updates))
     monitor = LossMonitor(accelerator, run_dir, stage, t.keep_checkpoints, last_good=resume_from)
     images_per_update = t.batch_size * accelerator.num_processes * t.grad_accum
-    tick, tick_update = time.perf_counter(), progress.update
     if accelerator.is_main_process:
         write_status(run_dir, stage, "running", epoch=progress.epoch, update=progress.update)
         accelerator.print(f"{stage}: {len(train_set)} training / {len(val_set)} validation samples, "
@@ -189,20 +176,10 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
                           f"{'alpha ' + str(t.mixup_alpha) if t.mixup_alpha else 'off'}, distillation "
                           f"{'on' if teacher is not None else 'off'} -> {run_dir}")
 
-    def log_train() -> None:
-        nonlocal tick, tick_update
-        loss, skipped = monitor.take(progress.update)
-        progress.skipped += skipped
-        now = time.perf_counter()
-        record = {"update": progress.update, "epoch": round(progress.update / updates_per_epoch, 3),
-                  "loss": loss, "lr": max(g["lr"] for g in optimizer.param_groups),
-                  "images_per_s": (progress.update - tick_update) * images_per_update / max(now - tick, 1e-9),
-                  "skipped_images": progress.skipped}
-        accelerator.log({k: v for k, v in record.items() if k != "update"}, step=progress.update)
-        if accelerator.is_main_process:
-            metrics.append(record)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        tick, tick_update = now, progress.update
+    bar = tqdm(total=total_updates, initial=progress.update, desc=stage, unit="upd",
+               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    log_train = TrainLog(accelerator, monitor, metrics, bar, optimizer, progress, updates_per_epoch,
+                         images_per_update)
 
     def end_of_epoch() -> None:
         eval_model = ema.module if ema is not None else unwrapped
@@ -222,8 +199,6 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
         accelerator.print(f"{stage}: epoch {progress.epoch} validation score {result['score']:.4f}"
                           f"{' (best)' if improved else f' (best {stopping.best_score:.4f} at epoch {stopping.best_epoch})'}")
 
-    bar = tqdm(total=total_updates, initial=progress.update, desc=stage, unit="upd",
-               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     model.train()
     while progress.update < stop_at and progress.epoch < t.epochs and not stopping.stopped:
         for batch in epoch_batches(accelerator, train_loader, progress, batches_per_epoch, stop_at):
@@ -237,15 +212,10 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
             if teacher is not None:
                 with torch.no_grad(), accelerator.autocast():
                     teacher_probs = torch.sigmoid(teacher(batch["image"]).float())
-            loss = optimizer_step(accelerator, model, optimizer,
-                                  lambda: loss_fn(model(batch["image"]), batch, teacher_probs), o.clip_grad)
-            progress.batch_in_epoch += 1
-            monitor.add(loss, batch["skipped"])
-            if not accelerator.sync_gradients:
+            if not train_step(accelerator, model, optimizer, scheduler, monitor, progress,
+                              lambda: loss_fn(model(batch["image"]), batch, teacher_probs), o.clip_grad,
+                              batch["skipped"], images_per_update):
                 continue
-            progress.update += 1
-            progress.images += images_per_update
-            scheduler.step_update(progress.update)
             if ema is not None:
                 ema.update(unwrapped, step=progress.update)
             bar.update(1)

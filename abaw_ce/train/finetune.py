@@ -21,7 +21,8 @@ from abaw_ce.data.adapters import load_dataset
 from abaw_ce.data.labelled import FaceTransform, TableSamples
 from abaw_ce.data.table import au_arrays, concat_tables, targets as table_targets
 from abaw_ce.errors import InputError
-from abaw_ce.models.export import export_meta_summary, load_classifier, load_encoder, save_encoder
+from abaw_ce.models.export import (export_meta_summary, input_signature, load_classifier, load_encoder,
+                                   save_encoder)
 from abaw_ce.models.vit import build_vit, vit_arch
 from abaw_ce.train import engine, runs
 from abaw_ce.train.losses import (binary_kl, inverse_frequency_weights, masked_bce_pos_weight, pos_weights,
@@ -146,13 +147,14 @@ def resolve_teacher_paths(spec: Any, fold: int | None) -> list[Path]:
     items = [spec] if isinstance(spec, (str, Path)) else list(spec)
     paths: list[Path] = []
     for item in map(Path, items):
-        if (item / "export").is_dir() or not item.exists():
-            paths.append(item / "export" if (item / "export").is_dir() else item)
-        elif fold is not None and (item / f"{FOLD_PREFIX}{fold}" / "export").is_dir():
-            paths.append(item / f"{FOLD_PREFIX}{fold}" / "export")
+        same_fold = item / f"{FOLD_PREFIX}{fold}" / "export"
+        if (item / "export").is_dir():
+            paths.append(item / "export")
+        elif fold is not None and same_fold.is_dir():
+            paths.append(same_fold)
         elif any(item.glob(f"{FOLD_PREFIX}*/export")):
             raise InputError(item, f"this emotion run has no finished fold {fold} export to distil from")
-        else:
+        else:  # an export folder or a foreign checkpoint; loading it reports what is wrong
             paths.append(item)
     return paths
 
@@ -167,8 +169,7 @@ def load_teacher(paths: Sequence[Path], img_size: int, mean: list[float], std: l
         if list(head.get("labels", [])) != list(labels.BASIC_EMOTIONS):
             raise InputError(path, f"teacher outputs {head.get('labels')}, expected the basic emotions in the "
                                    f"kit's order {list(labels.BASIC_EMOTIONS)}; refusing to distil from it")
-        if meta["arch"].img_size != img_size or [round(x, 6) for x in meta["mean"]] != [round(x, 6) for x in mean] \
-                or [round(x, 6) for x in meta["std"]] != [round(x, 6) for x in std]:
+        if input_signature(meta["arch"].img_size, meta["mean"], meta["std"]) != input_signature(img_size, mean, std):
             raise InputError(path, f"teacher expects {meta['arch'].img_size} px with mean {meta['mean']} std "
                                    f"{meta['std']}, the student {img_size} px with mean {mean} std {std}")
         models.append(model.eval())
@@ -188,17 +189,7 @@ def start_or_resume(stage: str, config: DictConfig, resume: str | None, override
     run_dir = Path(resume)
     if not run_dir.is_dir():
         raise InputError(run_dir, "resume folder not found")
-    saved_path = run_dir / runs.CONFIG_FILE
-    if not saved_path.is_file():
-        raise InputError(saved_path, "file not found; cannot resume a run without its config")
-    saved = OmegaConf.load(saved_path)
-    merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(list(overrides)))
-    changed = [d for d in runs.config_differences(saved, merged, ("model", "data", "loss", "optim", "distill",
-                                                                  "train"))
-               if d.split(":")[0].startswith(FROZEN_ON_RESUME)]
-    if changed:
-        raise ValueError(f"cannot resume {run_dir} with changed settings: " + "; ".join(changed))
-    return merged, run_dir, True
+    return runs.resumed_config(run_dir, overrides, FROZEN_ON_RESUME), run_dir, True
 
 
 def _status(run_dir: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@ sync-free loss bookkeeping, the NaN guard and checkpointing."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
 
+from abaw_ce.errors import InputError
 from abaw_ce.train import runs
 
 STATUS_FILE = "status.json"
@@ -38,6 +40,18 @@ def make_accelerator(run_dir: Path, precision: str | bool, grad_accum: int) -> A
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),
         step_scheduler_with_optimizer=False)
+
+
+def restore(accelerator: Accelerator, checkpoint: Path, scheduler: Any, progress: runs.Progress) -> None:
+    """Load a checkpoint into everything registered with the accelerator, and put the schedule back at the
+    restored update."""
+    try:
+        accelerator.load_state(str(checkpoint))
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise InputError(checkpoint, f"cannot restore this checkpoint into the configured model ({err})") from None
+    scheduler.step_update(progress.update)
+    accelerator.print(f"resumed {checkpoint} at update {progress.update} (epoch {progress.epoch}, "
+                      f"batch {progress.batch_in_epoch})")
 
 
 def write_status(run_dir: Path, stage: str, state: str, **extra) -> None:
@@ -113,9 +127,12 @@ def epoch_batches(accelerator: Accelerator, loader: Any, progress: runs.Progress
         yield batch
 
 
-def optimizer_step(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                   compute_loss: Callable[[], torch.Tensor], clip_grad: float | None) -> torch.Tensor:
-    """One micro-batch: loss, backward, and (on accumulation boundaries) clipping and the optimizer step."""
+def train_step(accelerator: Accelerator, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: Any, monitor: LossMonitor, progress: runs.Progress,
+               compute_loss: Callable[[], torch.Tensor], clip_grad: float | None, skipped: torch.Tensor,
+               images_per_update: int) -> bool:
+    """One micro-batch: loss, backward and (on accumulation boundaries) clipping, the optimizer step and the
+    per-update schedule; the bookkeeping in ``progress`` and ``monitor``. True when an update happened."""
     with accelerator.accumulate(model):
         loss = compute_loss()
         accelerator.backward(loss)
@@ -123,4 +140,39 @@ def optimizer_step(accelerator: Accelerator, model: torch.nn.Module, optimizer: 
             accelerator.clip_grad_norm_(model.parameters(), clip_grad)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    return loss
+    progress.batch_in_epoch += 1
+    monitor.add(loss, skipped)
+    if not accelerator.sync_gradients:
+        return False
+    progress.update += 1
+    progress.images += images_per_update
+    scheduler.step_update(progress.update)
+    return True
+
+
+class TrainLog:
+    """The training record every ``log_every`` updates: mean loss since the last one, lr, images/s and
+    skipped images, to the trackers, ``metrics.json`` (main process) and the progress bar."""
+
+    def __init__(self, accelerator: Accelerator, monitor: LossMonitor, metrics: runs.MetricsLog, bar: Any,
+                 optimizer: torch.optim.Optimizer, progress: runs.Progress, updates_per_epoch: int,
+                 images_per_update: int):
+        self.accelerator, self.monitor, self.metrics, self.bar = accelerator, monitor, metrics, bar
+        self.optimizer, self.progress = optimizer, progress
+        self.updates_per_epoch, self.images_per_update = updates_per_epoch, images_per_update
+        self.tick, self.tick_update = time.perf_counter(), progress.update
+
+    def __call__(self) -> None:
+        progress = self.progress
+        loss, skipped = self.monitor.take(progress.update)
+        progress.skipped += skipped
+        now = time.perf_counter()
+        rate = (progress.update - self.tick_update) * self.images_per_update / max(now - self.tick, 1e-9)
+        record = {"update": progress.update, "epoch": round(progress.update / self.updates_per_epoch, 3),
+                  "loss": loss, "lr": max(g["lr"] for g in self.optimizer.param_groups), "images_per_s": rate,
+                  "skipped_images": progress.skipped}
+        self.accelerator.log({k: v for k, v in record.items() if k != "update"}, step=progress.update)
+        if self.accelerator.is_main_process:
+            self.metrics.append(record)
+        self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
+        self.tick, self.tick_update = now, progress.update

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import logging
-import math
-import time
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +16,13 @@ from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from abaw_ce.data.images import FaceImages
-from abaw_ce.errors import InputError
 from abaw_ce.models.export import encoder_state_from_pretraining, save_encoder
 from abaw_ce.models.mae import DecoderArch, MaskedAutoencoder
 from abaw_ce.models.vit import VitArch, vit_arch
 from abaw_ce.train import runs
-from abaw_ce.train.loop import (STATUS_FILE, LossMonitor, NonFiniteLoss, epoch_batches, make_accelerator,
-                                optimizer_step, write_status)
+from abaw_ce.train.loop import (STATUS_FILE, LossMonitor, NonFiniteLoss, TrainLog, epoch_batches,
+                                make_accelerator, restore, train_step,
+                                write_status)
 from abaw_ce.train.sampling import EpochSampler, SeededSamples, derived_seed
 
 log = logging.getLogger(__name__)
@@ -67,12 +65,9 @@ class MaeSampleMaker:
         return {"image": self.transform(image), "noise": torch.rand(self.num_patches)}
 
 
-def _check_positive(config: DictConfig) -> None:
-    t = config.train
-    for key in ("epochs", "batch_size", "grad_accum", "log_every", "checkpoint_every", "keep_checkpoints"):
-        value = t[key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"train.{key} must be a positive integer, got {value!r}")
+def _check_settings(config: DictConfig) -> None:
+    runs.check_positive_ints(config.train, "train", ("epochs", "batch_size", "grad_accum", "log_every",
+                                                     "checkpoint_every", "keep_checkpoints"))
     if not config.data.sources:
         raise ValueError("data.sources is empty; give at least one image folder, packed store or manifest "
                          "(e.g. data.sources=[data/faces])")
@@ -85,16 +80,7 @@ def _resolve_run(config: DictConfig, resume: str | None, overrides: list[str]
         run_dir = Path(config.output.dir) if config.output.dir else Path("runs") / runs.new_run_name("mae")
         return config, run_dir, None
     run_dir, checkpoint = runs.find_resume_checkpoint(resume)
-    saved_path = run_dir / runs.CONFIG_FILE
-    if not saved_path.is_file():
-        raise InputError(saved_path, "file not found; cannot resume a run without its config")
-    saved = OmegaConf.load(saved_path)
-    merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(list(overrides)))
-    changed = [d for d in runs.config_differences(saved, merged, ("model", "optim", "data", "train"))
-               if d.split(":")[0].startswith(FROZEN_ON_RESUME)]
-    if changed:
-        raise ValueError(f"cannot resume {run_dir} with changed settings: " + "; ".join(changed))
-    return merged, run_dir, checkpoint
+    return runs.resumed_config(run_dir, overrides, FROZEN_ON_RESUME), run_dir, checkpoint
 
 
 @torch.no_grad()
@@ -128,7 +114,7 @@ def unpatch_mask(mask: torch.Tensor, arch: VitArch) -> torch.Tensor:
 def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[str] | None = None) -> Path:
     """Run (or resume) MAE pretraining; returns the run folder."""
     config, run_dir, checkpoint = _resolve_run(config, resume, list(overrides or []))
-    _check_positive(config)
+    _check_settings(config)
     t, o = config.train, config.optim
     # Open the data first: a wrong path fails in a second, before any process group starts.
     dataset = FaceImages(list(config.data.sources))
@@ -175,13 +161,7 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
     accelerator.register_for_checkpointing(scheduler, progress)
 
     if checkpoint is not None:
-        try:
-            accelerator.load_state(str(checkpoint))
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise InputError(checkpoint, f"cannot restore this checkpoint into the configured model ({err})") from None
-        scheduler.step_update(progress.update)
-        accelerator.print(f"resumed {run_dir} at update {progress.update} (epoch {progress.epoch}, "
-                          f"batch {progress.batch_in_epoch})")
+        restore(accelerator, checkpoint, scheduler, progress)
     metrics = runs.MetricsLog(run_dir / runs.METRICS_FILE, resume_update=progress.update if checkpoint else None)
     accelerator.init_trackers("mae", config=runs.flat_config(config))
 
@@ -205,23 +185,10 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
         accelerator.end_training()
         return run_dir
     monitor = LossMonitor(accelerator, run_dir, "mae", t.keep_checkpoints, last_good=checkpoint)
-    tick, tick_update = time.perf_counter(), progress.update
     bar = tqdm(total=total_updates, initial=progress.update, desc="mae", unit="upd",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-
-    def log_now() -> None:
-        nonlocal tick, tick_update
-        loss, skipped = monitor.take(progress.update)
-        progress.skipped += skipped
-        now = time.perf_counter()
-        rate = (progress.update - tick_update) * effective_batch / max(now - tick, 1e-9)
-        record = {"update": progress.update, "epoch": round(progress.update / updates_per_epoch, 3), "loss": loss,
-                  "lr": optimizer.param_groups[0]["lr"], "images_per_s": rate, "skipped_images": progress.skipped}
-        accelerator.log({k: v for k, v in record.items() if k != "update"}, step=progress.update)
-        if accelerator.is_main_process:
-            metrics.append(record)
-        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
-        tick, tick_update = now, progress.update
+    log_now = TrainLog(accelerator, monitor, metrics, bar, optimizer, progress, updates_per_epoch,
+                       effective_batch)
 
     def visualise_now() -> None:
         if accelerator.is_main_process and vis_batch is not None:
@@ -233,15 +200,10 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
         visualise_now()
     while progress.update < stop_at:
         for batch in epoch_batches(accelerator, loader, progress, batches_per_epoch, stop_at):
-            loss = optimizer_step(accelerator, model, optimizer,
-                                  lambda: model(batch["image"], batch["noise"])[0], o.clip_grad)
-            progress.batch_in_epoch += 1
-            monitor.add(loss, batch["skipped"])
-            if not accelerator.sync_gradients:
+            if not train_step(accelerator, model, optimizer, scheduler, monitor, progress,
+                              lambda: model(batch["image"], batch["noise"])[0], o.clip_grad, batch["skipped"],
+                              effective_batch):
                 continue
-            progress.update += 1
-            progress.images += effective_batch
-            scheduler.step_update(progress.update)
             bar.update(1)
             if progress.update % t.log_every == 0:
                 log_now()

@@ -254,8 +254,25 @@ class discard_if_unused:
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-def config_differences(saved: DictConfig, current: DictConfig, sections: Sequence[str]) -> list[str]:
-    """Keys under ``sections`` whose values differ between two configs (resume safety check)."""
-    a, b = flat_config(saved), flat_config(current)
-    keys = sorted(k for k in set(a) | set(b) if k.split(".")[0] in sections)
-    return [f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+def check_positive_ints(section: Any, name: str, keys: Sequence[str]) -> None:
+    """Raise naming ``<name>.<key>`` unless each key holds a positive integer."""
+    for key in keys:
+        value = section[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name}.{key} must be a positive integer, got {value!r}")
+
+
+def resumed_config(run_dir: Path, overrides: Sequence[str], frozen: Sequence[str]) -> DictConfig:
+    """A run's saved config with ``key=value`` overrides; refuses overrides of keys under ``frozen``
+    prefixes (the settings a checkpoint cannot continue with), naming each."""
+    saved_path = run_dir / CONFIG_FILE
+    if not saved_path.is_file():
+        raise InputError(saved_path, "file not found; cannot resume a run without its config")
+    saved = OmegaConf.load(saved_path)
+    merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(list(overrides)))
+    a, b = flat_config(saved), flat_config(merged)
+    changed = [f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(set(a) | set(b))
+               if k.startswith(tuple(frozen)) and a.get(k) != b.get(k)]
+    if changed:
+        raise ValueError(f"cannot resume {run_dir} with changed settings: " + "; ".join(changed))
+    return merged
