@@ -3,8 +3,10 @@
 Every frame gets a label: frames without a face take probabilities interpolated from neighbouring frames,
 a video without any face takes the mean probabilities of all faces found, and when the organisers' template
 is given its rows are exactly the file's rows (frames past the decoded end repeat the last label, decoded
-frames it does not list are dropped), each case reported per video. Nothing is written unless every video
-can be labelled, and an existing file is never replaced without ``overwrite``.
+frames it does not list are dropped), each case reported per video; a damaged video that still decodes in
+part keeps its decoded frames, with a note. Nothing is written unless every video the file must hold can be
+read (without a template: every video in the folder), and an existing file is never replaced without
+``overwrite``.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import pandas as pd
 from abaw_ce import fusion, labels, submission
 from abaw_ce.errors import InputError
 from abaw_ce.inference import PROBS_DIR, load_models, predict_crops, read_video_probs, save_video_probs
+from abaw_ce.video import VIDEO_SUFFIXES
 
 
 @dataclass
@@ -82,7 +85,7 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     """Write the challenge file for every video under ``videos``; returns the summary (also saved as JSON)."""
     import torch
 
-    from abaw_ce.faces.pipeline import STORE_DIR, entry_names, list_inputs, run_faces
+    from abaw_ce.faces.pipeline import STORE_DIR, entry_names, file_kind, list_inputs, run_faces
 
     out = Path(out)
     if out.exists() and not overwrite:
@@ -94,17 +97,37 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     videos = Path(videos)
     if not videos.is_dir():
         raise InputError(videos, "video folder not found")
-    names = set(entry_names(list_inputs(videos, exclude=[work]), videos).values())
+    inputs = list_inputs(videos, exclude=[work])
+    if not inputs:
+        raise InputError(videos, "no files in this folder; nothing was written")
+    # relative path (as the faces report gives it) -> the name the faces step files its frames under
+    name_of = {p.relative_to(videos).as_posix(): n for p, n in entry_names(inputs, videos).items()}
+    names = {n for path, n in name_of.items() if file_kind(Path(path)) == "video"}
     if not names:
-        raise InputError(videos, "no files in this folder")
+        raise InputError(videos, f"no video files here ({len(inputs)} other file(s), e.g. {inputs[0].name}; "
+                                 f"expected {', '.join(VIDEO_SUFFIXES)}); nothing was written")
     if template_rows is not None:
         missing = sorted(set(template_rows["video"]) - names)
         if missing:
             raise InputError(Path(template), f"lists {len(missing)} video(s) not found in {videos}: "
                                              f"{missing[:5]}; nothing was written")
     faces_dir = work / "faces"
-    run_faces(videos, faces_dir, detector=detector, size=crop_size, overwrite=True, progress=progress,
-              cache_dir=work / "faces_cache")
+    faces = run_faces(videos, faces_dir, detector=detector, size=crop_size, overwrite=True, progress=progress,
+                      cache_dir=work / "faces_cache")
+    damaged = {name_of[f.path]: f for f in faces.files if f.kind == "video" and f.status == "partial"}
+    unreadable = {name_of[f.path]: f for f in faces.files if f.kind == "video" and f.status == "error"}
+    wanted_videos = set(template_rows["video"]) if template_rows is not None else names
+    needed = sorted(unreadable.keys() & wanted_videos)
+    if needed:  # the file would lack these videos: stop before writing anything
+        which = "video(s) the template lists" if template_rows is not None else "video(s)"
+        hint = "" if template_rows is not None else ", or pass a template that leaves them out"
+        raise InputError(videos, f"{len(needed)} {which} could not be read: "
+                                 + "; ".join(f"{unreadable[v].path} ({unreadable[v].reason})" for v in needed)
+                                 + f"; nothing was written (replace or remove them{hint}; the faces of the other "
+                                   f"videos are cached in {work}, so a rerun is quick)")
+    left_out = [f"{f.path}: not a video: left out" for f in faces.files if f.kind != "video"]
+    left_out += [f"{unreadable[v].path}: could not be read ({unreadable[v].reason}); not in the template: left out"
+                 for v in sorted(unreadable)]
     probs = predict_crops(faces_dir / STORE_DIR, models, batch_size=batch_size, flip=flip, device=device,
                           bf16=device.startswith("cuda"), progress=progress)
     per_video = save_video_probs(faces_dir, probs, work / PROBS_DIR)
@@ -122,6 +145,9 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
         frames, face_found, values = read_video_probs(path)
         faces_of[video] = (frames, face_found)
         classes, notes = video_labels(face_found, values, fallback, method, weights, smoothing, window)
+        if video in damaged:
+            notes.insert(0, f"damaged video, labelled from its {len(frames)} decoded frame(s): "
+                            f"{damaged[video].reason}")
         if template_rows is not None:
             wanted = template_rows.loc[template_rows["video"] == video, "frame"].to_numpy(np.int64)
             if len(wanted) == 0:
@@ -138,7 +164,7 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     if template_rows is not None:  # the template's order, exactly
         rows = template_rows.merge(rows, on=["video", "frame"], how="left")
     written = submission.write_submission(out, rows, overwrite=overwrite)
-    summary = _summary(reports, rows, runs, models, method, smoothing, window, written)
+    summary = _summary(reports, rows, runs, models, method, smoothing, window, written, left_out)
     submission.atomic_write_text(out.with_name(out.stem + "_summary.json"), json.dumps(summary, indent=2) + "\n",
                                  overwrite=True)
     _timelines(faces_of, rows, out.with_name(out.stem + "_timelines.png"))
@@ -146,7 +172,7 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
 
 
 def _summary(reports: list[VideoReport], rows: pd.DataFrame, runs: Sequence[str | Path], models: list,
-             method: str, smoothing: str, window: int, written: Path) -> dict[str, Any]:
+             method: str, smoothing: str, window: int, written: Path, left_out: list[str]) -> dict[str, Any]:
     counts = np.bincount(rows["label"].to_numpy(np.int64), minlength=7).astype(np.float64)
     share = counts / max(counts.sum(), 1)
     prior = np.array([labels.CEXPR_FRAME_COUNTS[c] for c in labels.CHALLENGE_COMPOUNDS], dtype=np.float64)
@@ -157,7 +183,7 @@ def _summary(reports: list[VideoReport], rows: pd.DataFrame, runs: Sequence[str 
             "faces_found": int(sum(r.faces for r in reports)), "models": [str(m.path) for m in models],
             "runs": [str(r) for r in runs], "fusion": method, "smoothing": smoothing, "window": window,
             "class_histogram": dict(zip(labels.CHALLENGE_COMPOUNDS, counts.astype(int).tolist())),
-            "kl_to_cexpr_prior": kl, "per_video": [asdict(r) for r in reports]}
+            "kl_to_cexpr_prior": kl, "per_video": [asdict(r) for r in reports], "left_out": left_out}
 
 
 def _timelines(faces_of: dict[str, tuple[np.ndarray, np.ndarray]], rows: pd.DataFrame, path: Path) -> None:
@@ -235,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     for report in summary["per_video"]:
         for note in report["notes"]:
             print(f"{report['video']}: {note}")
+    for line in summary["left_out"]:
+        print(line)
     print(f"models: {', '.join(summary['models'])}")
     print(f"wrote {summary['frames']} frames of {summary['videos']} videos ({summary['faces_found']} with a face) "
           f"to {summary['submission']}")
