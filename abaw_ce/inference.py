@@ -111,7 +111,11 @@ def save_video_probs(faces_dir: str | Path, probs: np.ndarray, out_dir: str | Pa
     index = read_index(faces_dir / STORE_DIR)
     if len(index) != len(probs):
         raise ValueError(f"{len(probs)} probability rows for {len(index)} crops")
-    crops = index[["video", "frame"]].astype({"video": str}).assign(row=np.arange(len(index)))
+    if len(index) == 0:  # no face anywhere: the store's index has no video/frame columns
+        crops = pd.DataFrame({"video": pd.Series(dtype=str), "frame": pd.Series(dtype=np.int64),
+                              "row": pd.Series(dtype=np.int64)})
+    else:
+        crops = index[["video", "frame"]].astype({"video": str}).assign(row=np.arange(len(index)))
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     for video, part in frames.groupby("video", sort=True):

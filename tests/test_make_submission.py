@@ -186,8 +186,6 @@ def test_faceless_and_short_videos_still_label_every_frame(tiny_world, tmp_path,
     assert faces["empty_room"] == 0 and faces["short"] > 0
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason="inference.save_video_probs fails on a crop store "
-                                                        "without any crop (its index has no video column)")
 def test_a_folder_without_any_face_still_gets_a_file(tmp_path):
     scene = clutter(np.random.default_rng(0), 96, 128)
     write_video(tmp_path / "videos" / "empty_room.mp4", [scene] * 10, 25, 128, 96, None)
