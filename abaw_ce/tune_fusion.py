@@ -1,0 +1,206 @@
+"""Choose the fusion rule and the temporal smoothing on labelled videos; fit weighted fusion.
+
+``submit/tune_fusion.py --videos ROOT --models RUN [RUN ...] --out DIR``: ROOT is C-EXPR-DB-style
+(``videos/`` + ``annotation/<id>.csv``). The videos go through make_submission's own path once (faces, every
+fold model); then every fusion rule x smoothing filter x window is scored by macro F1 over the 7 challenge
+classes on the labelled frames, from the cached per-video probabilities. Weighted fusion is fitted on the
+runs' out-of-fold probabilities of compound images (RAF-DB compound rows of ``oof.csv``), which the videos
+never saw, so its video score is a fair one. Written to DIR: ``grid.csv``, ``grid.png``, ``choice.json`` (the
+best setting and the make_submission flags that select it) and ``fusion_weights.json`` (for
+``--fusion-weights``).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from abaw_ce import fusion, labels, submission
+from abaw_ce.errors import InputError
+
+DEFAULT_WINDOWS = (1, 3, 5, 9, 15, 25, 41)
+GRID_METHODS = ("sum", "mean", "product", "min", "weighted")
+PAIR_CLASS = {frozenset(pair): k for k, pair in enumerate(labels.CHALLENGE_PAIRS)}
+
+
+def labelled_video_frames(root: str | Path) -> pd.DataFrame:
+    """(video, frame, label) for every frame of ROOT's videos whose segment is one of the 7 challenge classes."""
+    from abaw_ce.data.adapters import cexpr_segments, segments_to_frames
+    from abaw_ce.video import video_info
+
+    root = Path(root)
+    files = sorted((root / "annotation").glob("*.csv"))
+    if not files:
+        raise InputError(root / "annotation", "no annotation .csv files (expected C-EXPR-DB layout: "
+                                              "videos/<id>.mp4 + annotation/<id>.csv)")
+    rows = []
+    for csv_path in files:
+        candidates = sorted((root / "videos").glob(f"{csv_path.stem}.*"))
+        if not candidates:
+            raise InputError(csv_path, f"no video {csv_path.stem}.* in {root / 'videos'} for this annotation")
+        info = video_info(candidates[0])
+        for frame, name in segments_to_frames(csv_path, cexpr_segments(csv_path), info.fps, info.frames).items():
+            if name in labels.CHALLENGE_COMPOUNDS:
+                rows.append((csv_path.stem, frame, labels.CHALLENGE_COMPOUNDS.index(name)))
+    table = pd.DataFrame(rows, columns=["video", "frame", "label"])
+    if table.empty:
+        raise InputError(root / "annotation", "no frame is labelled with one of the 7 challenge compounds")
+    return table.sort_values(["video", "frame"], ignore_index=True)
+
+
+def oof_compound_probs(runs: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold probabilities and challenge classes of the runs' two-emotion (compound) rows.
+
+    Rows whose emotion pair is not a challenge compound are left out; runs without ``oof.csv`` add nothing.
+    """
+    probs, classes = [], []
+    p_cols = [f"p_{e}" for e in labels.BASIC_EMOTIONS]
+    y_cols = [f"y_{e}" for e in labels.BASIC_EMOTIONS]
+    for run in runs:
+        path = Path(run) / "oof.csv"
+        if not path.is_file():
+            continue
+        table = pd.read_csv(path)
+        y = table[y_cols].to_numpy(np.float64)
+        for row, targets in zip(table[p_cols].to_numpy(np.float64), y):
+            on = frozenset(labels.BASIC_EMOTIONS[j] for j in np.flatnonzero(targets > 0.5))
+            if on in PAIR_CLASS:
+                probs.append(row)
+                classes.append(PAIR_CLASS[on])
+    if not probs:
+        return np.zeros((0, len(labels.BASIC_EMOTIONS))), np.zeros(0, np.int64)
+    return np.asarray(probs), np.asarray(classes, np.int64)
+
+
+def score_grid(per_video: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], truth: pd.DataFrame,
+               fallback: np.ndarray, methods: Sequence[str] = GRID_METHODS,
+               smoothings: Sequence[str] = fusion.SMOOTHING_METHODS, windows: Sequence[int] = DEFAULT_WINDOWS,
+               weights: fusion.WeightedFusion | None = None) -> pd.DataFrame:
+    """Macro F1 on the labelled frames for every (method, smoothing, window).
+
+    ``per_video`` maps a video to (frames, face_found, probs) as make_submission saved them.
+    """
+    from abaw_ce.make_submission import video_labels
+
+    missing = sorted(set(truth["video"]) - set(per_video))
+    if missing:
+        raise InputError(Path(str(missing[0])), f"labelled video(s) without predictions: {missing[:5]}")
+    results = []
+    for method in methods:
+        if method == "weighted" and weights is None:
+            continue
+        for smoothing in smoothings:
+            # a window of 1 leaves the probabilities as they are: scored once, as "none"
+            for window in ((1,) if smoothing == "none" else [w for w in windows if w > 1]):
+                parts = []
+                for video, (frames, found, probs) in per_video.items():
+                    classes, _ = video_labels(found, probs, fallback, method, weights, smoothing, window)
+                    parts.append(pd.DataFrame({"video": video, "frame": frames, "label": classes}))
+                scored = submission.score(pd.concat(parts, ignore_index=True), truth)
+                results.append({"method": method, "smoothing": smoothing, "window": int(window),
+                                "macro_f1": scored.macro_f1})
+    return pd.DataFrame(results)
+
+
+def plot_grid(grid: pd.DataFrame, path: Path) -> Path:
+    """One panel per fusion rule: macro F1 against the window, a line per smoothing filter."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(grid["method"]))
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 3), sharey=True, squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        part = grid[grid["method"] == method]
+        for smoothing, rows in part.groupby("smoothing", sort=False):
+            if smoothing == "none":
+                ax.axhline(rows["macro_f1"].iloc[0], color="0.5", ls="--", lw=1, label="none")
+            else:
+                ax.plot(rows["window"], rows["macro_f1"], marker="o", ms=3, label=smoothing)
+        ax.set_xscale("log")
+        ax.set_title(method, fontsize=9)
+        ax.set_xlabel("window (frames)")
+    axes[0, 0].set_ylabel("compound macro F1")
+    axes[0, -1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def tune_fusion(videos_root: str | Path, runs: Sequence[str | Path], out_dir: str | Path,
+                detector: str = "auto", crop_size: int = 224, windows: Sequence[int] = DEFAULT_WINDOWS,
+                flip: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+    from abaw_ce.inference import PROBS_DIR, read_video_probs
+    from abaw_ce.make_submission import make_submission
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out_dir} is not empty; refusing to overwrite it (pass --overwrite)")
+    truth = labelled_video_frames(videos_root)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = out_dir / "work"
+    make_submission(Path(videos_root) / "videos", runs, out_dir / "labelled_videos.txt", work_dir=work,
+                    detector=detector, crop_size=crop_size, flip=flip, overwrite=True, progress=progress)
+    per_video = {p.stem: read_video_probs(p) for p in sorted((work / PROBS_DIR).glob("*.npz"))}
+    found = [probs[face] for _, face, probs in per_video.values() if face.any()]
+    fallback = (np.concatenate(found).mean(axis=0) if found
+                else np.full(len(labels.BASIC_EMOTIONS), 0.5))
+
+    oof_probs, oof_classes = oof_compound_probs(runs)
+    weights = fusion.fit_weighted_fusion(oof_probs, oof_classes) if len(oof_classes) else None
+    if weights is not None:
+        submission.atomic_write_text(out_dir / "fusion_weights.json", json.dumps(
+            {**weights.to_dict(), "fitted_on": f"{len(oof_classes)} out-of-fold compound images of "
+                                               f"{[str(r) for r in runs]}"}, indent=2) + "\n", overwrite=True)
+    grid = score_grid(per_video, truth, fallback, windows=windows, weights=weights)
+    grid.to_csv(out_dir / "grid.csv", index=False)
+    plot_grid(grid, out_dir / "grid.png")
+    best = grid.sort_values("macro_f1", ascending=False, kind="stable").iloc[0]
+    default = grid[(grid["method"] == "sum") & (grid["smoothing"] == "gaussian") & (grid["window"] == 9)]
+    flags = (["--fusion-weights", str(out_dir / "fusion_weights.json")] if best["method"] == "weighted"
+             else ["--fusion", str(best["method"])])
+    flags += ["--smoothing", str(best["smoothing"]), "--window", str(int(best["window"]))]
+    choice = {"method": str(best["method"]), "smoothing": str(best["smoothing"]), "window": int(best["window"]),
+              "macro_f1": float(best["macro_f1"]),
+              "default_macro_f1": float(default["macro_f1"].iloc[0]) if len(default) else None,
+              "labelled_frames": int(len(truth)), "videos": sorted(per_video),
+              "weighted_fit_images": int(len(oof_classes)), "make_submission_flags": flags}
+    submission.atomic_write_text(out_dir / "choice.json", json.dumps(choice, indent=2) + "\n", overwrite=True)
+    return {"choice": choice, "grid": grid}
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="submit/tune_fusion.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--videos", required=True, type=Path,
+                        help="labelled videos in C-EXPR-DB layout (videos/ + annotation/)")
+    parser.add_argument("--models", nargs="+", required=True, type=Path, help="emotion runs or exports")
+    parser.add_argument("--out", required=True, type=Path, help="folder for grid.csv/png, choice.json, weights")
+    parser.add_argument("--detector", default="auto", choices=["auto", "insightface", "opencv", "none"])
+    parser.add_argument("--crop-size", type=int, default=224)
+    parser.add_argument("--windows", type=int, nargs="+", default=list(DEFAULT_WINDOWS))
+    parser.add_argument("--flip", action="store_true")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        result = tune_fusion(args.videos, args.models, args.out, detector=args.detector,
+                             crop_size=args.crop_size, windows=args.windows, flip=args.flip,
+                             overwrite=args.overwrite)
+    except (InputError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    grid, choice = result["grid"], result["choice"]
+    print(grid.sort_values("macro_f1", ascending=False, kind="stable").head(10).to_string(index=False))
+    print(f"{choice['labelled_frames']} labelled frames of {len(choice['videos'])} videos; best macro F1 "
+          f"{choice['macro_f1']:.4f} (sum + gaussian 9: {choice['default_macro_f1']:.4f})")
+    print(f"make_submission flags: {' '.join(choice['make_submission_flags'])}")
+    print(f"wrote {args.out / 'grid.csv'}, {args.out / 'grid.png'}, {args.out / 'choice.json'}")
+    return 0
