@@ -245,6 +245,10 @@ class Score:
         lines += [f"  {name:<22} F1 {f1:.4f}" for name, f1 in self.per_class_f1.items()]
         if self.unscored_frames:
             lines.append(f"  {self.unscored_frames} ground-truth frame(s) had no prediction and count as wrong")
+        absent = [name for name, total in zip(self.per_class_f1, self.confusion.sum(axis=1)) if total == 0]
+        if absent:
+            lines.append(f"  the ground truth has no frame of {', '.join(absent)}: F1 0 for each, so macro F1 "
+                         f"cannot exceed {(len(self.per_class_f1) - len(absent)) / len(self.per_class_f1):.4f}")
         return "\n".join(lines)
 
 

@@ -1,4 +1,5 @@
 import numpy as np
+import pandas as pd
 import pytest
 
 from abaw_ce import submission as S
@@ -32,6 +33,15 @@ def test_write_validate_score_round_trip(tmp_path):
     assert perfect.macro_f1 == pytest.approx(1.0)
     png = S.plot_confusion(s.confusion, tmp_path / "cm.png")
     assert png.stat().st_size > 1000
+
+
+def test_a_class_absent_from_the_ground_truth_is_flagged():
+    truth = pd.DataFrame({"video": "v", "frame": range(1, 7), "label": [0, 1, 2, 3, 4, 5]})
+    scored = S.score(truth, truth)
+    assert scored.macro_f1 == pytest.approx(6 / 7)
+    assert "no frame of Sadly_Angry" in scored.format() and "0.8571" in scored.format()
+    every = pd.DataFrame({"video": "v", "frame": range(1, 8), "label": range(7)})
+    assert "no frame of" not in S.score(every, every).format()
 
 
 def test_missing_predictions_count_as_wrong(tmp_path):
