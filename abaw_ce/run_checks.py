@@ -54,7 +54,8 @@ def check_runs(runs: Sequence[str | Path], f1_band: float = 0.15) -> RunCheck:
             fold = run / f"fold_{k}"
             status = _json(fold / "status.json")
             if not fold.is_dir():
-                check.problems.append(f"{run}: fold {k} is missing (train it with --resume {run} --folds {k})")
+                check.problems.append(f"{run}: fold_{k} (fold-{k + 1} in the tables) is missing "
+                                      f"(train it with --resume {run} --folds {k})")
                 continue
             if status.get("state") != "finished":
                 check.problems.append(f"{fold}: not finished (state {status.get('state', 'unknown')!r})")

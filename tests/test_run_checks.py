@@ -38,7 +38,7 @@ def test_good_runs_pass_and_broken_ones_fail(tmp_path, capsys):
     (missing / "fold_2" / "status.json").write_text(json.dumps({"state": "stopped"}))
     assert validate_main([str(missing)]) == 1
     out = capsys.readouterr().out
-    assert "fold 1 is missing" in out and "fold_2: not finished" in out
+    assert "fold_1 (fold-2 in the tables) is missing" in out and "fold_2: not finished" in out
 
     other = make_run(tmp_path / "other", [0.6, 0.6, 0.6], mean=(0.4, 0.4, 0.4))
     assert validate_main([str(good), str(other)]) == 1
