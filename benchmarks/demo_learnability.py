@@ -52,7 +52,7 @@ def load_images(world: Path, size: int) -> tuple[torch.Tensor, np.ndarray, np.nd
                                         antialias=True)[0] for p in table["path"]]) / 255.0
     groups = table["group"].unique()
     held_out = set(np.random.default_rng(0).permutation(groups)[: len(groups) // 5])
-    return images, targets(table), table["group"].isin(held_out).to_numpy()
+    return images, targets(table), table["group"].isin(held_out).to_numpy().copy()  # torch indexes writable arrays only
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: np.ndarray) -> tuple[float, float, int]:
