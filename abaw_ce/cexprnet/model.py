@@ -1,0 +1,123 @@
+"""C-EXPR-NET: a backbone's feature map feeds an Expression block (softmax over the 6 basic emotions) and an
+AU block whose locations are weighted per AU by cross-modality attention with the AU semantic embeddings;
+the loss is alpha1 * KL expressions + alpha2 * masked AU BCE + alpha3 * distribution matching (eq. 6)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from abaw_ce import labels
+from abaw_ce.cexprnet.au_text import EncodedDescriptions
+from abaw_ce.cexprnet.modules import (AUSemanticEncoder, CrossModalityAUHead, au_from_expressions,
+                                      distribution_matching_loss, expression_kl_loss)
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 conv-BN layers with an identity (or 1x1 projection) shortcut: the paper's 'resnet block'."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels))
+        self.shortcut = (nn.Identity() if in_channels == out_channels else nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.shortcut(x))
+
+
+class VitFeatureMap(nn.Module):
+    """Our ViT encoder as a (B, D, h, w) feature map: its patch tokens, class token dropped, on the grid."""
+
+    def __init__(self, vit: nn.Module):
+        super().__init__()
+        self.vit = vit
+        self.grid = vit.patch_embed.grid_size
+        self.num_features = vit.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens:]
+        return tokens.transpose(1, 2).reshape(x.shape[0], -1, *self.grid)
+
+
+class TimmFeatureMap(nn.Module):
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.num_features = model.num_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_features(x)
+
+
+def build_backbone(spec: str, img_size: int) -> nn.Module:
+    """``timm:<name>`` (randomly initialised: nothing is downloaded) or a path to our encoder export / a
+    foreign MAE checkpoint (``abaw_ce.models.export.load_encoder``). The result has ``num_features``."""
+    if spec.startswith("timm:"):
+        import timm
+
+        return TimmFeatureMap(timm.create_model(spec[5:], pretrained=False, num_classes=0, global_pool=""))
+    from abaw_ce.models.export import load_encoder
+
+    vit, _ = load_encoder(Path(spec), img_size=img_size)
+    return VitFeatureMap(vit)
+
+
+class CExprNet(nn.Module):
+    """Returns {"expr_logits": (B, 6), "au_logits": (B, A), "attention": (B, A, h*w)}."""
+
+    def __init__(self, backbone: nn.Module, descriptions: EncodedDescriptions, vocab_size: int,
+                 block_dim: int = 256, text_dim: int = 128, text_heads: int = 4, text_layers: int = 2):
+        super().__init__()
+        self.backbone = backbone
+        channels = backbone.num_features
+        self.expr_block = ResidualBlock(channels, block_dim)
+        self.expr_head = nn.Linear(block_dim, len(labels.BASIC_EMOTIONS))
+        self.au_block = ResidualBlock(channels, block_dim)
+        self.text = AUSemanticEncoder(vocab_size, text_dim, max_tokens=descriptions.ids.shape[1],
+                                      max_segments=int(descriptions.segments.max()) + 1,
+                                      intra_layers=text_layers, inter_layers=text_layers, heads=text_heads)
+        self.au_head = CrossModalityAUHead(block_dim, text_dim, num_aus=descriptions.ids.shape[0])
+        for name in ("ids", "segments", "mask"):
+            self.register_buffer(f"text_{name}", torch.as_tensor(getattr(descriptions, name)), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        features = self.backbone(images)
+        expr = self.expr_head(self.expr_block(features).mean(dim=(2, 3)))
+        au_embeddings = self.text(self.text_ids, self.text_segments, self.text_mask)
+        au_logits, attention = self.au_head(self.au_block(features), au_embeddings)
+        return {"expr_logits": expr, "au_logits": au_logits, "attention": attention}
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """alpha1..alpha3 of eq. 6; a zero weight switches its term off (the ablation rows)."""
+    expr: float = 1.0
+    au: float = 1.0
+    dist: float = 1.0
+
+
+def cexprnet_loss(outputs: dict[str, torch.Tensor], expr_target: torch.Tensor, expr_mask: torch.Tensor,
+                  au_target: torch.Tensor, au_mask: torch.Tensor, prior: np.ndarray | torch.Tensor,
+                  weights: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Eq. 6 on a batch: KL over rows with an expression label (``expr_mask`` (B,)), BCE over the labelled AU
+    entries (``au_mask`` (B, A)), distribution matching over every row. Returns (total, detached per-term
+    values; tensors, so that logging decides when to sync with the device)."""
+    zero = outputs["expr_logits"].sum() * 0.0
+    has_expr = expr_mask.bool()
+    l_expr = (expression_kl_loss(outputs["expr_logits"][has_expr], expr_target[has_expr])
+              if has_expr.any() else zero)
+    labelled = au_mask.float()
+    bce = F.binary_cross_entropy_with_logits(outputs["au_logits"].float(), au_target.float(), reduction="none")
+    l_au = (bce * labelled).sum() / labelled.sum() if labelled.sum() > 0 else zero
+    q_au = au_from_expressions(F.softmax(outputs["expr_logits"].float(), dim=-1), prior)
+    l_dist = distribution_matching_loss(torch.sigmoid(outputs["au_logits"].float()), q_au)
+    total = weights.expr * l_expr + weights.au * l_au + weights.dist * l_dist
+    return total, {"expr": l_expr.detach(), "au": l_au.detach(), "dist": l_dist.detach()}
