@@ -20,14 +20,14 @@ def tiny_net(backbone):
 
 def test_timm_cnn_and_our_vit_backbones(tmp_path):
     torch.manual_seed(0)
-    cnn = tiny_net(build_backbone("timm:resnet10t", img_size=64))
+    cnn = tiny_net(build_backbone("timm:resnet10t", img_size=64)[0])
     out = cnn(torch.randn(2, 3, 64, 64))
     assert out["expr_logits"].shape == (2, 6) and out["au_logits"].shape == (2, 17)
     assert out["attention"].shape == (2, 17, 4)  # 64 px / stride 32 = 2 x 2 locations
     torch.testing.assert_close(out["attention"].sum(-1), torch.ones(2, 17))
     arch = VitArch(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
     save_encoder(tmp_path / "enc", build_vit(arch).state_dict(), arch, [0.5] * 3, [0.25] * 3, source={})
-    vit = tiny_net(build_backbone(str(tmp_path / "enc"), img_size=32))
+    vit = tiny_net(build_backbone(str(tmp_path / "enc"), img_size=32)[0])
     assert vit(torch.randn(3, 3, 32, 32))["attention"].shape == (3, 17, 16)  # the 4 x 4 patch grid
 
 
@@ -60,7 +60,7 @@ def test_losses_respect_their_masks():
 
 def test_a_short_run_fits_a_small_batch():
     torch.manual_seed(0)
-    net = tiny_net(build_backbone("timm:resnet10t", img_size=64))
+    net = tiny_net(build_backbone("timm:resnet10t", img_size=64)[0])
     images = torch.randn(8, 3, 64, 64)
     names = ["happiness", "Sadly_Angry", "fear", "Happily_Surprised", "anger", "disgust", "sadness", "surprise"]
     expr_target = torch.as_tensor(kl_targets(names))

@@ -57,17 +57,32 @@ class TimmFeatureMap(nn.Module):
         return self.model.forward_features(x)
 
 
-def build_backbone(spec: str, img_size: int) -> nn.Module:
+def build_backbone(spec: str, img_size: int) -> tuple[nn.Module, dict]:
     """``timm:<name>`` (randomly initialised: nothing is downloaded) or a path to our encoder export / a
-    foreign MAE checkpoint (``abaw_ce.models.export.load_encoder``). The result has ``num_features``."""
+    foreign MAE checkpoint (``abaw_ce.models.export.load_encoder``). Returns the module (it has
+    ``num_features``) and what ``rebuild_backbone`` needs: {"kind": "timm", "name"} or {"kind": "vit",
+    "arch", "mean", "std"}."""
     if spec.startswith("timm:"):
         import timm
 
-        return TimmFeatureMap(timm.create_model(spec[5:], pretrained=False, num_classes=0, global_pool=""))
+        model = timm.create_model(spec[5:], pretrained=False, num_classes=0, global_pool="")
+        return TimmFeatureMap(model), {"kind": "timm", "name": spec[5:]}
     from abaw_ce.models.export import load_encoder
 
-    vit, _ = load_encoder(Path(spec), img_size=img_size)
-    return VitFeatureMap(vit)
+    vit, meta = load_encoder(Path(spec), img_size=img_size)
+    return VitFeatureMap(vit), {"kind": "vit", "arch": meta["arch"].to_dict(), "mean": list(meta["mean"]),
+                                "std": list(meta["std"]), "source": str(spec)}
+
+
+def rebuild_backbone(info: dict) -> nn.Module:
+    """The same backbone, freshly initialised, from ``build_backbone``'s description (for loading exports)."""
+    if info["kind"] == "timm":
+        import timm
+
+        return TimmFeatureMap(timm.create_model(info["name"], pretrained=False, num_classes=0, global_pool=""))
+    from abaw_ce.models.vit import VitArch, build_vit
+
+    return VitFeatureMap(build_vit(VitArch(**info["arch"]), pooled_norm=True))
 
 
 class CExprNet(nn.Module):

@@ -122,8 +122,10 @@ def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator,
 
 def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, train_set: Dataset,
         val_set: Dataset, loss_fn: LossFn, evaluate: EvaluateFn, export: ExportFn,
-        teacher: nn.Module | None = None, resume_from: Path | None = None) -> FitResult:
-    """Train ``model`` with the recipe in ``config`` (sections optim/train); the run folder must exist."""
+        teacher: nn.Module | None = None, resume_from: Path | None = None,
+        activation: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid) -> FitResult:
+    """Train ``model`` with the recipe in ``config`` (sections optim/train); the run folder must exist.
+    ``activation`` turns the model's outputs into the probabilities ``evaluate`` and ``export`` receive."""
     t, o = config.train, config.optim
     runs.check_positive_ints(t, "train", ("epochs", "batch_size", "grad_accum", "log_every", "keep_checkpoints",
                                           "patience"))
@@ -183,7 +185,7 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
 
     def end_of_epoch() -> None:
         eval_model = ema.module if ema is not None else unwrapped
-        outputs = predict(eval_model, val_loader, accelerator)
+        outputs = predict(eval_model, val_loader, accelerator, activation)
         result = evaluate(outputs["probs"], outputs["target"], outputs["mask"])
         improved = stopping.step(result["score"], progress.epoch)
         record = {"update": progress.update, "epoch": progress.epoch, "val_score": result["score"],

@@ -1,4 +1,5 @@
-"""Command lines of stages 2 and 3 (``finetune/au.py``, ``finetune/emotion.py``)."""
+"""Command lines of stages 2 and 3 and of the C-EXPR-NET track (``finetune/au.py``, ``finetune/emotion.py``,
+``finetune/cexprnet.py``)."""
 from __future__ import annotations
 
 import argparse
@@ -60,6 +61,15 @@ def main_au(argv: list[str] | None = None) -> int:
     from abaw_ce.train.finetune import train_au
 
     return guarded(lambda: train_au(_config("au", args), resume=args.resume, overrides=args.overrides))
+
+
+def main_cexprnet(argv: list[str] | None = None) -> int:
+    args = _parser("finetune/cexprnet.py", "cexprnet").parse_intermixed_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from abaw_ce.cexprnet.train import train_cexprnet
+
+    return guarded(lambda: train_cexprnet(_config("cexprnet", args), resume=args.resume,
+                                          overrides=args.overrides))
 
 
 def _fold_list(text: str | None) -> list[int] | None:

@@ -1,0 +1,63 @@
+"""The C-EXPR-NET stage through its script on the synthetic world: export, reload, AU teacher, bad input."""
+import json
+
+import torch
+
+from abaw_ce import labels
+from abaw_ce.cexprnet.train import expression_targets, load_cexprnet
+from abaw_ce.models.export import save_encoder
+from abaw_ce.models.vit import VitArch, build_vit
+from abaw_ce.train.finetune_cli import main_cexprnet
+from tests.test_finetune_stages import run_script
+
+QUICK = ["train.epochs=2", "train.batch_size=16", "train.log_every=4", "model.img_size=32"]
+
+
+def datasets(world, *names):
+    specs = json.loads((world / "world.json").read_text())["datasets"]
+    body = ",".join("{" + ", ".join(f"{k}: {v}" for k, v in specs[n].items()) + "}" for n in names)
+    return f"data.datasets=[{body}]"
+
+
+def test_stage_script_trains_exports_and_reloads(tiny_world, tmp_path):
+    run = tmp_path / "cexprnet"
+    result = run_script("finetune/cexprnet.py", "--demo", *QUICK, f"output.dir={run}",
+                        datasets(tiny_world, "rafdb_basic", "rafdb_compound", "affwild2_au"))
+    assert "C-EXPR-NET expression F1" in result.stdout
+    validation = json.loads((run / "validation.json").read_text())
+    assert set(validation["expr_f1"]) == set(labels.BASIC_EMOTIONS)
+    assert set(validation["au_f1"]) == {f"AU{n}" for n in labels.AFFWILD2_AUS}  # the AUs Aff-Wild2 labels
+    net, meta = load_cexprnet(run / "export")
+    assert meta["backbone"] == {"kind": "timm", "name": "resnet10t"} and meta["img_size"] == 32
+    with torch.no_grad():
+        out = net(torch.zeros(2, 3, 32, 32))
+    assert out["expr_logits"].shape == (2, 6) and out["au_logits"].shape == (2, 17)
+    assert (run / "curves.png").is_file() and json.loads((run / "status.json").read_text())["state"] == "finished"
+
+
+def test_au_teacher_labels_images_without_aus_and_missing_aus_are_refused(tiny_world, tmp_path, capsys):
+    expression_only = datasets(tiny_world, "rafdb_basic", "rafdb_compound")
+    code = main_cexprnet(["--demo", *QUICK, f"output.dir={tmp_path / 'none'}", expression_only])
+    assert code == 2 and "loss.au_teacher" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()  # nothing left behind
+    arch = VitArch(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
+    torch.manual_seed(0)
+    teacher = save_encoder(tmp_path / "au_export", build_vit(arch, num_classes=12).state_dict(), arch,
+                           [0.5] * 3, [0.25] * 3, source={"stage": "au"},
+                           head={"task": "au", "labels": [f"AU{n}" for n in labels.AFFWILD2_AUS]})
+    code = main_cexprnet(["--demo", *QUICK, "train.epochs=1", f"output.dir={tmp_path / 'taught'}",
+                          expression_only, f"loss.au_teacher={teacher}"])
+    assert code == 0, capsys.readouterr().err
+    assert "labelled the AUs of 350 image(s)" in capsys.readouterr().out
+    # the DM-only and expression-only ablation rows need no AU labels
+    assert main_cexprnet(["--demo", *QUICK, "train.epochs=1", f"output.dir={tmp_path / 'no_au'}",
+                          expression_only, "loss.au=0"]) == 0
+
+
+def test_expression_targets_cover_basic_and_compound_rows():
+    import pandas as pd
+
+    table = pd.DataFrame({"expression": ["happiness", "Sadly_Angry", "neutral", ""]})
+    targets, has = expression_targets(table)
+    assert has.tolist() == [True, True, False, False]
+    assert targets[1, labels.BASIC_INDEX["anger"]] == 0.5 and targets[2:].sum() == 0
