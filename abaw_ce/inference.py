@@ -1,7 +1,7 @@
 """Batched inference of fold models over the faces step's packed crops, saved per video.
 
-Every batch of crops goes through every model (optionally also mirrored), and the sigmoid probabilities are
-averaged; frames without a face keep NaN rows so fusion settings can change later without running the
+Every batch of crops goes through every model (optionally also mirrored), and their basic-emotion
+probabilities (sigmoid outputs of the emotion track, the expression softmax of a C-EXPR-NET) are averaged; frames without a face keep NaN rows so fusion settings can change later without running the
 models again (``probs/<video>.npz``: frames, face_found, probs).
 """
 from __future__ import annotations
@@ -33,15 +33,39 @@ class LoadedModel:
     img_size: int
     mean: list[float]
     std: list[float]
+    track: str = "emotion"  # "emotion": sigmoid outputs; "cexprnet": the model returns softmax probabilities
+
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x).float()
+        return torch.sigmoid(out) if self.track == "emotion" else out
+
+
+class CExprNetExpressions(nn.Module):
+    """A C-EXPR-NET's expression branch as (B, 6) softmax probabilities, for fusion with the other track."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)["expr_logits"].float().softmax(dim=1)
+
+
+def _cexprnet_meta_file() -> str:
+    from abaw_ce.cexprnet.train import META_FILE as CEXPRNET_META
+
+    return CEXPRNET_META
 
 
 def find_exports(run: str | Path) -> list[Path]:
-    """Classifier exports of a run: every finished ``fold_*/export``, or the folder itself if it is one."""
+    """Model exports of a run: every finished ``fold_*/export`` of an emotion run, the ``export`` of a
+    C-EXPR-NET run, or the folder itself if it is an export."""
     run = Path(run)
-    if (run / META_FILE).is_file():
-        return [run]
-    if (run / "export" / META_FILE).is_file():
-        return [run / "export"]
+    for meta_file in (META_FILE, _cexprnet_meta_file()):
+        if (run / meta_file).is_file():
+            return [run]
+        if (run / "export" / meta_file).is_file():
+            return [run / "export"]
     exports = sorted(p.parent for p in run.glob("fold_*/export/" + META_FILE))
     if not exports:
         raise InputError(run, "no model export here (expected fold_*/export folders of an emotion run, or an "
@@ -54,6 +78,16 @@ def load_models(runs: Sequence[str | Path], device: torch.device | str = "cpu") 
     loaded = []
     for run in runs:
         for path in find_exports(run):
+            if (path / _cexprnet_meta_file()).is_file():
+                from abaw_ce.cexprnet.train import load_cexprnet
+
+                net, meta = load_cexprnet(path)
+                if list(meta["expression_labels"]) != list(labels.BASIC_EMOTIONS):
+                    raise InputError(path, f"model outputs {meta['expression_labels']}; expected the basic "
+                                           f"emotions in the kit's order (refusing to mix label orders)")
+                loaded.append(LoadedModel(path, CExprNetExpressions(net).to(device).eval(), int(meta["img_size"]),
+                                          list(meta["mean"]), list(meta["std"]), track="cexprnet"))
+                continue
             model, meta = load_classifier(path)
             names = (meta.get("head") or {}).get("labels")
             if list(names or []) != list(labels.BASIC_EMOTIONS):
@@ -95,7 +129,7 @@ def predict_crops(store_dir: str | Path, models: Sequence[LoadedModel], batch_si
             x = prepare_batch(crops, m)
             for view in ((x, x.flip(-1)) if flip else (x,)):
                 with autocast:
-                    total += torch.sigmoid(m.model(view).float())
+                    total += m.probabilities(view)
                 views += 1
         out[rows] = (total / views).cpu().numpy()
     return out

@@ -61,3 +61,27 @@ def test_expression_targets_cover_basic_and_compound_rows():
     targets, has = expression_targets(table)
     assert has.tolist() == [True, True, False, False]
     assert targets[1, labels.BASIC_INDEX["anger"]] == 0.5 and targets[2:].sum() == 0
+
+
+def test_make_submission_ensembles_the_two_tracks(tiny_world, tmp_path):
+    from abaw_ce import submission
+    from abaw_ce.cexprnet.train import build, save_export
+    from abaw_ce.inference import load_models
+    from abaw_ce.make_submission import make_submission
+    from abaw_ce.train import runs
+    from tests.test_make_submission import fake_fold_run, videos_folder
+
+    config = runs.load_config("cexprnet", [runs.packaged_config("cexprnet_demo")], ["model.img_size=32"])
+    torch.manual_seed(0)
+    net, tokenizer, meta = build(config)
+    save_export(tmp_path / "cx" / "export", net.eval(), meta, tokenizer)
+    emotion = fake_fold_run(tmp_path / "emotion", folds=1)
+    models = load_models([emotion, tmp_path / "cx"])
+    assert [m.track for m in models] == ["emotion", "cexprnet"]
+    probs = models[1].probabilities(torch.zeros(2, 3, 32, 32))
+    torch.testing.assert_close(probs.sum(1), torch.ones(2))  # the expression softmax
+    videos, template = videos_folder(tiny_world, tmp_path / "videos", names=("test002",))
+    summary = make_submission(videos, [emotion, tmp_path / "cx"], tmp_path / "sub.txt",
+                              template=template, detector="opencv", crop_size=48, progress=False)
+    assert len(summary["models"]) == 2
+    assert submission.validate_submission(tmp_path / "sub.txt", template=template).ok
