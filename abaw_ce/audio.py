@@ -1,0 +1,100 @@
+"""A video's audio track as log-mel spectrogram windows centred on each video frame (C-EXPR-NET-A input).
+
+PyAV decodes and resamples the track to mono at ``sample_rate``; the mel filterbank and STFT are computed
+with torch (no torchaudio dependency). A window that runs past either end of the audio is padded with the
+spectrogram's floor (silence), and a video without an audio track yields ``None`` so callers can abstain.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from abaw_ce.errors import InputError
+
+LOG_FLOOR = 1e-6
+
+
+@dataclass(frozen=True)
+class MelSettings:
+    sample_rate: int = 16000
+    n_fft: int = 400          # 25 ms at 16 kHz
+    hop: int = 160            # 10 ms
+    n_mels: int = 64
+    f_min: float = 50.0
+    f_max: float | None = None  # None = Nyquist
+
+
+def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray | None:
+    """Mono float32 samples of the first audio stream at ``sample_rate``, or None when there is none."""
+    import av
+
+    path = Path(path)
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as err:
+        raise InputError(path, f"cannot open ({err})") from err
+    with container:
+        if not container.streams.audio:
+            return None
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        chunks = []
+        for frame in container.decode(container.streams.audio[0]):
+            for out in resampler.resample(frame):
+                chunks.append(out.to_ndarray().reshape(-1))
+        for out in resampler.resample(None):  # flush
+            chunks.append(out.to_ndarray().reshape(-1))
+    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+
+
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    return 2595.0 * np.log10(1.0 + np.asarray(hz, np.float64) / 700.0)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    return 700.0 * (10.0 ** (np.asarray(mel, np.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(s: MelSettings) -> torch.Tensor:
+    """(n_mels, n_fft // 2 + 1) triangular filters equally spaced on the HTK mel scale."""
+    f_max = s.f_max or s.sample_rate / 2
+    edges = _mel_to_hz(np.linspace(_hz_to_mel(s.f_min), _hz_to_mel(f_max), s.n_mels + 2))
+    bins = np.linspace(0, s.sample_rate / 2, s.n_fft // 2 + 1)
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (bins[None] - lower) / (centre - lower)
+    falling = (upper - bins[None]) / (upper - centre)
+    return torch.as_tensor(np.clip(np.minimum(rising, falling), 0, None), dtype=torch.float32)
+
+
+def log_mel(samples: np.ndarray, s: MelSettings = MelSettings()) -> torch.Tensor:
+    """(n_mels, T) log mel power; column k is centred at time k * hop / sample_rate."""
+    x = torch.as_tensor(samples, dtype=torch.float32)
+    if len(x) < s.n_fft:
+        x = torch.nn.functional.pad(x, (0, s.n_fft - len(x)))
+    spec = torch.stft(x, s.n_fft, s.hop, window=torch.hann_window(s.n_fft), center=True, return_complex=True)
+    return torch.log(mel_filterbank(s) @ spec.abs().pow(2) + LOG_FLOOR)
+
+
+def frame_windows(spectrogram: torch.Tensor, frame_times: np.ndarray, width: int, s: MelSettings = MelSettings()
+                  ) -> torch.Tensor:
+    """(N, 1, n_mels, width) windows of a (n_mels, T) spectrogram centred at each time (seconds); columns
+    outside the audio hold the log floor."""
+    n_mels, total = spectrogram.shape
+    centres = np.rint(np.asarray(frame_times, np.float64) * s.sample_rate / s.hop).astype(np.int64)
+    offsets = np.arange(width) - width // 2
+    columns = centres[:, None] + offsets[None, :]
+    padded = torch.cat([torch.full((n_mels, 1), float(np.log(LOG_FLOOR))), spectrogram], dim=1)
+    inside = (columns >= 0) & (columns < total)
+    index = torch.as_tensor(np.where(inside, columns + 1, 0))  # 0 = the floor column
+    return padded[:, index].permute(1, 0, 2).unsqueeze(1)
+
+
+def video_frame_windows(path: str | Path, fps: float, n_frames: int, width: int = 96,
+                        s: MelSettings = MelSettings()) -> torch.Tensor | None:
+    """Spectrogram windows for video frames 1..n_frames (frame k at time (k - 1) / fps), or None without audio."""
+    samples = read_audio(path, s.sample_rate)
+    if samples is None:
+        return None
+    return frame_windows(log_mel(samples, s), np.arange(n_frames) / fps, width, s)

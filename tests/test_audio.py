@@ -1,0 +1,62 @@
+"""Audio: PyAV decoding, log-mel spectrogram, windows centred on video frames, padding, no audio track."""
+import numpy as np
+
+from abaw_ce import labels, submission
+from abaw_ce.audio import (LOG_FLOOR, MelSettings, frame_windows, log_mel, mel_filterbank, read_audio,
+                           video_frame_windows)
+from abaw_ce.synth.world import class_tone, write_video
+
+
+def peak_hz(window, s=MelSettings()):
+    """Centre frequency of the strongest mel band in a window's middle column."""
+    edges = 700.0 * (10 ** (np.linspace(2595 * np.log10(1 + s.f_min / 700), 2595 * np.log10(1 + 8000 / 700),
+                                        s.n_mels + 2) / 2595) - 1)
+    return edges[1:-1][int(window[0, :, window.shape[-1] // 2].argmax())]
+
+
+def test_tone_change_is_found_at_the_right_frames(tmp_path):
+    sr, fps = 16000, 25
+    t = np.arange(2 * sr) / sr
+    audio = 0.5 * np.sin(2 * np.pi * np.where(t < 1.0, 300.0, 1200.0) * t)
+    frames = [np.full((64, 64, 3), 128, np.uint8)] * (2 * fps)
+    write_video(tmp_path / "tone.mp4", frames, fps, 64, 64, audio, sr)
+    samples = read_audio(tmp_path / "tone.mp4")
+    assert abs(len(samples) - 2 * sr) < 0.05 * sr and np.abs(samples).max() > 0.3
+    windows = video_frame_windows(tmp_path / "tone.mp4", fps, 2 * fps, width=32)
+    assert windows.shape == (50, 1, 64, 32)
+    assert abs(peak_hz(windows[10]) - 300) < 60 and abs(peak_hz(windows[40]) - 1200) < 150
+    # a video without audio: the branch abstains
+    write_video(tmp_path / "silent.mp4", frames[:5], fps, 64, 64, None)
+    assert read_audio(tmp_path / "silent.mp4") is None
+    assert video_frame_windows(tmp_path / "silent.mp4", fps, 5) is None
+
+
+def test_windows_past_the_ends_are_padded_with_the_floor():
+    s = MelSettings()
+    spec = log_mel(np.random.default_rng(0).normal(0, 0.1, s.sample_rate // 2), s)  # half a second
+    windows = frame_windows(spec, np.array([0.0, 0.25, 0.49, 3.0]), width=20, s=s)
+    floor = float(np.log(LOG_FLOOR))
+    assert windows.shape == (4, 1, s.n_mels, 20)
+    assert (windows[0, 0, :, :10] == floor).all() and (windows[0, 0, :, 10:] > floor).all()
+    assert (windows[1] > floor).all()
+    assert (windows[2, 0, :, -5:] == floor).all()  # runs past the end
+    assert (windows[3] == floor).all()  # entirely after the audio
+    bank = mel_filterbank(s)
+    assert bank.shape == (64, 201) and (bank >= 0).all() and (bank.sum(1) > 0).all()
+
+
+def test_synthetic_test_videos_carry_their_class_in_the_audio(tiny_world):
+    truth = submission.read_submission(tiny_world / "test_ground_truth" / "ground_truth.txt")
+    part = truth[truth["video"] == "test001"].reset_index(drop=True)
+    import av
+    with av.open(str(tiny_world / "test" / "test001.mp4")) as c:
+        fps = float(c.streams.video[0].average_rate)
+    windows = video_frame_windows(tiny_world / "test" / "test001.mp4", fps, len(part), width=16)
+    # the middle frame of each segment: its audio pitch is its class tone
+    segment = (part["label"] != part["label"].shift()).cumsum()
+    for _, rows in part.groupby(segment):
+        if len(rows) < fps / 2:
+            continue
+        middle = rows.index[len(rows) // 2]
+        tone = class_tone(labels.CHALLENGE_COMPOUNDS[int(rows["label"].iloc[0])])
+        assert abs(peak_hz(windows[middle]) - tone) < 0.12 * tone, (middle, tone)
