@@ -34,6 +34,7 @@ class LoadedModel:
     mean: list[float]
     std: list[float]
     track: str = "emotion"  # "emotion": sigmoid outputs; "cexprnet": the model returns softmax probabilities
+    run: int = 0  # which of the requested runs it came from: folds are averaged within their run first
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x).float()
@@ -76,7 +77,7 @@ def find_exports(run: str | Path) -> list[Path]:
 def load_models(runs: Sequence[str | Path], device: torch.device | str = "cpu") -> list[LoadedModel]:
     """Every export of every run; all must output the six basic emotions in the kit's order."""
     loaded = []
-    for run in runs:
+    for r, run in enumerate(runs):
         for path in find_exports(run):
             if (path / _cexprnet_meta_file()).is_file():
                 from abaw_ce.cexprnet.train import load_cexprnet
@@ -86,7 +87,7 @@ def load_models(runs: Sequence[str | Path], device: torch.device | str = "cpu") 
                     raise InputError(path, f"model outputs {meta['expression_labels']}; expected the basic "
                                            f"emotions in the kit's order (refusing to mix label orders)")
                 loaded.append(LoadedModel(path, CExprNetExpressions(net).to(device).eval(), int(meta["img_size"]),
-                                          list(meta["mean"]), list(meta["std"]), track="cexprnet"))
+                                          list(meta["mean"]), list(meta["std"]), track="cexprnet", run=r))
                 continue
             model, meta = load_classifier(path)
             names = (meta.get("head") or {}).get("labels")
@@ -94,7 +95,7 @@ def load_models(runs: Sequence[str | Path], device: torch.device | str = "cpu") 
                 raise InputError(path, f"model outputs {names}; expected the basic emotions in the kit's order "
                                        f"{list(labels.BASIC_EMOTIONS)} (refusing to mix label orders)")
             loaded.append(LoadedModel(path, model.to(device).eval(), meta["arch"].img_size,
-                                      list(meta["mean"]), list(meta["std"])))
+                                      list(meta["mean"]), list(meta["std"]), run=r))
     if not loaded:
         raise ValueError("no model to run")
     return loaded
@@ -113,8 +114,20 @@ def prepare_batch(batch: torch.Tensor, m: LoadedModel) -> torch.Tensor:
 @torch.no_grad()
 def predict_crops(store_dir: str | Path, models: Sequence[LoadedModel], batch_size: int = 256,
                   flip: bool = False, device: torch.device | str = "cpu", bf16: bool = False,
-                  progress: bool = True) -> np.ndarray:
-    """(N, 6) mean probability over models (and mirrored crops with ``flip``) for every crop of a store."""
+                  progress: bool = True, run_weights: Sequence[float] | None = None) -> np.ndarray:
+    """(N, 6) probabilities for every crop of a store: the mean over each run's models (and mirrored crops
+    with ``flip``), then the ``run_weights``-weighted mean over runs (equal by default), so that a run of five
+    fold models and a single-model run of another track count as the weights say."""
+    n_runs = max(m.run for m in models) + 1
+    weights = np.ones(n_runs) if run_weights is None else np.asarray(run_weights, dtype=np.float64)
+    if weights.shape != (n_runs,) or np.any(weights < 0) or weights.sum() <= 0:
+        raise ValueError(f"run weights must be {n_runs} non-negative numbers (one per run) with a positive sum, "
+                         f"got {None if run_weights is None else list(run_weights)}")
+    present = {m.run for m in models}
+    total = sum(weights[r] for r in present)
+    if total <= 0:
+        raise ValueError("the runs given models all have weight 0")
+    per_model = [weights[m.run] / total / sum(1 for k in models if k.run == m.run) for m in models]
     faces = PackedFaces(store_dir)
     out = np.zeros((len(faces), len(labels.BASIC_EMOTIONS)), dtype=np.float32)
     device = torch.device(device)
@@ -124,14 +137,13 @@ def predict_crops(store_dir: str | Path, models: Sequence[LoadedModel], batch_si
         rows = np.arange(start, min(start + batch_size, len(faces)))
         crops = faces.get_batch(rows).to(device, non_blocking=True)
         total = torch.zeros(len(rows), len(labels.BASIC_EMOTIONS), device=device)
-        views = 0
-        for m in models:
+        views = (False, True) if flip else (False,)
+        for m, share in zip(models, per_model):
             x = prepare_batch(crops, m)
-            for view in ((x, x.flip(-1)) if flip else (x,)):
+            for mirrored in views:
                 with autocast:
-                    total += m.probabilities(view)
-                views += 1
-        out[rows] = (total / views).cpu().numpy()
+                    total += m.probabilities(x.flip(-1) if mirrored else x) * (share / len(views))
+        out[rows] = total.cpu().numpy()
     return out
 
 

@@ -81,7 +81,8 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
                     detector: str = "auto", crop_size: int = 224, method: str = "sum",
                     weights: fusion.WeightedFusion | None = None, smoothing: str = "gaussian", window: int = 9,
                     flip: bool = False, batch_size: int = 256, device: str | None = None,
-                    overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+                    overwrite: bool = False, progress: bool = True,
+                    run_weights: Sequence[float] | None = None) -> dict[str, Any]:
     """Write the challenge file for every video under ``videos``; returns the summary (also saved as JSON)."""
     import torch
 
@@ -93,6 +94,8 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     template_rows = submission.read_template(template) if template is not None else None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     models = load_models(runs, device)  # fails early on a bad run, before any decoding
+    if run_weights is not None and len(run_weights) != len(runs):
+        raise ValueError(f"{len(run_weights)} run weight(s) for {len(runs)} run(s); give one per --models run")
     work = Path(work_dir) if work_dir is not None else out.with_name(out.stem + "_work")
     videos = Path(videos)
     if not videos.is_dir():
@@ -129,7 +132,7 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     left_out += [f"{unreadable[v].path}: could not be read ({unreadable[v].reason}); not in the template: left out"
                  for v in sorted(unreadable)]
     probs = predict_crops(faces_dir / STORE_DIR, models, batch_size=batch_size, flip=flip, device=device,
-                          bf16=device.startswith("cuda"), progress=progress)
+                          bf16=device.startswith("cuda"), progress=progress, run_weights=run_weights)
     per_video = save_video_probs(faces_dir, probs, work / PROBS_DIR)
     if not per_video:
         raise InputError(Path(videos), "no video could be decoded here")
@@ -165,6 +168,7 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
         rows = template_rows.merge(rows, on=["video", "frame"], how="left")
     written = submission.write_submission(out, rows, overwrite=overwrite)
     summary = _summary(reports, rows, runs, models, method, smoothing, window, written, left_out)
+    summary["run_weights"] = [float(w) for w in run_weights] if run_weights is not None else [1.0] * len(runs)
     submission.atomic_write_text(out.with_name(out.stem + "_summary.json"), json.dumps(summary, indent=2) + "\n",
                                  overwrite=True)
     _timelines(faces_of, rows, out.with_name(out.stem + "_timelines.png"))
@@ -241,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoothing", default="gaussian", choices=list(fusion.SMOOTHING_METHODS))
     parser.add_argument("--window", type=int, default=9, help="smoothing window in frames")
     parser.add_argument("--flip", action="store_true", help="average with mirrored crops (test-time augmentation)")
+    parser.add_argument("--run-weights", type=float, nargs="+",
+                        help="one weight per --models run (default equal): each run's models are averaged "
+                             "first, then the runs with these weights (e.g. an emotion run and a C-EXPR-NET run)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
@@ -254,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = make_submission(args.videos, runs, args.out, template=args.template, work_dir=args.work_dir,
                                   detector=args.detector, crop_size=args.crop_size, method=method,
                                   weights=weights, smoothing=args.smoothing, window=args.window, flip=args.flip,
-                                  batch_size=args.batch_size, overwrite=args.overwrite)
+                                  batch_size=args.batch_size, overwrite=args.overwrite,
+                                  run_weights=args.run_weights)
     except (InputError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

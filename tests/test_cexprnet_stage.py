@@ -85,3 +85,27 @@ def test_make_submission_ensembles_the_two_tracks(tiny_world, tmp_path):
                               template=template, detector="opencv", crop_size=48, progress=False)
     assert len(summary["models"]) == 2
     assert submission.validate_submission(tmp_path / "sub.txt", template=template).ok
+
+
+def test_runs_are_averaged_first_then_weighted(tmp_path):
+    import numpy as np
+    import pytest
+
+    from abaw_ce.data.packed import PackedWriter
+    from abaw_ce.inference import load_models, predict_crops
+    from tests.test_make_submission import fake_fold_run
+
+    with PackedWriter(tmp_path / "store", 32, 32) as writer:
+        for k, value in enumerate((0, 90, 200)):
+            writer.add(np.random.default_rng(k).integers(0, 255, (32, 32, 3), dtype=np.uint8) // 2 + value // 2,
+                       f"v/{k}", video="v", frame=k + 1)
+    five, one = fake_fold_run(tmp_path / "five", folds=5), fake_fold_run(tmp_path / "one", folds=1)
+    models = load_models([five, one])
+    assert [m.run for m in models] == [0] * 5 + [1]
+    per_run = [predict_crops(tmp_path / "store", [m for m in models if m.run == r], progress=False) for r in (0, 1)]
+    both = predict_crops(tmp_path / "store", models, progress=False)
+    np.testing.assert_allclose(both, (per_run[0] + per_run[1]) / 2, rtol=1e-5)
+    weighted = predict_crops(tmp_path / "store", models, progress=False, run_weights=[1, 3])
+    np.testing.assert_allclose(weighted, 0.25 * per_run[0] + 0.75 * per_run[1], rtol=1e-5)
+    with pytest.raises(ValueError, match="one per run"):
+        predict_crops(tmp_path / "store", models, progress=False, run_weights=[1])
