@@ -1,9 +1,9 @@
 """`abaw-ce demo`: the whole pipeline on embedded data, on a CPU, with no downloads.
 
 The synthetic world (tiny) is rendered in every real format; a tiny MAE is pretrained on its faces, tuned on
-its action units, then trained as 5 basic-emotion fold models on its labelled sets; the test videos go
-through make_submission (faces, every fold model, fusion, smoothing) and the fold runs and the file are
-validated and scored against the ground truth. ``quick`` shortens every training stage for tests.
+its action units, then trained as 5 basic-emotion fold models on its labelled sets; a C-EXPR-NET (the
+second track) trains on the same sets; the test videos go through make_submission (faces, both tracks,
+fusion, smoothing) and the fold runs and the file are validated and scored against the ground truth. ``quick`` shortens every training stage for tests.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 from abaw_ce import submission
 from abaw_ce.synth.world import generate_world
 
-# Epochs of (MAE, AU, emotion) for the full demo and for a quick smoke run.
-DEMO_EPOCHS = {"full": (60, 30, 30), "quick": (2, 1, 1)}
+# Epochs of (MAE, AU, emotion, C-EXPR-NET) for the full demo and for a quick smoke run.
+DEMO_EPOCHS = {"full": (60, 30, 30, 30), "quick": (2, 1, 1, 1)}
 
 
 DEMO_MARKER = ".abaw-ce-demo"
@@ -37,6 +37,7 @@ def _config(stage: str, run_dir: Path, epochs: int, **values) -> "OmegaConf":
 
 def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: bool = False) -> dict:
     """Run the demo into ``out``; an earlier demo there is replaced, any other non-empty folder is refused."""
+    from abaw_ce.cexprnet.train import train_cexprnet
     from abaw_ce.make_submission import make_submission
     from abaw_ce.run_checks import check_runs
     from abaw_ce.train.finetune import train_au, train_emotion
@@ -51,7 +52,7 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     out.mkdir(parents=True, exist_ok=True)
     (out / DEMO_MARKER).write_text("written by `abaw-ce demo`; the next demo run replaces this folder\n")
     started = time.perf_counter()
-    mae_epochs, au_epochs, emotion_epochs = DEMO_EPOCHS["quick" if quick else "full"]
+    mae_epochs, au_epochs, emotion_epochs, cexprnet_epochs = DEMO_EPOCHS["quick" if quick else "full"]
     summary: dict = {"quick": quick}
     times: dict[str, float] = {}
 
@@ -60,14 +61,14 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
         print(f"      ({times[name]} s)")
 
     t0 = time.perf_counter()
-    print(f"[1/6] rendering the synthetic world (tiny) in every real format under {out / 'world'}")
+    print(f"[1/7] rendering the synthetic world (tiny) in every real format under {out / 'world'}")
     world = generate_world(out / "world", seed=seed, scale="tiny")
     specs = world["datasets"]
     print(f"      contact sheet of rendered expressions: {out / 'world' / 'contact_sheet.png'}")
     stage("world", t0)
 
     t0 = time.perf_counter()
-    print(f"[2/6] MAE pretraining of a tiny ViT on the unlabeled and RAF-DB-style faces ({mae_epochs} epochs)")
+    print(f"[2/7] MAE pretraining of a tiny ViT on the unlabeled and RAF-DB-style faces ({mae_epochs} epochs)")
     root = out / "world"
     sources = [str(root / "faces"), str(root / "rafdb_basic" / "Image" / "aligned"),
                str(root / "rafdb_compound" / "Image" / "aligned")]
@@ -80,14 +81,14 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     stage("mae", t0)
 
     t0 = time.perf_counter()
-    print(f"[3/6] action-unit fine-tuning on the Aff-Wild2-style AU videos ({au_epochs} epochs)")
+    print(f"[3/7] action-unit fine-tuning on the Aff-Wild2-style AU videos ({au_epochs} epochs)")
     au_run = train_au(_config("au", out / "runs" / "au", au_epochs, **{
         "model.encoder": str(mae_run / "export"), "data.datasets": [specs["affwild2_au"]], "train.seed": seed}))
     summary["au_mean_f1"] = json.loads((au_run / "validation.json").read_text())["mean_f1"]
     stage("au", t0)
 
     t0 = time.perf_counter()
-    print(f"[4/6] 5 basic-emotion fold models on RAF-DB basic + compound, AffectNet and Aff-Wild2 EXPR "
+    print(f"[4/7] 5 basic-emotion fold models on RAF-DB basic + compound, AffectNet and Aff-Wild2 EXPR "
           f"({emotion_epochs} epochs each)")
     labelled = [specs[k] for k in ("rafdb_basic", "rafdb_compound", "affectnet", "affwild2_expr")]
     emotion_run = train_emotion(_config("emotion", out / "runs" / "emotion", emotion_epochs, **{
@@ -96,10 +97,19 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     stage("emotion", t0)
 
     t0 = time.perf_counter()
-    print("[5/6] make_submission on the test videos (OpenCV detector, 5 fold models, sum fusion, smoothing)")
+    print(f"[5/7] the C-EXPR-NET track (ResNet-10t from scratch, 64 px) on the same sets and the AU videos "
+          f"({cexprnet_epochs} epochs)")
+    cexprnet_run = train_cexprnet(_config("cexprnet", out / "runs" / "cexprnet", cexprnet_epochs, **{
+        "data.datasets": labelled + [specs["affwild2_au"]], "data.fold_seed": seed, "train.seed": seed}))
+    stage("cexprnet", t0)
+
+    t0 = time.perf_counter()
+    print("[6/7] make_submission on the test videos (OpenCV detector; the 5 fold models averaged, then averaged "
+          "with C-EXPR-NET; sum fusion, smoothing)")
     gt_dir = out / "world" / "test_ground_truth"
     sub_path = out / "submission.txt"
-    made = make_submission(out / "world" / "test", [emotion_run], sub_path, template=gt_dir / "template.txt",
+    made = make_submission(out / "world" / "test", [emotion_run, cexprnet_run], sub_path,
+                           template=gt_dir / "template.txt",
                            detector="opencv", crop_size=112, progress=False)
     for report in made["per_video"]:
         for note in report["notes"]:
@@ -112,7 +122,7 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     print(f"      face found in {summary['detection_rate']:.1%} of {len(shown)} frames that show one")
     stage("submission", t0)
 
-    print("[6/6] validation of the fold runs and of the file, and the score against the ground truth")
+    print("[7/7] validation of the fold runs and of the file, and the score against the ground truth")
     checked = check_runs([emotion_run])
     print("      " + checked.format().replace("\n", "\n      "))
     report = submission.validate_submission(sub_path, template=gt_dir / "template.txt")
@@ -123,7 +133,8 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     print("      " + scored.format().replace("\n", "\n      "))
     summary.update(submission=str(sub_path), valid=report.ok, runs_valid=checked.ok, macro_f1=scored.macro_f1,
                    seconds=round(time.perf_counter() - started, 1), stage_seconds=times,
-                   runs={"mae": str(mae_run), "au": str(au_run), "emotion": str(emotion_run)})
+                   runs={"mae": str(mae_run), "au": str(au_run), "emotion": str(emotion_run),
+                         "cexprnet": str(cexprnet_run)})
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(f"demo finished in {summary['seconds']} s; summary in {out / 'demo_summary.json'}")
     print(f"ground truth: {gt_dir / 'ground_truth.txt'}")
