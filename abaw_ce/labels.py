@@ -31,6 +31,17 @@ CHALLENGE_PAIRS: tuple[tuple[str, str], ...] = (
 CHALLENGE_PAIR_INDEX: np.ndarray = np.array(
     [[BASIC_INDEX[a], BASIC_INDEX[b]] for a, b in CHALLENGE_PAIRS], dtype=np.int64)
 
+
+def challenge_classes(targets: np.ndarray) -> np.ndarray:
+    """Challenge class 0..6 of each 6-way multi-label row (>= 0.5 = on) whose on-set is exactly a challenge
+    pair, else -1 (basic or unlabelled rows, and compounds outside the 7)."""
+    on = np.asarray(targets) >= 0.5
+    out = np.full(len(on), -1, dtype=np.int64)
+    two = on.sum(axis=1) == 2
+    for k, (a, b) in enumerate(CHALLENGE_PAIR_INDEX):
+        out[two & on[:, a] & on[:, b]] = k
+    return out
+
 # --- C-EXPR-DB: 12 compounds + Other (the 7 challenge classes first, same order) ----------------------
 CEXPR_COMPOUNDS: tuple[str, ...] = CHALLENGE_COMPOUNDS + (
     "Sadly_Disgusted", "Fearfully_Angry", "Fearfully_Disgusted", "Angrily_Disgusted", "Happily_Disgusted",

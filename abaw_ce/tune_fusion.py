@@ -24,7 +24,6 @@ from abaw_ce.errors import InputError
 
 DEFAULT_WINDOWS = (1, 3, 5, 9, 15, 25, 41)
 GRID_METHODS = ("sum", "mean", "product", "min", "weighted")
-PAIR_CLASS = {frozenset(pair): k for k, pair in enumerate(labels.CHALLENGE_PAIRS)}
 
 
 def labelled_video_frames(root: str | Path) -> pd.DataFrame:
@@ -65,15 +64,12 @@ def oof_compound_probs(runs: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarr
         if not path.is_file():
             continue
         table = pd.read_csv(path)
-        y = table[y_cols].to_numpy(np.float64)
-        for row, targets in zip(table[p_cols].to_numpy(np.float64), y):
-            on = frozenset(labels.BASIC_EMOTIONS[j] for j in np.flatnonzero(targets > 0.5))
-            if on in PAIR_CLASS:
-                probs.append(row)
-                classes.append(PAIR_CLASS[on])
+        found = labels.challenge_classes(table[y_cols].to_numpy(np.float64))
+        probs.append(table[p_cols].to_numpy(np.float64)[found >= 0])
+        classes.append(found[found >= 0])
     if not probs:
         return np.zeros((0, len(labels.BASIC_EMOTIONS))), np.zeros(0, np.int64)
-    return np.asarray(probs), np.asarray(classes, np.int64)
+    return np.concatenate(probs), np.concatenate(classes)
 
 
 def score_grid(per_video: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], truth: pd.DataFrame,

@@ -30,8 +30,6 @@ from abaw_ce.models.export import load_encoder  # noqa: E402
 from abaw_ce.models.vit import build_vit, vit_arch  # noqa: E402
 from abaw_ce.train.finetune import load_tables  # noqa: E402
 
-PAIR_CLASS = {frozenset(pair): k for k, pair in enumerate(labels.CHALLENGE_PAIRS)}
-
 
 def small_cnn(width: int = 32) -> nn.Module:
     """Four conv-BN-ReLU x2 + max-pool stages, global average pool, linear head (about 0.5 M weights)."""
@@ -62,11 +60,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: np.ndarray) -> tuple[float, f
     with torch.no_grad():
         probs = torch.cat([torch.sigmoid(model(x[i:i + 256])) for i in range(0, len(x), 256)]).numpy()
     f1 = float(f1_score(y, probs > 0.5, average="macro", zero_division=0))
-    on = [frozenset(labels.BASIC_EMOTIONS[j] for j in np.flatnonzero(row > 0.5)) for row in y]
-    rows = [i for i, pair in enumerate(on) if pair in PAIR_CLASS]
-    truth = np.array([PAIR_CLASS[on[i]] for i in rows])
-    accuracy = float((fusion.fuse(probs[rows]) == truth).mean()) if rows else float("nan")
-    return f1, accuracy, len(rows)
+    truth = labels.challenge_classes(y)
+    rows = truth >= 0
+    accuracy = float((fusion.fuse(probs[rows]) == truth[rows]).mean()) if rows.any() else float("nan")
+    return f1, accuracy, int(rows.sum())
 
 
 def train(model: nn.Module, x: torch.Tensor, y: np.ndarray, epochs: int, lr: float, seed: int) -> None:

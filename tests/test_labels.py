@@ -66,3 +66,9 @@ def test_compound_aus_are_union_of_pair():
     aus = labels.expression_aus("Happily_Surprised")
     assert aus[12] == 1.0 and aus[2] == 1.0 and aus[5] == pytest.approx(0.66)
     assert labels.expression_aus("neutral") == {}
+
+
+def test_challenge_classes_of_multilabel_rows():
+    rows = np.stack([labels.multilabel_target(n) for n in ("Sadly_Angry", "happiness", "Happily_Disgusted",
+                                                       "Fearfully_Surprised", "neutral")])
+    assert labels.challenge_classes(rows).tolist() == [6, -1, -1, 0, -1]
