@@ -1,12 +1,14 @@
 """Batched inference of fold models over the faces step's packed crops, saved per video.
 
-Every batch of crops goes through every model (optionally also mirrored), and their basic-emotion
-probabilities (sigmoid outputs of the emotion track, the expression softmax of a C-EXPR-NET) are averaged; frames without a face keep NaN rows so fusion settings can change later without running the
-models again (``probs/<video>.npz``: frames, face_found, probs).
+Every batch of crops goes through every model (optionally also mirrored). Their basic-emotion probabilities
+(sigmoid outputs of the emotion track, the expression softmax of a C-EXPR-NET) are averaged within each run,
+then over runs with optional weights. Frames without a face keep NaN rows so fusion settings can change later
+without running the models again (``probs/<video>.npz``: frames, face_found, probs).
 """
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from abaw_ce import labels
+from abaw_ce.cexprnet import EXPORT_META_FILE as CEXPRNET_META_FILE
 from abaw_ce.data.packed import PackedFaces
 from abaw_ce.errors import InputError
 from abaw_ce.models.export import META_FILE, load_classifier
@@ -52,17 +55,11 @@ class CExprNetExpressions(nn.Module):
         return self.net(x)["expr_logits"].float().softmax(dim=1)
 
 
-def _cexprnet_meta_file() -> str:
-    from abaw_ce.cexprnet.train import META_FILE as CEXPRNET_META
-
-    return CEXPRNET_META
-
-
 def find_exports(run: str | Path) -> list[Path]:
     """Model exports of a run: every finished ``fold_*/export`` of an emotion run, the ``export`` of a
     C-EXPR-NET run, or the folder itself if it is an export."""
     run = Path(run)
-    for meta_file in (META_FILE, _cexprnet_meta_file()):
+    for meta_file in (META_FILE, CEXPRNET_META_FILE):
         if (run / meta_file).is_file():
             return [run]
         if (run / "export" / meta_file).is_file():
@@ -79,7 +76,7 @@ def load_models(runs: Sequence[str | Path], device: torch.device | str = "cpu") 
     loaded = []
     for r, run in enumerate(runs):
         for path in find_exports(run):
-            if (path / _cexprnet_meta_file()).is_file():
+            if (path / CEXPRNET_META_FILE).is_file():
                 from abaw_ce.cexprnet.train import load_cexprnet
 
                 net, meta = load_cexprnet(path)
@@ -111,33 +108,39 @@ def prepare_batch(batch: torch.Tensor, m: LoadedModel) -> torch.Tensor:
     return (x - mean) / std
 
 
-@torch.no_grad()
-def predict_crops(store_dir: str | Path, models: Sequence[LoadedModel], batch_size: int = 256,
-                  flip: bool = False, device: torch.device | str = "cpu", bf16: bool = False,
-                  progress: bool = True, run_weights: Sequence[float] | None = None) -> np.ndarray:
-    """(N, 6) probabilities for every crop of a store: the mean over each run's models (and mirrored crops
-    with ``flip``), then the ``run_weights``-weighted mean over runs (equal by default), so that a run of five
-    fold models and a single-model run of another track count as the weights say."""
+def model_shares(models: Sequence[LoadedModel], run_weights: Sequence[float] | None = None) -> list[float]:
+    """Each model's weight in the ensemble: its run's weight (equal by default) split evenly over the run's
+    models, so that a run of five fold models and a single-model run of another track count as the weights
+    say. Raises on weights that are not one non-negative number per run with a positive sum."""
     n_runs = max(m.run for m in models) + 1
     weights = np.ones(n_runs) if run_weights is None else np.asarray(run_weights, dtype=np.float64)
     if weights.shape != (n_runs,) or np.any(weights < 0) or weights.sum() <= 0:
         raise ValueError(f"run weights must be {n_runs} non-negative numbers (one per run) with a positive sum, "
                          f"got {None if run_weights is None else list(run_weights)}")
-    present = {m.run for m in models}
-    total = sum(weights[r] for r in present)
+    sizes = Counter(m.run for m in models)
+    total = sum(weights[r] for r in sizes)
     if total <= 0:
         raise ValueError("the runs given models all have weight 0")
-    per_model = [weights[m.run] / total / sum(1 for k in models if k.run == m.run) for m in models]
+    return [weights[m.run] / total / sizes[m.run] for m in models]
+
+
+@torch.no_grad()
+def predict_crops(store_dir: str | Path, models: Sequence[LoadedModel], batch_size: int = 256,
+                  flip: bool = False, device: torch.device | str = "cpu", bf16: bool = False,
+                  progress: bool = True, run_weights: Sequence[float] | None = None) -> np.ndarray:
+    """(N, 6) probabilities for every crop of a store: the mean over each run's models (and mirrored crops
+    with ``flip``), then the ``run_weights``-weighted mean over runs (see ``model_shares``)."""
+    per_model = model_shares(models, run_weights)
     faces = PackedFaces(store_dir)
     out = np.zeros((len(faces), len(labels.BASIC_EMOTIONS)), dtype=np.float32)
     device = torch.device(device)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
     starts = range(0, len(faces), batch_size)
+    views = (False, True) if flip else (False,)
     for start in tqdm(starts, desc="inference", unit="batch", disable=not progress):
         rows = np.arange(start, min(start + batch_size, len(faces)))
         crops = faces.get_batch(rows).to(device, non_blocking=True)
         total = torch.zeros(len(rows), len(labels.BASIC_EMOTIONS), device=device)
-        views = (False, True) if flip else (False,)
         for m, share in zip(models, per_model):
             x = prepare_batch(crops, m)
             for mirrored in views:

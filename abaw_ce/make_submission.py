@@ -21,7 +21,8 @@ import pandas as pd
 
 from abaw_ce import fusion, labels, submission
 from abaw_ce.errors import InputError
-from abaw_ce.inference import PROBS_DIR, load_models, predict_crops, read_video_probs, save_video_probs
+from abaw_ce.inference import (PROBS_DIR, load_models, model_shares, predict_crops, read_video_probs,
+                               save_video_probs)
 from abaw_ce.video import VIDEO_SUFFIXES
 
 
@@ -94,8 +95,7 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     template_rows = submission.read_template(template) if template is not None else None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     models = load_models(runs, device)  # fails early on a bad run, before any decoding
-    if run_weights is not None and len(run_weights) != len(runs):
-        raise ValueError(f"{len(run_weights)} run weight(s) for {len(runs)} run(s); give one per --models run")
+    model_shares(models, run_weights)  # and on bad --run-weights
     work = Path(work_dir) if work_dir is not None else out.with_name(out.stem + "_work")
     videos = Path(videos)
     if not videos.is_dir():

@@ -22,6 +22,7 @@ from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
 from abaw_ce import labels
+from abaw_ce.cexprnet import EXPORT_META_FILE
 from abaw_ce.cexprnet.au_text import encode, load_tokenizer, train_tokenizer
 from abaw_ce.cexprnet.model import CExprNet, LossWeights, build_backbone, cexprnet_loss, rebuild_backbone
 from abaw_ce.cexprnet.modules import kl_targets
@@ -34,7 +35,7 @@ from abaw_ce.train.metrics import multilabel_f1
 from abaw_ce.train.sampling import SeededSamples
 
 STAGE = "cexprnet"
-MODEL_FILE, META_FILE, TOKENIZER_FILE = "model.safetensors", "cexprnet.json", "tokenizer.json"
+MODEL_FILE, META_FILE, TOKENIZER_FILE = "model.safetensors", EXPORT_META_FILE, "tokenizer.json"
 AU_NAMES = tuple(f"AU{n}" for n in labels.CEXPR_AUS)
 N_EXPR = len(labels.BASIC_EMOTIONS)
 # A softmax emotion counts as shown at >= 0.25: half of the 0.5 a compound's target gives each of its pair.
