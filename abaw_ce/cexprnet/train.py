@@ -30,7 +30,7 @@ from abaw_ce.data.labelled import FaceTransform, TableSamples
 from abaw_ce.data.table import au_arrays
 from abaw_ce.errors import InputError
 from abaw_ce.train import engine, runs
-from abaw_ce.train.finetune import _fold_assignment, _resume_point, _status, load_tables, start_or_resume
+from abaw_ce.train.finetune import _fold_assignment, _resume_point, load_tables, run_single
 from abaw_ce.train.metrics import multilabel_f1
 from abaw_ce.train.sampling import SeededSamples
 
@@ -155,12 +155,9 @@ def build(config: DictConfig) -> tuple[CExprNet, Any, dict[str, Any]]:
 
 
 def train_cexprnet(config: DictConfig, resume: str | None = None, overrides: Sequence[str] = ()) -> Path:
-    config, run_dir, resuming = start_or_resume(STAGE, config, resume, overrides)
-    if _status(run_dir).get("state") == "finished":
-        print(f"{run_dir} already finished")
+    run_dir, trained = run_single(STAGE, config, resume, overrides, _train)
+    if not trained:
         return run_dir
-    with runs.discard_if_unused(run_dir, created=not resuming):
-        _train(config, run_dir, resuming)
     best = json.loads((run_dir / engine.VALIDATION_FILE).read_text(encoding="utf-8"))
     au = f", AU F1 {best['mean_au_f1']:.4f}" if best.get("mean_au_f1") is not None else ""
     print(f"C-EXPR-NET expression F1 {best['mean_expr_f1']:.4f}{au} (epoch {best['epoch']}); "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -281,14 +281,24 @@ def _train_emotion_folds(config: DictConfig, run_dir: Path, resuming: bool, fold
             teacher=teacher, resume_from=_resume_point(fold_dir) if resuming else None)
 
 
-def train_au(config: DictConfig, resume: str | None = None, overrides: Sequence[str] = ()) -> Path:
-    """AU fine-tuning of the encoder; the export (``<run>/export``) feeds the emotion stage."""
-    config, run_dir, resuming = start_or_resume("au", config, resume, overrides)
+def run_single(stage: str, config: DictConfig, resume: str | None, overrides: Sequence[str],
+               train: Callable[[DictConfig, Path, bool], None]) -> tuple[Path, bool]:
+    """Start or resume a one-run stage and ``train(config, run_dir, resuming)`` it; a finished run is left
+    alone. Returns (run folder, whether it trained now); a new folder that got nothing is removed."""
+    config, run_dir, resuming = start_or_resume(stage, config, resume, overrides)
     if _status(run_dir).get("state") == "finished":
         print(f"{run_dir} already finished")
-        return run_dir
+        return run_dir, False
     with runs.discard_if_unused(run_dir, created=not resuming):
-        _train_au(config, run_dir, resuming)
+        train(config, run_dir, resuming)
+    return run_dir, True
+
+
+def train_au(config: DictConfig, resume: str | None = None, overrides: Sequence[str] = ()) -> Path:
+    """AU fine-tuning of the encoder; the export (``<run>/export``) feeds the emotion stage."""
+    run_dir, trained = run_single("au", config, resume, overrides, _train_au)
+    if not trained:
+        return run_dir
     best = json.loads((run_dir / engine.VALIDATION_FILE).read_text(encoding="utf-8"))
     print(f"AU mean F1 {best['mean_f1']:.4f} at 0.5, {best['mean_f1_tuned']:.4f} at tuned thresholds "
           f"(epoch {best['epoch']}); export -> {run_dir / engine.BEST_DIR}")
