@@ -93,3 +93,22 @@ def test_distribution_matching_against_a_hand_computed_example():
     clipped = np.clip(q.numpy(), np.float32(1e-6), np.float32(1 - 1e-6)).astype(np.float64)  # as in float32
     expected = -np.mean(0.5 * np.log(clipped) + 0.5 * np.log(1 - clipped))
     assert distribution_matching_loss(p_au, q[None]).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_tokenizer_is_the_same_in_every_process(tmp_path):
+    # The vocabulary must not depend on hash order: a fresh interpreter builds the same one.
+    import subprocess
+    import sys
+
+    code = ("from abaw_ce.cexprnet.au_text import train_tokenizer; import json; "
+            "print(json.dumps(sorted(train_tokenizer(vocab_size=150).get_vocab().items())))")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert runs[0].strip() == json_vocab(train_tokenizer(vocab_size=150))
+
+
+def json_vocab(tokenizer):
+    import json
+
+    return json.dumps(sorted(tokenizer.get_vocab().items()))

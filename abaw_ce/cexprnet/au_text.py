@@ -1,12 +1,13 @@
 """AU semantic descriptions and their WordPiece tokenization (C-EXPR-NET's AU semantic encoding input).
 
 The descriptions are package data (``abaw_ce/au_descriptions.json``, our own FACS-based wording). The
-tokenizer is trained offline on them with HF ``tokenizers`` and saved as one JSON file; ``encode`` turns the
-17 descriptions into fixed-size id, segment (sentence index) and padding-mask arrays.
+tokenizer's vocabulary is learnt offline from them (deterministically) and it is saved as one JSON file;
+``encode`` turns the 17 descriptions into fixed-size id, segment (sentence index) and padding-mask arrays.
 """
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -28,18 +29,30 @@ def au_descriptions(aus: tuple[int, ...] = labels.CEXPR_AUS) -> dict[int, list[s
 
 
 def train_tokenizer(descriptions: dict[int, list[str]] | None = None, vocab_size: int = 400):
-    """A lower-casing WordPiece tokenizer trained on the descriptions only (offline, deterministic)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+    """A lower-casing WordPiece tokenizer (HF ``tokenizers``) whose vocabulary is learnt from the descriptions.
+
+    The vocabulary is the special tokens, every character seen (alone and as a ``##`` continuation, so no
+    word is unknown) and then the most frequent whole words, ties in alphabetical order, up to ``vocab_size``.
+    It is built here rather than by ``tokenizers``' WordPiece trainer because that trainer breaks frequency
+    ties in a per-process hash order: its vocabulary, and so every model trained on it, changed from run to
+    run.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
     descriptions = descriptions or au_descriptions()
-    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
+    counts: Counter[str] = Counter()
+    for sentences in descriptions.values():
+        for sentence in sentences:
+            counts.update(word for word, _ in splitter.pre_tokenize_str(normalizer.normalize_str(sentence)))
+    chars = sorted({c for word in counts for c in word})
+    vocab = list(SPECIAL_TOKENS) + chars + [f"##{c}" for c in chars]
+    words = [w for w, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])) if w not in vocab]
+    vocab += words[:max(0, vocab_size - len(vocab))]
+    tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizer
+    tokenizer.pre_tokenizer = splitter
     tokenizer.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                        show_progress=False)
-    sentences = [s for sentences in descriptions.values() for s in sentences]
-    tokenizer.train_from_iterator(sentences, trainer=trainer)
     return tokenizer
 
 
