@@ -98,3 +98,74 @@ def video_frame_windows(path: str | Path, fps: float, n_frames: int, width: int 
     if samples is None:
         return None
     return frame_windows(log_mel(samples, s), np.arange(n_frames) / fps, width, s)
+
+
+# --- training samples: one spectrogram window per labelled video frame ----------------------------------
+
+def video_spectrograms(videos: list[str], s: MelSettings = MelSettings(), progress: bool = True
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, float], list[str]]:
+    """Log-mel spectrogram and frame rate of each video; the third value lists videos without audio."""
+    from tqdm.auto import tqdm
+
+    from abaw_ce.video import video_info
+
+    spectrograms, rates, silent = {}, {}, []
+    for video in tqdm(videos, desc="audio spectrograms", unit="video", disable=not progress):
+        samples = read_audio(video, s.sample_rate)
+        if samples is None:
+            silent.append(video)
+            continue
+        spectrograms[video] = log_mel(samples, s)
+        rates[video] = video_info(video).fps
+    return spectrograms, rates, silent
+
+
+class FrameAudioSamples(torch.utils.data.Dataset):
+    """Row i of a table of video-frame rows: {"image": float (1, n_mels, width + 2 * shift) window centred at
+    the frame's time, "target", "mask"}; ``SpectrogramTransform`` cuts the final ``width`` columns."""
+
+    def __init__(self, table, targets: np.ndarray, mask: np.ndarray, spectrograms: dict[str, torch.Tensor],
+                 rates: dict[str, float], width: int, shift: int, s: MelSettings = MelSettings()):
+        self.paths = table["path"].astype(str).tolist()
+        self.times = [(int(f) - 1) / rates[p] for p, f in zip(self.paths, table["frame"].to_numpy(np.int64))]
+        self.targets = torch.as_tensor(np.asarray(targets, np.float32))
+        self.mask = torch.as_tensor(np.asarray(mask, np.float32))
+        self.spectrograms, self.span, self.settings = spectrograms, width + 2 * shift, s
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> dict:
+        window = frame_windows(self.spectrograms[self.paths[i]], np.array([self.times[i]]), self.span,
+                               self.settings)[0]
+        return {"image": window, "target": self.targets[i], "mask": self.mask[i]}
+
+    def describe(self, i: int) -> str:
+        return f"{self.paths[i]} at {self.times[i]:.2f} s"
+
+
+class SpectrogramTransform:
+    """Cut ``width`` columns (a random offset within the margin when training, the centre otherwise), mask a
+    random band of mel bins when training (SpecAugment-style), then standardise with the training statistics."""
+
+    def __init__(self, width: int, mean: float, std: float, train: bool, freq_mask: int = 8):
+        self.width, self.mean, self.std, self.train, self.freq_mask = width, mean, std, train, freq_mask
+
+    def __call__(self, window: torch.Tensor) -> dict[str, torch.Tensor]:
+        margin = window.shape[-1] - self.width
+        start = int(torch.randint(0, margin + 1, ())) if self.train and margin > 0 else margin // 2
+        x = (window[..., start:start + self.width] - self.mean) / self.std
+        if self.train and self.freq_mask > 0:
+            band = int(torch.randint(0, self.freq_mask + 1, ()))
+            low = int(torch.randint(0, max(1, x.shape[-2] - band), ()))
+            x = x.clone()
+            x[..., low:low + band, :] = 0.0
+        return {"image": x}
+
+
+def spectrogram_stats(spectrograms: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """Mean and standard deviation of every log-mel value of the given spectrograms."""
+    if not spectrograms:
+        raise ValueError("no spectrogram to take statistics from")
+    values = torch.cat([s.flatten() for s in spectrograms.values()])
+    return float(values.mean()), float(values.std().clamp(min=1e-6))

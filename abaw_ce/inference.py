@@ -36,8 +36,10 @@ class LoadedModel:
     img_size: int
     mean: list[float]
     std: list[float]
-    track: str = "emotion"  # "emotion": sigmoid outputs; "cexprnet": the model returns softmax probabilities
+    track: str = "emotion"  # "emotion": sigmoid outputs; "cexprnet": the model returns probabilities
     run: int = 0  # which of the requested runs it came from: folds are averaged within their run first
+    modality: str = "visual"  # "audio": a C-EXPR-NET-A reading log-mel windows of the video's sound
+    audio: dict | None = None  # the audio model's input settings (n_mels, width, mean, std, sample_rate)
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         out = self.model(x).float()
@@ -45,14 +47,16 @@ class LoadedModel:
 
 
 class CExprNetExpressions(nn.Module):
-    """A C-EXPR-NET's expression branch as (B, 6) softmax probabilities, for fusion with the other track."""
+    """A C-EXPR-NET's expression branch as (B, 6) probabilities (softmax of the KL head, sigmoids of the
+    multi-label sigmoid head), for fusion with the other track."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, head: str = "kl"):
         super().__init__()
-        self.net = net
+        self.net, self.head = net, head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)["expr_logits"].float().softmax(dim=1)
+        logits = self.net(x)["expr_logits"].float()
+        return torch.sigmoid(logits) if self.head == "sigmoid" else logits.softmax(dim=1)
 
 
 def find_exports(run: str | Path) -> list[Path]:
@@ -80,11 +84,18 @@ def load_models(runs: Sequence[str | Path], device: torch.device | str = "cpu") 
                 from abaw_ce.cexprnet.train import load_cexprnet
 
                 net, meta = load_cexprnet(path)
+                head = meta.get("expr_head", "kl")
+                if head == "multiclass":
+                    raise InputError(path, "a multi-class C-EXPR-NET (13 classes, no basic-emotion "
+                                           "probabilities) cannot join the pairwise fusion; it serves the "
+                                           "ablation only")
                 if list(meta["expression_labels"]) != list(labels.BASIC_EMOTIONS):
                     raise InputError(path, f"model outputs {meta['expression_labels']}; expected the basic "
                                            f"emotions in the kit's order (refusing to mix label orders)")
-                loaded.append(LoadedModel(path, CExprNetExpressions(net).to(device).eval(), int(meta["img_size"]),
-                                          list(meta["mean"]), list(meta["std"]), track="cexprnet", run=r))
+                loaded.append(LoadedModel(path, CExprNetExpressions(net, head).to(device).eval(),
+                                          int(meta["img_size"]), list(meta["mean"]), list(meta["std"]),
+                                          track="cexprnet", run=r, modality=meta.get("modality", "visual"),
+                                          audio=meta.get("audio")))
                 continue
             model, meta = load_classifier(path)
             names = (meta.get("head") or {}).get("labels")
@@ -127,12 +138,15 @@ def model_shares(models: Sequence[LoadedModel], run_weights: Sequence[float] | N
 @torch.no_grad()
 def predict_crops(store_dir: str | Path, models: Sequence[LoadedModel], batch_size: int = 256,
                   flip: bool = False, device: torch.device | str = "cpu", bf16: bool = False,
-                  progress: bool = True, run_weights: Sequence[float] | None = None) -> np.ndarray:
+                  progress: bool = True, run_weights: Sequence[float] | None = None,
+                  n_outputs: int = len(labels.BASIC_EMOTIONS)) -> np.ndarray:
     """(N, 6) probabilities for every crop of a store: the mean over each run's models (and mirrored crops
-    with ``flip``), then the ``run_weights``-weighted mean over runs (see ``model_shares``)."""
+    with ``flip``), then the ``run_weights``-weighted mean over runs (see ``model_shares``). Audio models
+    are not given crops (``predict_audio``)."""
+    models = [m for m in models if m.modality == "visual"]
     per_model = model_shares(models, run_weights)
     faces = PackedFaces(store_dir)
-    out = np.zeros((len(faces), len(labels.BASIC_EMOTIONS)), dtype=np.float32)
+    out = np.zeros((len(faces), n_outputs), dtype=np.float32)
     device = torch.device(device)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
     starts = range(0, len(faces), batch_size)
@@ -140,7 +154,7 @@ def predict_crops(store_dir: str | Path, models: Sequence[LoadedModel], batch_si
     for start in tqdm(starts, desc="inference", unit="batch", disable=not progress):
         rows = np.arange(start, min(start + batch_size, len(faces)))
         crops = faces.get_batch(rows).to(device, non_blocking=True)
-        total = torch.zeros(len(rows), len(labels.BASIC_EMOTIONS), device=device)
+        total = torch.zeros(len(rows), n_outputs, device=device)
         for m, share in zip(models, per_model):
             x = prepare_batch(crops, m)
             for mirrored in views:
@@ -181,3 +195,44 @@ def save_video_probs(faces_dir: str | Path, probs: np.ndarray, out_dir: str | Pa
 def read_video_probs(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with np.load(path) as data:
         return data["frames"], data["face_found"], data["probs"]
+
+
+def audio_share(models: Sequence[LoadedModel], run_weights: Sequence[float] | None = None) -> float:
+    """The audio runs' part of the run weights: the late-fusion weight of the audio track (0 without any)."""
+    n_runs = max(m.run for m in models) + 1
+    weights = np.ones(n_runs) if run_weights is None else np.asarray(run_weights, dtype=np.float64)
+    present = sorted({m.run for m in models})
+    audio = sorted({m.run for m in models if m.modality == "audio"})
+    total = float(sum(weights[r] for r in present))
+    return float(sum(weights[r] for r in audio)) / total if total > 0 else 0.0
+
+
+@torch.no_grad()
+def predict_audio(video: str | Path, frames: np.ndarray, models: Sequence[LoadedModel],
+                  run_weights: Sequence[float] | None = None, device: torch.device | str = "cpu",
+                  batch_size: int = 256) -> np.ndarray | None:
+    """(N, 6) probabilities of the audio models for 1-based ``frames`` of a video (each run's models
+    averaged, then the runs with their weights), or None when the video has no audio track."""
+    from abaw_ce.audio import MelSettings, frame_windows, log_mel, read_audio
+    from abaw_ce.video import video_info
+
+    models = [m for m in models if m.modality == "audio"]
+    shares = model_shares(models, run_weights)
+    fps = video_info(video).fps
+    times = (np.asarray(frames, np.int64) - 1) / fps
+    out = np.zeros((len(times), len(labels.BASIC_EMOTIONS)), dtype=np.float32)
+    samples: dict[int, np.ndarray | None] = {}
+    for m, share in zip(models, shares):
+        a = m.audio
+        rate = int(a["sample_rate"])
+        if rate not in samples:
+            samples[rate] = read_audio(video, rate)
+        if samples[rate] is None:
+            return None
+        settings = MelSettings(sample_rate=rate, n_mels=int(a["n_mels"]))
+        spectrogram = log_mel(samples[rate], settings)
+        for start in range(0, len(times), batch_size):
+            part = slice(start, start + batch_size)
+            x = (frame_windows(spectrogram, times[part], int(a["width"]), settings) - a["mean"]) / a["std"]
+            out[part] += m.probabilities(x.to(device)).cpu().numpy() * share
+    return out

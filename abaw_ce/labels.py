@@ -35,10 +35,15 @@ CHALLENGE_PAIR_INDEX: np.ndarray = np.array(
 def challenge_classes(targets: np.ndarray) -> np.ndarray:
     """Challenge class 0..6 of each 6-way multi-label row (>= 0.5 = on) whose on-set is exactly a challenge
     pair, else -1 (basic or unlabelled rows, and compounds outside the 7)."""
+    return pair_classes(targets, CHALLENGE_PAIR_INDEX)
+
+
+def pair_classes(targets: np.ndarray, pair_index: np.ndarray) -> np.ndarray:
+    """Index k of the pair ``pair_index[k]`` that is exactly each row's on-set (>= 0.5 = on), else -1."""
     on = np.asarray(targets) >= 0.5
     out = np.full(len(on), -1, dtype=np.int64)
     two = on.sum(axis=1) == 2
-    for k, (a, b) in enumerate(CHALLENGE_PAIR_INDEX):
+    for k, (a, b) in enumerate(pair_index):
         out[two & on[:, a] & on[:, b]] = k
     return out
 
@@ -50,6 +55,7 @@ CEXPR_PAIRS: tuple[tuple[str, str], ...] = CHALLENGE_PAIRS + (
     ("sadness", "disgust"), ("fear", "anger"), ("fear", "disgust"), ("anger", "disgust"),
     ("happiness", "disgust"),
 )
+CEXPR_PAIR_INDEX: np.ndarray = np.array([[BASIC_INDEX[a], BASIC_INDEX[b]] for a, b in CEXPR_PAIRS], dtype=np.int64)
 CEXPR_CLASSES: tuple[str, ...] = CEXPR_COMPOUNDS + ("Other",)
 CEXPR_OTHER_INDEX: int = len(CEXPR_COMPOUNDS)
 COMPOUND_PAIRS: dict[str, tuple[str, str]] = dict(zip(CEXPR_COMPOUNDS, CEXPR_PAIRS))

@@ -21,8 +21,8 @@ import pandas as pd
 
 from abaw_ce import fusion, labels, submission
 from abaw_ce.errors import InputError
-from abaw_ce.inference import (PROBS_DIR, load_models, model_shares, predict_crops, read_video_probs,
-                               save_video_probs)
+from abaw_ce.inference import (PROBS_DIR, audio_share, load_models, model_shares, predict_audio, predict_crops,
+                               read_video_probs, save_video_probs)
 from abaw_ce.video import VIDEO_SUFFIXES
 
 
@@ -36,11 +36,22 @@ class VideoReport:
 
 
 def video_labels(face_found: np.ndarray, probs: np.ndarray, fallback: np.ndarray, method: str = "sum",
-                 weights: fusion.WeightedFusion | None = None, smoothing: str = "gaussian", window: int = 9
-                 ) -> tuple[np.ndarray, list[str]]:
-    """Class 0..6 for each frame of one video, and what was done to get there."""
+                 weights: fusion.WeightedFusion | None = None, smoothing: str = "gaussian", window: int = 9,
+                 audio_probs: np.ndarray | None = None, audio_weight: float = 0.0) -> tuple[np.ndarray, list[str]]:
+    """Class 0..6 for each frame of one video, and what was done to get there.
+
+    ``audio_probs`` (the audio track's per-frame probabilities, None when the video has no sound) are
+    late-fused with the visual ones: (1 - audio_weight) * visual + audio_weight * audio. With audio_weight 1
+    (audio models only) the visual probabilities are not used and ``fallback`` stands in for missing sound.
+    """
     notes = []
-    if face_found.any():
+    if audio_weight >= 1.0:
+        if audio_probs is not None:
+            filled = audio_probs
+        else:
+            filled = np.repeat(fallback[None, :], len(probs), axis=0)
+            notes.append("no audio track: every frame takes the mean audio probabilities of the other videos")
+    elif face_found.any():
         filled = fusion.fill_missing(probs, face_found)
         missing = int((~face_found).sum())
         if missing:
@@ -48,6 +59,11 @@ def video_labels(face_found: np.ndarray, probs: np.ndarray, fallback: np.ndarray
     else:
         filled = np.repeat(fallback[None, :], len(probs), axis=0)
         notes.append("no face found in any frame: every frame takes the mean probabilities of all test faces")
+    if 0.0 < audio_weight < 1.0:
+        if audio_probs is None:
+            notes.append("no audio track: the audio models abstain, the visual track alone labels it")
+        else:
+            filled = (1.0 - audio_weight) * filled + audio_weight * audio_probs
     if len(probs) < window and smoothing != "none":
         notes.append(f"shorter than the smoothing window ({len(probs)} < {window} frames)")
     smoothed = fusion.smooth(filled, smoothing, window)
@@ -131,12 +147,29 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     left_out = [f"{f.path}: not a video: left out" for f in faces.files if f.kind != "video"]
     left_out += [f"{unreadable[v].path}: could not be read ({unreadable[v].reason}); not in the template: left out"
                  for v in sorted(unreadable)]
-    probs = predict_crops(faces_dir / STORE_DIR, models, batch_size=batch_size, flip=flip, device=device,
-                          bf16=device.startswith("cuda"), progress=progress, run_weights=run_weights)
+    if any(m.modality == "visual" for m in models):
+        probs = predict_crops(faces_dir / STORE_DIR, models, batch_size=batch_size, flip=flip, device=device,
+                              bf16=device.startswith("cuda"), progress=progress, run_weights=run_weights)
+    else:  # audio models only: the crops are not looked at
+        from abaw_ce.data.packed import PackedFaces
+
+        probs = np.full((len(PackedFaces(faces_dir / STORE_DIR)), len(labels.BASIC_EMOTIONS)), np.nan, np.float32)
     per_video = save_video_probs(faces_dir, probs, work / PROBS_DIR)
     if not per_video:
         raise InputError(Path(videos), "no video could be decoded here")
-    fallback = probs.mean(axis=0) if len(probs) else np.full(len(labels.BASIC_EMOTIONS), 0.5)
+    audio_weight = audio_share(models, run_weights)
+    audio_of: dict[str, np.ndarray | None] = {}
+    if audio_weight > 0:
+        file_of = {n: videos / path for path, n in name_of.items()}
+        for video, path in per_video.items():
+            audio_of[video] = predict_audio(file_of[video], read_video_probs(path)[0], models, run_weights,
+                                            device, batch_size)
+    if audio_weight >= 1.0:
+        heard = [a for a in audio_of.values() if a is not None]
+        fallback = (np.concatenate(heard).mean(axis=0) if heard
+                    else np.full(len(labels.BASIC_EMOTIONS), 1.0 / len(labels.BASIC_EMOTIONS)))
+    else:
+        fallback = probs.mean(axis=0) if len(probs) else np.full(len(labels.BASIC_EMOTIONS), 0.5)
 
     if template_rows is not None:
         missing = sorted(set(template_rows["video"]) - set(per_video))
@@ -147,7 +180,8 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     for video, path in per_video.items():
         frames, face_found, values = read_video_probs(path)
         faces_of[video] = (frames, face_found)
-        classes, notes = video_labels(face_found, values, fallback, method, weights, smoothing, window)
+        classes, notes = video_labels(face_found, values, fallback, method, weights, smoothing, window,
+                                      audio_of.get(video), audio_weight)
         if video in damaged:
             notes.insert(0, f"damaged video, labelled from its {len(frames)} decoded frame(s): "
                             f"{damaged[video].reason}")
@@ -169,6 +203,8 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     written = submission.write_submission(out, rows, overwrite=overwrite)
     summary = _summary(reports, rows, runs, models, method, smoothing, window, written, left_out)
     summary["run_weights"] = [float(w) for w in run_weights] if run_weights is not None else [1.0] * len(runs)
+    summary["audio_weight"] = audio_weight
+    summary["videos_without_audio"] = sorted(v for v, a in audio_of.items() if a is None)
     submission.atomic_write_text(out.with_name(out.stem + "_summary.json"), json.dumps(summary, indent=2) + "\n",
                                  overwrite=True)
     _timelines(faces_of, rows, out.with_name(out.stem + "_timelines.png"))

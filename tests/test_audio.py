@@ -60,3 +60,32 @@ def test_synthetic_test_videos_carry_their_class_in_the_audio(tiny_world):
         middle = rows.index[len(rows) // 2]
         tone = class_tone(labels.CHALLENGE_COMPOUNDS[int(rows["label"].iloc[0])])
         assert abs(peak_hz(windows[middle]) - tone) < 0.12 * tone, (middle, tone)
+
+
+def test_frame_audio_samples_cut_shifted_windows_and_standardise():
+    import pandas as pd
+    import torch
+
+    from abaw_ce.audio import FrameAudioSamples, SpectrogramTransform, spectrogram_stats
+
+    s = MelSettings(n_mels=16)
+    spectrogram = torch.arange(16 * 300, dtype=torch.float32).reshape(16, 300)
+    table = pd.DataFrame({"path": ["v.mp4", "v.mp4"], "frame": [1, 26]})
+    samples = FrameAudioSamples(table, np.eye(2, 6), np.ones((2, 6)), {"v.mp4": spectrogram}, {"v.mp4": 25.0},
+                                width=10, shift=3, s=s)
+    item = samples[1]  # frame 26 = 1.0 s = column 100
+    assert item["image"].shape == (1, 16, 16) and item["target"][1] == 1
+    assert item["image"][0, 0, 8].item() == 100.0  # the middle of the 16-column span
+    mean, std = spectrogram_stats({"v.mp4": spectrogram})
+    centre = SpectrogramTransform(10, mean, std, train=False)(item["image"])["image"]
+    assert centre.shape == (1, 16, 10)
+    assert torch.allclose(centre * std + mean, item["image"][..., 3:13])
+    torch.manual_seed(0)
+    starts = set()
+    for _ in range(30):
+        shifted = SpectrogramTransform(10, 0.0, 1.0, train=True, freq_mask=0)(item["image"])["image"]
+        starts.add(int(shifted[0, 0, 0].item()) - 92)
+    assert starts <= set(range(7)) and len(starts) > 3  # random offsets within the margin
+    masked = SpectrogramTransform(10, 0.0, 1.0, train=True, freq_mask=16)
+    assert any((masked(item["image"])["image"] == 0).all(dim=-1).any() for _ in range(10))
+    assert np.isclose(samples[0]["image"][0, 0, 0].item(), np.log(LOG_FLOOR))  # frame 1: starts before 0 s

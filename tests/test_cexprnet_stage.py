@@ -23,12 +23,13 @@ def test_stage_script_trains_exports_and_reloads(tiny_world, tmp_path):
     run = tmp_path / "cexprnet"
     result = run_script("finetune/cexprnet.py", "--demo", *QUICK, f"output.dir={run}",
                         datasets(tiny_world, "rafdb_basic", "rafdb_compound", "affwild2_au"))
-    assert "C-EXPR-NET expression F1" in result.stdout
+    assert "C-EXPR-NET (visual) expression F1" in result.stdout
     validation = json.loads((run / "validation.json").read_text())
     assert set(validation["expr_f1"]) == set(labels.BASIC_EMOTIONS)
     assert set(validation["au_f1"]) == {f"AU{n}" for n in labels.AFFWILD2_AUS}  # the AUs Aff-Wild2 labels
     net, meta = load_cexprnet(run / "export")
-    assert meta["backbone"] == {"kind": "timm", "name": "resnet10t"} and meta["img_size"] == 32
+    assert meta["backbone"] == {"kind": "timm", "name": "resnet10t", "in_chans": 3} and meta["img_size"] == 32
+    assert meta["modality"] == "visual" and meta["expr_head"] == "kl"
     with torch.no_grad():
         out = net(torch.zeros(2, 3, 32, 32))
     assert out["expr_logits"].shape == (2, 6) and out["au_logits"].shape == (2, 17)
@@ -109,3 +110,140 @@ def test_runs_are_averaged_first_then_weighted(tmp_path):
     np.testing.assert_allclose(weighted, 0.25 * per_run[0] + 0.75 * per_run[1], rtol=1e-5)
     with pytest.raises(ValueError, match="one per run"):
         predict_crops(tmp_path / "store", models, progress=False, run_weights=[1])
+
+
+def strip_audio(src, dst):
+    """A copy of a video without its audio track (the video packets remuxed, nothing re-encoded)."""
+    import av
+
+    with av.open(str(src)) as source, av.open(str(dst), "w") as out:
+        video = source.streams.video[0]
+        stream = out.add_stream_from_template(video)
+        for packet in source.demux(video):
+            if packet.dts is None:
+                continue
+            packet.stream = stream
+            out.mux(packet)
+
+
+def test_audio_track_trains_on_video_frames_and_late_fuses(tiny_world, tmp_path, capsys):
+    import numpy as np
+
+    from abaw_ce import submission
+    from abaw_ce.cexprnet.train import build, save_export
+    from abaw_ce.inference import audio_share, load_models
+    from abaw_ce.make_submission import make_submission
+    from abaw_ce.train import runs
+    from tests.test_make_submission import videos_folder
+
+    audio_run = tmp_path / "audio"
+    code = main_cexprnet(["--demo", "train.epochs=1", "train.batch_size=16", f"output.dir={audio_run}",
+                          "model.modality=audio", "loss.au=0", datasets(tiny_world, "cexpr")])
+    assert code == 0, capsys.readouterr().err
+    net, meta = load_cexprnet(audio_run / "export")
+    assert meta["modality"] == "audio" and meta["backbone"]["in_chans"] == 1
+    assert meta["audio"]["n_mels"] == 64 and meta["audio"]["std"] > 0
+    with torch.no_grad():
+        assert net(torch.zeros(2, 1, 64, meta["audio"]["width"]))["expr_logits"].shape == (2, 6)
+    # the audio track takes no AU teacher, and needs video rows
+    assert main_cexprnet(["--demo", "model.modality=audio", f"output.dir={tmp_path / 'x'}",
+                          datasets(tiny_world, "rafdb_compound"), "loss.au=0"]) == 2
+    assert "video-frame rows" in capsys.readouterr().err
+
+    config = runs.load_config("cexprnet", [runs.packaged_config("cexprnet_demo")], ["model.img_size=32"])
+    torch.manual_seed(0)
+    visual, tokenizer, vmeta = build(config)
+    save_export(tmp_path / "visual" / "export", visual.eval(), vmeta, tokenizer)
+    models = load_models([tmp_path / "visual", audio_run])
+    assert [m.modality for m in models] == ["visual", "audio"] and audio_share(models, [1, 3]) == 0.75
+
+    videos, template = videos_folder(tiny_world, tmp_path / "videos", names=("test000", "test001"))
+    strip_audio(tiny_world / "test" / "test001.mp4", videos / "test001.mp4")
+    fused = make_submission(videos, [tmp_path / "visual", audio_run], tmp_path / "lf.txt", template=template,
+                            detector="opencv", crop_size=48, progress=False)
+    assert fused["audio_weight"] == 0.5 and fused["videos_without_audio"] == ["test001"]
+    notes = {r["video"]: r["notes"] for r in fused["per_video"]}
+    assert any("no audio track" in n for n in notes["test001"])
+    assert not any("no audio track" in n for n in notes["test000"])
+    assert submission.validate_submission(tmp_path / "lf.txt", template=template).ok
+    heard = make_submission(videos, [audio_run], tmp_path / "audio.txt", template=template, detector="opencv",
+                            crop_size=48, progress=False)
+    assert heard["audio_weight"] == 1.0
+    assert submission.validate_submission(tmp_path / "audio.txt", template=template).ok
+    silent = submission.read_submission(tmp_path / "audio.txt")
+    assert len(np.unique(silent.loc[silent["video"] == "test001", "label"])) == 1  # one fallback distribution
+
+
+def test_expression_heads_targets_losses_and_compound_scores():
+    import numpy as np
+    import pandas as pd
+    import pytest
+
+    from abaw_ce.cexprnet.model import LossWeights, cexprnet_loss, expression_outputs
+    from abaw_ce.cexprnet.train import compound_f1, compound_truth, evaluate
+
+    table = pd.DataFrame({"expression": ["happiness", "Sadly_Angry", "other", "", "Happily_Disgusted"]})
+    multi, has = expression_targets(table, "multiclass")
+    assert has.tolist() == [False, True, True, False, True] and multi.shape == (5, 13)
+    assert multi[1, labels.compound_index("Sadly_Angry")] == 1 and multi[2, labels.CEXPR_OTHER_INDEX] == 1
+    binary, has = expression_targets(table, "sigmoid")
+    assert has.tolist() == [True, True, False, False, True] and binary[1].sum() == 2 and binary[1].max() == 1
+    kl, _ = expression_targets(table, "kl")
+    truths = [compound_truth(t, h, head).tolist() for t, h, head in
+              ((kl, has, "kl"), (binary, has, "sigmoid"), (multi, multi.max(1) > 0, "multiclass"))]
+    assert truths[0] == truths[1] == truths[2][:2] + [-1, -1, labels.compound_index("Happily_Disgusted")]
+    assert truths[2][2] == -1  # Other is not one of the 12 compounds
+    # a hand example: 2 of 3 compound rows right, classes 0 and 1 present
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.3]])
+    assert compound_f1(scores, np.array([0, 1, 1]), 2) == pytest.approx((2 / 3 + 2 / 3) / 2)
+    assert compound_f1(scores, np.array([-1, -1, -1]), 2) is None
+    for head in ("kl", "sigmoid", "multiclass"):
+        n = expression_outputs(head)
+        outputs = {"expr_logits": torch.randn(5, n, requires_grad=True), "au_logits": torch.randn(5, 17)}
+        target = torch.as_tensor({"kl": kl, "sigmoid": binary, "multiclass": multi}[head])
+        mask = torch.as_tensor(expression_targets(table, head)[1])
+        dist = 0.0 if head == "multiclass" else 1.0
+        total, parts = cexprnet_loss(outputs, target, mask, torch.zeros(5, 17), torch.zeros(5, 17),
+                                     labels.emotion_au_prior("cexpr", "ones"), LossWeights(1, 1, dist), head)
+        total.backward()
+        assert torch.isfinite(total) and parts["expr"] > 0 and outputs["expr_logits"].grad.abs().sum() > 0
+        probs = np.concatenate([np.full((5, n), 1.0 / n), np.full((5, 17), 0.1)], axis=1)
+        targets = np.concatenate([target.numpy(), np.zeros((5, 17))], axis=1)
+        masks = np.concatenate([np.repeat(mask.numpy()[:, None], n, 1), np.zeros((5, 17))], axis=1)
+        result = evaluate(probs, targets, masks, head)
+        assert result["score_name"] == "compound_f1" and 0 <= result["score"] <= 1
+    with pytest.raises(ValueError, match="expr_head"):
+        expression_outputs("softmax")
+
+
+def test_ablation_command_trains_every_row_and_scores_them_on_videos(tiny_world, tmp_path, capsys):
+    import pandas as pd
+
+    from tests.test_make_submission import videos_folder
+
+    videos, template = videos_folder(tiny_world, tmp_path / "videos", names=("test002",))
+    from abaw_ce import submission
+
+    rows = submission.read_submission(tiny_world / "test_ground_truth" / "ground_truth.txt")
+    truth = submission.write_submission(tmp_path / "truth.txt", rows[rows["video"] == "test002"])
+    out = tmp_path / "ablation"
+    data = datasets(tiny_world, "rafdb_compound", "rafdb_basic", "affwild2_au", "cexpr")
+    args = ["--demo", "train.epochs=1", "train.batch_size=16", "model.img_size=32", "data.frame_crops.size=48",
+            data, "--ablation", str(out), "--videos", str(videos), "--ground-truth", str(truth),
+            "--template", str(template), "--detector", "opencv", "--crop-size", "48"]
+    assert main_cexprnet(args) == 0, capsys.readouterr().err
+    table = pd.read_csv(out / "ablation.csv")
+    assert table["name"].tolist() == ["multi-class", "multi-label sigmoid", "multi-label softmax KL",
+                                      "+ data augmentation", "+ AU branch", "+ distribution matching", "audio",
+                                      "late fusion"]
+    assert table["video_f1"].between(0, 1).all() and table["seconds_per_epoch"].iloc[:7].gt(0).all()
+    assert (out / "ablation.md").read_text().count("\n|") == 10 and (out / "ablation.png").is_file()  # 8 rows
+    configs = {name: (out / d / "config.yaml").read_text() for name, d in
+               (("mc", "multi_class"), ("au", "plus_AU_branch"), ("audio", "audio"))}
+    assert "expr_head: multiclass" in configs["mc"] and "rows: compound" in configs["mc"]
+    assert "modality: audio" in configs["audio"]
+    assert len(list((out / "frame_crops").glob("*/done.json"))) == 10  # the visual rows share one extraction
+    # a second call finds every row finished and only scores again
+    capsys.readouterr()
+    assert main_cexprnet(args) == 0
+    assert capsys.readouterr().out.count("already finished") == 7

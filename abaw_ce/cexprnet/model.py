@@ -1,6 +1,10 @@
 """C-EXPR-NET: a backbone's feature map feeds an Expression block (softmax over the 6 basic emotions) and an
 AU block whose locations are weighted per AU by cross-modality attention with the AU semantic embeddings;
-the loss is alpha1 * KL expressions + alpha2 * masked AU BCE + alpha3 * distribution matching (eq. 6)."""
+the loss is alpha1 * KL expressions + alpha2 * masked AU BCE + alpha3 * distribution matching (eq. 6).
+
+The expression head can also be one of the paper's Table-4 baselines: ``sigmoid`` (6 multi-label sigmoids,
+binary cross-entropy) or ``multiclass`` (softmax over the 12 C-EXPR-DB compounds + Other, cross-entropy).
+The same network reads a log-mel spectrogram window (one input channel) for the audio track."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -57,16 +61,39 @@ class TimmFeatureMap(nn.Module):
         return self.model.forward_features(x)
 
 
-def build_backbone(spec: str, img_size: int) -> tuple[nn.Module, dict]:
+EXPR_HEADS = ("kl", "sigmoid", "multiclass")
+
+
+def expression_outputs(head: str) -> int:
+    """Width of the expression head: the 6 basic emotions, or the 13 C-EXPR-DB classes for ``multiclass``."""
+    if head not in EXPR_HEADS:
+        raise ValueError(f"model.expr_head must be one of {EXPR_HEADS}, got {head!r}")
+    return len(labels.CEXPR_CLASSES) if head == "multiclass" else len(labels.BASIC_EMOTIONS)
+
+
+def basic_probabilities(expr_logits: torch.Tensor, head: str) -> torch.Tensor:
+    """(B, 6) basic-emotion distribution of a 6-way head (softmax, or normalised sigmoids)."""
+    if head == "kl":
+        return F.softmax(expr_logits.float(), dim=-1)
+    if head == "sigmoid":
+        p = torch.sigmoid(expr_logits.float())
+        return p / p.sum(dim=-1, keepdim=True).clamp(min=1e-6)
+    raise ValueError(f"the {head!r} expression head has no basic-emotion distribution")
+
+
+def build_backbone(spec: str, img_size: int, in_chans: int = 3) -> tuple[nn.Module, dict]:
     """``timm:<name>`` (randomly initialised: nothing is downloaded) or a path to our encoder export / a
     foreign MAE checkpoint (``abaw_ce.models.export.load_encoder``). Returns the module (it has
-    ``num_features``) and what ``rebuild_backbone`` needs: {"kind": "timm", "name"} or {"kind": "vit",
-    "arch", "mean", "std"}."""
+    ``num_features``) and what ``rebuild_backbone`` needs: {"kind": "timm", "name", "in_chans"} or
+    {"kind": "vit", "arch", "mean", "std"}. ``in_chans`` 1 is the audio track's spectrogram input."""
     if spec.startswith("timm:"):
         import timm
 
-        model = timm.create_model(spec[5:], pretrained=False, num_classes=0, global_pool="")
-        return TimmFeatureMap(model), {"kind": "timm", "name": spec[5:]}
+        model = timm.create_model(spec[5:], pretrained=False, num_classes=0, global_pool="", in_chans=in_chans)
+        return TimmFeatureMap(model), {"kind": "timm", "name": spec[5:], "in_chans": int(in_chans)}
+    if in_chans != 3:
+        raise ValueError(f"model.backbone={spec}: only a timm:<name> backbone takes {in_chans}-channel input "
+                         f"(the audio track); use e.g. model.backbone=timm:resnet18")
     from abaw_ce.models.export import load_encoder
 
     vit, meta = load_encoder(Path(spec), img_size=img_size)
@@ -79,22 +106,25 @@ def rebuild_backbone(info: dict) -> nn.Module:
     if info["kind"] == "timm":
         import timm
 
-        return TimmFeatureMap(timm.create_model(info["name"], pretrained=False, num_classes=0, global_pool=""))
+        return TimmFeatureMap(timm.create_model(info["name"], pretrained=False, num_classes=0, global_pool="",
+                                                in_chans=int(info.get("in_chans", 3))))
     from abaw_ce.models.vit import VitArch, build_vit
 
     return VitFeatureMap(build_vit(VitArch(**info["arch"]), pooled_norm=True))
 
 
 class CExprNet(nn.Module):
-    """Returns {"expr_logits": (B, 6), "au_logits": (B, A), "attention": (B, A, h*w)}."""
+    """Returns {"expr_logits": (B, E), "au_logits": (B, A), "attention": (B, A, h*w)}; E = 6, or 13 for the
+    ``multiclass`` head."""
 
     def __init__(self, backbone: nn.Module, descriptions: EncodedDescriptions, vocab_size: int,
-                 block_dim: int = 256, text_dim: int = 128, text_heads: int = 4, text_layers: int = 2):
+                 block_dim: int = 256, text_dim: int = 128, text_heads: int = 4, text_layers: int = 2,
+                 expr_outputs: int = len(labels.BASIC_EMOTIONS)):
         super().__init__()
         self.backbone = backbone
         channels = backbone.num_features
         self.expr_block = ResidualBlock(channels, block_dim)
-        self.expr_head = nn.Linear(block_dim, len(labels.BASIC_EMOTIONS))
+        self.expr_head = nn.Linear(block_dim, expr_outputs)
         self.au_block = ResidualBlock(channels, block_dim)
         self.text = AUSemanticEncoder(vocab_size, text_dim, max_tokens=descriptions.ids.shape[1],
                                       max_segments=int(descriptions.segments.max()) + 1,
@@ -121,18 +151,32 @@ class LossWeights:
 
 def cexprnet_loss(outputs: dict[str, torch.Tensor], expr_target: torch.Tensor, expr_mask: torch.Tensor,
                   au_target: torch.Tensor, au_mask: torch.Tensor, prior: np.ndarray | torch.Tensor,
-                  weights: LossWeights = LossWeights()) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Eq. 6 on a batch: KL over rows with an expression label (``expr_mask`` (B,)), BCE over the labelled AU
-    entries (``au_mask`` (B, A)), distribution matching over every row. Returns (total, detached per-term
-    values; tensors, so that logging decides when to sync with the device)."""
-    zero = outputs["expr_logits"].sum() * 0.0
+                  weights: LossWeights = LossWeights(), head: str = "kl"
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Eq. 6 on a batch: the expression term over rows with an expression label (``expr_mask`` (B,)): KL
+    (eq. 1) for the ``kl`` head, binary cross-entropy for ``sigmoid``, cross-entropy for ``multiclass``; BCE
+    over the labelled AU entries (``au_mask`` (B, A)); distribution matching over every row (6-way heads
+    only). Returns (total, detached per-term values; tensors, so that logging decides when to sync)."""
+    logits = outputs["expr_logits"]
+    zero = logits.sum() * 0.0
     has_expr = expr_mask.bool()
-    l_expr = (expression_kl_loss(outputs["expr_logits"][has_expr], expr_target[has_expr])
-              if has_expr.any() else zero)
+    if not has_expr.any():
+        l_expr = zero
+    elif head == "kl":
+        l_expr = expression_kl_loss(logits[has_expr], expr_target[has_expr])
+    elif head == "sigmoid":
+        l_expr = F.binary_cross_entropy_with_logits(logits[has_expr].float(), expr_target[has_expr].float())
+    elif head == "multiclass":
+        l_expr = F.cross_entropy(logits[has_expr].float(), expr_target[has_expr].float())
+    else:
+        raise ValueError(f"unknown expression head {head!r}; expected one of {EXPR_HEADS}")
     labelled = au_mask.float()
     bce = F.binary_cross_entropy_with_logits(outputs["au_logits"].float(), au_target.float(), reduction="none")
     l_au = (bce * labelled).sum() / labelled.sum() if labelled.sum() > 0 else zero
-    q_au = au_from_expressions(F.softmax(outputs["expr_logits"].float(), dim=-1), prior)
-    l_dist = distribution_matching_loss(torch.sigmoid(outputs["au_logits"].float()), q_au)
+    if weights.dist > 0:
+        q_au = au_from_expressions(basic_probabilities(logits, head), prior)
+        l_dist = distribution_matching_loss(torch.sigmoid(outputs["au_logits"].float()), q_au)
+    else:
+        l_dist = zero
     total = weights.expr * l_expr + weights.au * l_au + weights.dist * l_dist
     return total, {"expr": l_expr.detach(), "au": l_au.detach(), "dist": l_dist.detach()}

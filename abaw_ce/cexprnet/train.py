@@ -3,8 +3,12 @@
 Rows with a basic or compound expression get a KL target (one-hot, or 0.5 on each emotion of the pair);
 rows with AU labels get them over the 17 C-EXPR-DB AUs (unlabelled AUs masked); images without any AU label
 can be labelled by an AU teacher (``loss.au_teacher``: an AU-stage export), as the paper does. The engine sees
-one (B, 6 + 17) output: softmax expression logits, then sigmoid AU logits. The best (EMA) weights are
-exported to ``<run>/export``: ``model.safetensors``, ``cexprnet.json`` and the AU description tokenizer.
+one (B, E + 17) output: expression logits, then sigmoid AU logits. The best (EMA) weights are exported to
+``<run>/export``: ``model.safetensors``, ``cexprnet.json`` and the AU description tokenizer.
+
+``model.modality=visual`` reads face images; rows of C-EXPR-DB videos (one per labelled frame) become face
+crops first (``abaw_ce.data.video_frames``). ``model.modality=audio`` (C-EXPR-NET-A) reads, for the same
+frame rows, a log-mel window of the video's audio centred at the frame; videos without audio are left out.
 """
 from __future__ import annotations
 
@@ -21,13 +25,15 @@ from accelerate.utils import set_seed
 from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
 
-from abaw_ce import labels
+from abaw_ce import audio, fusion, labels
 from abaw_ce.cexprnet import EXPORT_META_FILE
 from abaw_ce.cexprnet.au_text import encode, load_tokenizer, train_tokenizer
-from abaw_ce.cexprnet.model import CExprNet, LossWeights, build_backbone, cexprnet_loss, rebuild_backbone
+from abaw_ce.cexprnet.model import (CExprNet, LossWeights, build_backbone, cexprnet_loss, expression_outputs,
+                                    rebuild_backbone)
 from abaw_ce.cexprnet.modules import kl_targets
 from abaw_ce.data.labelled import FaceTransform, TableSamples
 from abaw_ce.data.table import au_arrays
+from abaw_ce.data.video_frames import frames_to_crops, is_frame_row
 from abaw_ce.errors import InputError
 from abaw_ce.train import engine, runs
 from abaw_ce.train.finetune import _fold_assignment, _resume_point, load_tables, run_single
@@ -37,14 +43,15 @@ from abaw_ce.train.sampling import SeededSamples
 STAGE = "cexprnet"
 MODEL_FILE, META_FILE, TOKENIZER_FILE = "model.safetensors", EXPORT_META_FILE, "tokenizer.json"
 AU_NAMES = tuple(f"AU{n}" for n in labels.CEXPR_AUS)
-N_EXPR = len(labels.BASIC_EMOTIONS)
+MODALITIES = ("visual", "audio")
+N_COMPOUNDS = len(labels.CEXPR_COMPOUNDS)
 # A softmax emotion counts as shown at >= 0.25: half of the 0.5 a compound's target gives each of its pair.
 EXPRESSION_THRESHOLD = 0.25
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 class FlatOutputs(nn.Module):
-    """The engine's interface: one (B, 6 + A) tensor, expression logits first."""
+    """The engine's interface: one (B, E + A) tensor, expression logits first."""
 
     def __init__(self, net: CExprNet):
         super().__init__()
@@ -55,18 +62,69 @@ class FlatOutputs(nn.Module):
         return torch.cat([out["expr_logits"], out["au_logits"]], dim=1)
 
 
-def to_probabilities(outputs: torch.Tensor) -> torch.Tensor:
-    return torch.cat([outputs[:, :N_EXPR].softmax(dim=1), torch.sigmoid(outputs[:, N_EXPR:])], dim=1)
+def probability_fn(head: str):
+    """Engine outputs -> probabilities: softmax (or sigmoids) over the expression part, sigmoid AUs."""
+    n_expr = expression_outputs(head)
+
+    def to_probabilities(outputs: torch.Tensor) -> torch.Tensor:
+        expr = outputs[:, :n_expr]
+        expr = torch.sigmoid(expr) if head == "sigmoid" else expr.softmax(dim=1)
+        return torch.cat([expr, torch.sigmoid(outputs[:, n_expr:])], dim=1)
+
+    return to_probabilities
 
 
-def expression_targets(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 6) KL targets and (N,) mask: rows whose expression is a basic emotion or a compound."""
-    kinds = [labels.expression_kind(e) if e else "" for e in table["expression"].fillna("").astype(str)]
-    has = np.array([k in ("basic", "compound") for k in kinds])
-    targets = np.zeros((len(table), N_EXPR), dtype=np.float32)
+def expression_targets(table: pd.DataFrame, head: str = "kl") -> tuple[np.ndarray, np.ndarray]:
+    """(N, E) expression targets and (N,) mask. ``kl``: basic and compound rows, one-hot or 0.5 on each of
+    the pair; ``sigmoid``: the same rows, 0/1 multi-label; ``multiclass``: compound and Other rows, one-hot
+    over the 13 C-EXPR-DB classes (basic rows have no class there)."""
+    names = table["expression"].fillna("").astype(str).tolist()
+    kinds = [labels.expression_kind(e) if e else "" for e in names]
+    targets = np.zeros((len(table), expression_outputs(head)), dtype=np.float32)
+    if head == "multiclass":
+        has = np.array([k == "compound" or labels.normalise_name(e) == "other" for k, e in zip(kinds, names)],
+                       dtype=bool)
+        for i in np.flatnonzero(has):
+            targets[i, labels.compound_index(names[i])] = 1.0
+        return targets, has
+    has = np.array([k in ("basic", "compound") for k in kinds], dtype=bool)
     if has.any():
-        targets[has] = kl_targets(table["expression"][has].astype(str).tolist())
+        chosen = [names[i] for i in np.flatnonzero(has)]
+        targets[has] = (kl_targets(chosen) if head == "kl"
+                        else np.stack([labels.multilabel_target(n) for n in chosen]).astype(np.float32))
     return targets, has
+
+
+def compound_scores(expr_probs: np.ndarray, head: str) -> np.ndarray:
+    """(N, 12) C-EXPR-DB compound scores: the pair sum of a 6-way head, the class probabilities of the
+    multi-class head."""
+    if head == "multiclass":
+        return expr_probs[:, :N_COMPOUNDS]
+    return fusion.pair_scores(expr_probs, "sum", pairs=labels.CEXPR_PAIRS)
+
+
+def compound_truth(expr_targets: np.ndarray, has_expr: np.ndarray, head: str) -> np.ndarray:
+    """C-EXPR-DB compound index 0..11 of each row with a compound label, else -1."""
+    if head == "multiclass":
+        truth = np.where(expr_targets.max(axis=1) > 0, expr_targets.argmax(axis=1), -1)
+        truth[truth >= N_COMPOUNDS] = -1
+    else:
+        truth = labels.pair_classes(expr_targets, labels.CEXPR_PAIR_INDEX)
+    truth[~has_expr] = -1
+    return truth
+
+
+def compound_f1(scores: np.ndarray, truth: np.ndarray, classes: int) -> float | None:
+    """Macro F1 over the classes present in ``truth`` (rows with truth in 0..classes-1), argmax over the
+    first ``classes`` scores; None without such rows."""
+    from sklearn.metrics import f1_score
+
+    keep = (truth >= 0) & (truth < classes)
+    if not keep.any():
+        return None
+    predicted = scores[keep, :classes].argmax(axis=1)
+    present = sorted(set(truth[keep].tolist()))
+    return float(f1_score(truth[keep], predicted, labels=present, average="macro", zero_division=0))
 
 
 def teacher_au_labels(table: pd.DataFrame, values: np.ndarray, mask: np.ndarray, teacher: str | Path,
@@ -101,16 +159,30 @@ def teacher_au_labels(table: pd.DataFrame, values: np.ndarray, mask: np.ndarray,
     return values, mask, len(rows)
 
 
-def evaluate(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
-    expr = multilabel_f1(probs[:, :N_EXPR], targets[:, :N_EXPR], labels.BASIC_EMOTIONS, masks[:, :N_EXPR] > 0,
-                         EXPRESSION_THRESHOLD)
-    au_mask = masks[:, N_EXPR:] > 0
+def evaluate(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray, head: str = "kl") -> dict[str, Any]:
+    """Expression F1 (6-way heads), AU F1, and the compound macro F1 over the 12 C-EXPR-DB compounds and over
+    the 7 challenge classes. The score early stopping follows is the 12-compound F1 when the validation part
+    has compound rows, else the expression F1."""
+    n_expr = expression_outputs(head)
+    expr_probs, expr_y, has_expr = probs[:, :n_expr], targets[:, :n_expr], masks[:, 0] > 0
+    result: dict[str, Any] = {}
+    if head != "multiclass":
+        expr = multilabel_f1(expr_probs, expr_y, labels.BASIC_EMOTIONS, masks[:, :n_expr] > 0,
+                             EXPRESSION_THRESHOLD if head == "kl" else 0.5)
+        result.update(expr_f1=expr["per_class"], mean_expr_f1=expr["mean"])
+    truth = compound_truth(expr_y, has_expr, head)
+    scores = compound_scores(expr_probs, head)
+    result["compound_f1"] = compound_f1(scores, truth, N_COMPOUNDS)
+    result["challenge_f1"] = compound_f1(scores, truth, len(labels.CHALLENGE_COMPOUNDS))
+    au_mask = masks[:, n_expr:] > 0
     labelled = [j for j in range(len(AU_NAMES)) if au_mask[:, j].any()]
-    au = multilabel_f1(probs[:, N_EXPR:][:, labelled], targets[:, N_EXPR:][:, labelled],
+    au = multilabel_f1(probs[:, n_expr:][:, labelled], targets[:, n_expr:][:, labelled],
                        [AU_NAMES[j] for j in labelled], au_mask[:, labelled], 0.5)
-    return {"score": expr["mean"], "expr_f1": expr["per_class"], "mean_expr_f1": expr["mean"],
-            "au_f1": au["per_class"], "mean_au_f1": au["mean"] if labelled else None,
-            "samples": int(len(probs))}
+    result.update(au_f1=au["per_class"], mean_au_f1=au["mean"] if labelled else None, samples=int(len(probs)))
+    score = result["compound_f1"] if result["compound_f1"] is not None else result.get("mean_expr_f1")
+    result["score"] = float(score) if score is not None else 0.0
+    result["score_name"] = "compound_f1" if result["compound_f1"] is not None else "mean_expr_f1"
+    return result
 
 
 def save_export(out: Path, net: CExprNet, meta: dict[str, Any], tokenizer) -> None:
@@ -130,7 +202,8 @@ def load_cexprnet(path: str | Path) -> tuple[CExprNet, dict[str, Any]]:
     tokenizer = load_tokenizer(path / TOKENIZER_FILE)
     m = meta["model"]
     net = CExprNet(rebuild_backbone(meta["backbone"]), encode(tokenizer, max_tokens=m["max_tokens"]),
-                   tokenizer.get_vocab_size(), m["block_dim"], m["text_dim"], m["text_heads"], m["text_layers"])
+                   tokenizer.get_vocab_size(), m["block_dim"], m["text_dim"], m["text_heads"], m["text_layers"],
+                   expression_outputs(meta.get("expr_head", "kl")))
     net.load_state_dict(load_file(str(path / MODEL_FILE)))
     return net.eval(), meta
 
@@ -138,20 +211,29 @@ def load_cexprnet(path: str | Path) -> tuple[CExprNet, dict[str, Any]]:
 def build(config: DictConfig) -> tuple[CExprNet, Any, dict[str, Any]]:
     """The network, its trained tokenizer and the export metadata (input size and normalisation)."""
     m, d = config.model, config.data
+    modality, head = str(m.modality), str(m.expr_head)
+    if modality not in MODALITIES:
+        raise ValueError(f"model.modality must be one of {MODALITIES}, got {modality!r}")
     tokenizer = train_tokenizer(vocab_size=int(m.vocab_size))
     descriptions = encode(tokenizer)
-    backbone, info = build_backbone(str(m.backbone), int(m.img_size))
+    backbone, info = build_backbone(str(m.backbone), int(m.img_size), in_chans=1 if modality == "audio" else 3)
     net = CExprNet(backbone, descriptions, tokenizer.get_vocab_size(), int(m.block_dim), int(m.text_dim),
-                   int(m.text_heads), int(m.text_layers))
+                   int(m.text_heads), int(m.text_layers), expression_outputs(head))
     default_mean, default_std = ((info["mean"], info["std"]) if info["kind"] == "vit"
                                  else (IMAGENET_MEAN, IMAGENET_STD))
-    meta = {"track": STAGE, "backbone": info, "img_size": int(m.img_size),
+    expression_labels = list(labels.CEXPR_CLASSES if head == "multiclass" else labels.BASIC_EMOTIONS)
+    meta = {"track": STAGE, "modality": modality, "expr_head": head, "backbone": info,
+            "img_size": int(m.img_size),
             "mean": list(d.mean) if d.mean is not None else default_mean,
             "std": list(d.std) if d.std is not None else default_std,
-            "expression_labels": list(labels.BASIC_EMOTIONS), "au_labels": list(AU_NAMES),
+            "expression_labels": expression_labels, "au_labels": list(AU_NAMES),
             "model": {"block_dim": int(m.block_dim), "text_dim": int(m.text_dim), "text_heads": int(m.text_heads),
                       "text_layers": int(m.text_layers), "max_tokens": int(descriptions.ids.shape[1])}}
     return net, tokenizer, meta
+
+
+def mel_settings(config: DictConfig) -> audio.MelSettings:
+    return audio.MelSettings(n_mels=int(config.model.audio.n_mels))
 
 
 def train_cexprnet(config: DictConfig, resume: str | None = None, overrides: Sequence[str] = ()) -> Path:
@@ -159,45 +241,122 @@ def train_cexprnet(config: DictConfig, resume: str | None = None, overrides: Seq
     if not trained:
         return run_dir
     best = json.loads((run_dir / engine.VALIDATION_FILE).read_text(encoding="utf-8"))
-    au = f", AU F1 {best['mean_au_f1']:.4f}" if best.get("mean_au_f1") is not None else ""
-    print(f"C-EXPR-NET expression F1 {best['mean_expr_f1']:.4f}{au} (epoch {best['epoch']}); "
+    parts = [f"{name} {best[key]:.4f}" for name, key in (("expression F1", "mean_expr_f1"),
+                                                          ("compound F1", "compound_f1"), ("AU F1", "mean_au_f1"))
+             if best.get(key) is not None]
+    print(f"C-EXPR-NET ({config.model.modality}) {', '.join(parts)} (epoch {best['epoch']}); "
           f"export -> {run_dir / engine.BEST_DIR}")
     return run_dir
 
 
+def _visual_frames(config: DictConfig, table: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
+    """Video-frame rows -> face-crop rows (the crops go to data.frame_crops.dir, default <run>/frame_crops)."""
+    if not is_frame_row(table).any():
+        return table
+    c = config.data.frame_crops
+    out_dir = Path(c.dir) if c.dir else run_dir / "frame_crops"
+    table, report = frames_to_crops(table, out_dir, detector=str(c.detector), size=int(c.size))
+    print(f"{STAGE}: {report.summary()}")
+    return table
+
+
+def _audio_rows(config: DictConfig, table: pd.DataFrame
+                ) -> tuple[pd.DataFrame, np.ndarray, dict[str, torch.Tensor], dict[str, float]]:
+    """Video-frame rows of videos with an audio track, their positions in ``table``, and the spectrograms."""
+    rows = np.flatnonzero(is_frame_row(table))
+    if len(rows) == 0:
+        raise ValueError("model.modality=audio needs video-frame rows (e.g. a {format: cexpr, root: ...} dataset); "
+                         "data.datasets has only still images")
+    videos = sorted(set(table["path"].iloc[rows].astype(str)))
+    spectrograms, rates, silent = audio.video_spectrograms(videos, mel_settings(config))
+    if silent:
+        print(f"{STAGE}: {len(silent)} video(s) without an audio track left out: {', '.join(silent[:5])}")
+    rows = rows[np.isin(table["path"].iloc[rows].astype(str).to_numpy(), list(spectrograms))]
+    if len(rows) == 0:
+        raise ValueError("no video of data.datasets has an audio track: nothing to train the audio track on")
+    return table.iloc[rows].reset_index(drop=True), rows, spectrograms, rates
+
+
+ROW_CHOICES = ("all", "expression", "compound")
+
+
+def _kept_rows(table: pd.DataFrame, expr_has: np.ndarray, au_mask: np.ndarray, rows: str) -> np.ndarray:
+    """data.rows: ``all`` (an expression or an AU label), ``expression`` (an expression target), ``compound``
+    (a compound or Other label: the ablation's rows without the basic-emotion augmentation)."""
+    if rows == "all":
+        return expr_has | au_mask.any(axis=1)
+    if rows == "expression":
+        return expr_has.copy()
+    if rows == "compound":
+        names = table["expression"].fillna("").astype(str)
+        compound = np.array([bool(e) and (labels.expression_kind(e) == "compound"
+                                          or labels.normalise_name(e) == "other") for e in names], dtype=bool)
+        return compound & expr_has  # Other rows have a target under the multi-class head only
+    raise ValueError(f"data.rows must be one of {ROW_CHOICES}, got {rows!r}")
+
+
 def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
-    d, t, lw = config.data, config.train, config.loss
-    table = load_tables(d.datasets, non_basic="zero")
-    expr_y, expr_has = expression_targets(table)
-    au_values, au_mask = au_arrays(table, "cexpr")
+    d, t, lw, m = config.data, config.train, config.loss, config.model
+    head, modality = str(m.expr_head), str(m.modality)
+    expression_outputs(head)  # a clear error before any data is read
     weights = LossWeights(float(lw.expr), float(lw.au), float(lw.dist))
+    if weights.dist > 0 and head == "multiclass":
+        raise ValueError("distribution matching (loss.dist) needs a basic-emotion head: model.expr_head=kl or "
+                         "sigmoid, or loss.dist=0")
+    table = load_tables(d.datasets, non_basic="zero")
+    if modality == "audio":
+        if lw.au_teacher:
+            raise ValueError("loss.au_teacher labels face images; the audio track (model.modality=audio) takes "
+                             "none: leave it null")
+        table, _, spectrograms, rates = _audio_rows(config, table)
+    else:
+        table = _visual_frames(config, table, run_dir)
+    expr_y, expr_has = expression_targets(table, head)
+    au_values, au_mask = au_arrays(table, "cexpr")
     if lw.au_teacher:
         au_values, au_mask, taught = teacher_au_labels(table, au_values, au_mask, lw.au_teacher, t.eval_batch_size)
         print(f"{STAGE}: the AU teacher {lw.au_teacher} labelled the AUs of {taught} image(s) without AU labels")
     if weights.au > 0 and not au_mask.any():
         raise ValueError("no image in data.datasets has an AU label; give an AU teacher "
                          "(loss.au_teacher=runs/au-.../export) or switch the AU term off (loss.au=0)")
-    keep = expr_has | au_mask.any(axis=1)
+    keep = _kept_rows(table, expr_has, au_mask, str(d.rows))
     if not keep.any():
-        raise ValueError("data.datasets holds no image with an expression or AU label")
+        raise ValueError(f"data.datasets holds no image with an expression or AU label (data.rows={d.rows})")
     table, expr_y, expr_has = table[keep].reset_index(drop=True), expr_y[keep], expr_has[keep]
     au_values, au_mask = au_values[keep], au_mask[keep]
+    n_expr = expr_y.shape[1]
     targets = np.concatenate([expr_y, au_values], axis=1)
-    masks = np.concatenate([np.repeat(expr_has[:, None], N_EXPR, axis=1), au_mask], axis=1).astype(np.float32)
+    masks = np.concatenate([np.repeat(expr_has[:, None], n_expr, axis=1), au_mask], axis=1).astype(np.float32)
     val = _fold_assignment(table, run_dir, d.folds, d.fold_seed) == d.val_fold
 
     set_seed(t.seed)
     net, tokenizer, meta = build(config)
     prior = labels.emotion_au_prior("cexpr", observational=str(lw.observational))
-    augment = dict(d.augment)
-    train_tf = FaceTransform(meta["img_size"], meta["mean"], meta["std"], train=True, **augment)
-    eval_tf = FaceTransform(meta["img_size"], meta["mean"], meta["std"], train=False)
+    if modality == "audio":
+        a = m.audio
+        train_videos = set(table["path"][~val].astype(str))
+        mean, std = audio.spectrogram_stats({v: s for v, s in spectrograms.items() if v in train_videos})
+        meta["audio"] = {"n_mels": int(a.n_mels), "width": int(a.width), "mean": mean, "std": std,
+                         "sample_rate": audio.MelSettings().sample_rate}
+
+        def samples(part: np.ndarray, train: bool) -> SeededSamples:
+            base = audio.FrameAudioSamples(table[part], targets[part], masks[part], spectrograms, rates,
+                                           int(a.width), int(a.shift), mel_settings(config))
+            make = audio.SpectrogramTransform(int(a.width), mean, std, train, int(a.freq_mask) if train else 0)
+            return SeededSamples(base, make, t.seed)
+    else:
+        augment = dict(d.augment)
+
+        def samples(part: np.ndarray, train: bool) -> SeededSamples:
+            make = FaceTransform(meta["img_size"], meta["mean"], meta["std"], train=train,
+                                 **(augment if train else {}))
+            return SeededSamples(TableSamples(table[part], targets[part], masks[part]), make, t.seed)
 
     def loss_fn(outputs: torch.Tensor, batch: dict[str, torch.Tensor], _teacher: torch.Tensor | None
                 ) -> torch.Tensor:
-        split = {"expr_logits": outputs[:, :N_EXPR], "au_logits": outputs[:, N_EXPR:]}
-        total, _ = cexprnet_loss(split, batch["target"][:, :N_EXPR], batch["mask"][:, 0],
-                                 batch["target"][:, N_EXPR:], batch["mask"][:, N_EXPR:], prior, weights)
+        split = {"expr_logits": outputs[:, :n_expr], "au_logits": outputs[:, n_expr:]}
+        total, _ = cexprnet_loss(split, batch["target"][:, :n_expr], batch["mask"][:, 0],
+                                 batch["target"][:, n_expr:], batch["mask"][:, n_expr:], prior, weights, head)
         return total
 
     def export(model: nn.Module, out: Path, result: dict[str, Any], _outputs: dict[str, np.ndarray]) -> None:
@@ -207,7 +366,6 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
                                               "observational": str(lw.observational)}}, tokenizer)
 
     engine.fit(stage=STAGE, config=config, run_dir=run_dir, model=FlatOutputs(net),
-               train_set=SeededSamples(TableSamples(table[~val], targets[~val], masks[~val]), train_tf, t.seed),
-               val_set=SeededSamples(TableSamples(table[val], targets[val], masks[val]), eval_tf, t.seed),
-               loss_fn=loss_fn, evaluate=evaluate, export=export,
-               resume_from=_resume_point(run_dir) if resuming else None, activation=to_probabilities)
+               train_set=samples(~val, True), val_set=samples(val, False),
+               loss_fn=loss_fn, evaluate=lambda p, y, k: evaluate(p, y, k, head), export=export,
+               resume_from=_resume_point(run_dir) if resuming else None, activation=probability_fn(head))

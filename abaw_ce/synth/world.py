@@ -45,7 +45,7 @@ class Scale:
 
 
 SCALES = {
-    "tiny": Scale(112, 200, 210, 140, 140, 6, (30, 60), 3, 4, (3.0, 5.0)),
+    "tiny": Scale(112, 200, 210, 140, 140, 6, (30, 60), 10, 4, (3.0, 5.0)),
     "small": Scale(112, 2000, 1400, 700, 1000, 20, (80, 160), 8, 10, (6.0, 12.0)),
     "medium": Scale(224, 10000, 6000, 3000, 4000, 60, (150, 300), 20, 30, (10.0, 25.0)),
 }
@@ -397,9 +397,11 @@ def generate_world(out: str | Path, seed: int = 0, scale: str | Scale = "tiny", 
 
     # C-EXPR-DB-style labelled videos (12 compounds + Other, gaps unlabelled)
     r = rng[4]
+    # As for the test videos below: every class opens some video, so a small world still shows all 13.
+    opening = [str(c) for c in r.permutation(labels.CEXPR_CLASSES)]
     for v in range(s.cexpr_videos):
         names, _, fps = render_video(out / "cexpr" / "videos" / f"{v:03d}.mp4", r, r.uniform(*s.video_seconds),
-                                     labels.CEXPR_CLASSES, gaps=True)
+                                     labels.CEXPR_CLASSES, gaps=True, first=tuple(opening[v::s.cexpr_videos]))
         writers.write_cexpr_annotation(out / "cexpr" / "annotation" / f"{v:03d}.csv", _segments(names, fps))
         bar.update()
     counts["cexpr_videos"] = s.cexpr_videos

@@ -64,8 +64,29 @@ def main_au(argv: list[str] | None = None) -> int:
 
 
 def main_cexprnet(argv: list[str] | None = None) -> int:
-    args = _parser("finetune/cexprnet.py", "cexprnet").parse_intermixed_args(argv)
+    parser = _parser("finetune/cexprnet.py", "cexprnet")
+    group = parser.add_argument_group("Table-4 ablation (--ablation OUT_DIR --videos DIR --ground-truth FILE)")
+    group.add_argument("--ablation", metavar="OUT_DIR", type=Path,
+                       help="train the 7 ablation rows into OUT_DIR (data.datasets must hold compound, basic, AU "
+                            "and video-frame rows), score them and late fusion on --videos, write ablation.md")
+    group.add_argument("--videos", type=Path, help="labelled test videos the rows are scored on")
+    group.add_argument("--ground-truth", type=Path, help="their per-frame labels (the challenge file format)")
+    group.add_argument("--template", type=Path, help="the frames to label (default: every decoded frame)")
+    group.add_argument("--detector", default="auto", choices=["auto", "insightface", "opencv", "none"])
+    group.add_argument("--crop-size", type=int, default=224)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.ablation:
+        if args.videos is None or args.ground_truth is None:
+            parser.error("--ablation needs --videos and --ground-truth")
+        from abaw_ce.cexprnet.ablation import run_ablation
+
+        def ablation() -> None:
+            md = run_ablation(_config("cexprnet", args), args.ablation, args.videos, args.ground_truth,
+                              template=args.template, detector=args.detector, crop_size=args.crop_size)
+            print(md.read_text(encoding="utf-8"))
+
+        return guarded(ablation)
     from abaw_ce.cexprnet.train import train_cexprnet
 
     return guarded(lambda: train_cexprnet(_config("cexprnet", args), resume=args.resume,
