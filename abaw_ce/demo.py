@@ -2,8 +2,10 @@
 
 The synthetic world (tiny) is rendered in every real format; a tiny MAE is pretrained on its faces, tuned on
 its action units, then trained as 5 basic-emotion fold models on its labelled sets; a C-EXPR-NET (the
-second track) trains on the same sets; the test videos go through make_submission (faces, both tracks,
-fusion, smoothing) and the fold runs and the file are validated and scored against the ground truth. ``quick`` shortens every training stage for tests.
+second track) trains on the same sets and a C-EXPR-NET-A on the sound of the labelled videos; the test videos
+go through make_submission (faces, the three runs late-fused, pairwise fusion, smoothing), the fold runs and
+the file are validated and scored against the ground truth, and each run is scored alone too. ``quick``
+shortens every training stage for tests.
 """
 from __future__ import annotations
 
@@ -18,8 +20,8 @@ from omegaconf import OmegaConf
 from abaw_ce import submission
 from abaw_ce.synth.world import generate_world
 
-# Epochs of (MAE, AU, emotion, C-EXPR-NET) for the full demo and for a quick smoke run.
-DEMO_EPOCHS = {"full": (60, 30, 30, 30), "quick": (2, 1, 1, 1)}
+# Epochs of (MAE, AU, emotion, C-EXPR-NET, C-EXPR-NET-A) for the full demo and for a quick smoke run.
+DEMO_EPOCHS = {"full": (60, 30, 30, 30, 15), "quick": (2, 1, 1, 1, 1)}
 
 
 DEMO_MARKER = ".abaw-ce-demo"
@@ -52,7 +54,7 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     out.mkdir(parents=True, exist_ok=True)
     (out / DEMO_MARKER).write_text("written by `abaw-ce demo`; the next demo run replaces this folder\n")
     started = time.perf_counter()
-    mae_epochs, au_epochs, emotion_epochs, cexprnet_epochs = DEMO_EPOCHS["quick" if quick else "full"]
+    mae_epochs, au_epochs, emotion_epochs, cexprnet_epochs, audio_epochs = DEMO_EPOCHS["quick" if quick else "full"]
     summary: dict = {"quick": quick}
     times: dict[str, float] = {}
 
@@ -61,14 +63,14 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
         print(f"      ({times[name]} s)")
 
     t0 = time.perf_counter()
-    print(f"[1/7] rendering the synthetic world (tiny) in every real format under {out / 'world'}")
+    print(f"[1/8] rendering the synthetic world (tiny) in every real format under {out / 'world'}")
     world = generate_world(out / "world", seed=seed, scale="tiny")
     specs = world["datasets"]
     print(f"      contact sheet of rendered expressions: {out / 'world' / 'contact_sheet.png'}")
     stage("world", t0)
 
     t0 = time.perf_counter()
-    print(f"[2/7] MAE pretraining of a tiny ViT on the unlabeled and RAF-DB-style faces ({mae_epochs} epochs)")
+    print(f"[2/8] MAE pretraining of a tiny ViT on the unlabeled and RAF-DB-style faces ({mae_epochs} epochs)")
     root = out / "world"
     sources = [str(root / "faces"), str(root / "rafdb_basic" / "Image" / "aligned"),
                str(root / "rafdb_compound" / "Image" / "aligned")]
@@ -81,14 +83,14 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     stage("mae", t0)
 
     t0 = time.perf_counter()
-    print(f"[3/7] action-unit fine-tuning on the Aff-Wild2-style AU videos ({au_epochs} epochs)")
+    print(f"[3/8] action-unit fine-tuning on the Aff-Wild2-style AU videos ({au_epochs} epochs)")
     au_run = train_au(_config("au", out / "runs" / "au", au_epochs, **{
         "model.encoder": str(mae_run / "export"), "data.datasets": [specs["affwild2_au"]], "train.seed": seed}))
     summary["au_mean_f1"] = json.loads((au_run / "validation.json").read_text())["mean_f1"]
     stage("au", t0)
 
     t0 = time.perf_counter()
-    print(f"[4/7] 5 basic-emotion fold models on RAF-DB basic + compound, AffectNet and Aff-Wild2 EXPR "
+    print(f"[4/8] 5 basic-emotion fold models on RAF-DB basic + compound, AffectNet and Aff-Wild2 EXPR "
           f"({emotion_epochs} epochs each)")
     labelled = [specs[k] for k in ("rafdb_basic", "rafdb_compound", "affectnet", "affwild2_expr")]
     emotion_run = train_emotion(_config("emotion", out / "runs" / "emotion", emotion_epochs, **{
@@ -97,19 +99,27 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     stage("emotion", t0)
 
     t0 = time.perf_counter()
-    print(f"[5/7] the C-EXPR-NET track (ResNet-10t from scratch, 64 px) on the same sets and the AU videos "
+    print(f"[5/8] the C-EXPR-NET track (ResNet-10t from scratch, 64 px) on the same sets and the AU videos "
           f"({cexprnet_epochs} epochs)")
     cexprnet_run = train_cexprnet(_config("cexprnet", out / "runs" / "cexprnet", cexprnet_epochs, **{
         "data.datasets": labelled + [specs["affwild2_au"]], "data.fold_seed": seed, "train.seed": seed}))
     stage("cexprnet", t0)
 
     t0 = time.perf_counter()
-    print("[6/7] make_submission on the test videos (OpenCV detector; the 5 fold models averaged, then averaged "
-          "with C-EXPR-NET; sum fusion, smoothing)")
+    print(f"[6/8] C-EXPR-NET-A: the same network on log-mel windows of the C-EXPR-DB-style labelled videos' "
+          f"sound ({audio_epochs} epochs)")
+    audio_run = train_cexprnet(_config("cexprnet", out / "runs" / "cexprnet_audio", audio_epochs, **{
+        "model.modality": "audio", "loss.au": 0.0, "data.datasets": [specs["cexpr"]], "data.fold_seed": seed,
+        "train.seed": seed}))
+    stage("audio", t0)
+
+    t0 = time.perf_counter()
+    print("[7/8] make_submission on the test videos (OpenCV detector; the 5 fold models averaged, then the "
+          "three runs late-fused with equal weights; sum fusion, smoothing)")
     gt_dir = out / "world" / "test_ground_truth"
     sub_path = out / "submission.txt"
-    made = make_submission(out / "world" / "test", [emotion_run, cexprnet_run], sub_path,
-                           template=gt_dir / "template.txt",
+    every_run = [emotion_run, cexprnet_run, audio_run]
+    made = make_submission(out / "world" / "test", every_run, sub_path, template=gt_dir / "template.txt",
                            detector="opencv", crop_size=112, progress=False)
     for report in made["per_video"]:
         for note in report["notes"]:
@@ -122,7 +132,7 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     print(f"      face found in {summary['detection_rate']:.1%} of {len(shown)} frames that show one")
     stage("submission", t0)
 
-    print("[7/7] validation of the fold runs and of the file, and the score against the ground truth")
+    print("[8/8] validation of the fold runs and of the file, and the score against the ground truth")
     checked = check_runs([emotion_run])
     print("      " + checked.format().replace("\n", "\n      "))
     report = submission.validate_submission(sub_path, template=gt_dir / "template.txt")
@@ -131,13 +141,34 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
                               submission.read_submission(gt_dir / "ground_truth.txt"))
     submission.plot_confusion(scored.confusion, out / "confusion.png", "demo predictions")
     print("      " + scored.format().replace("\n", "\n      "))
+    summary["macro_f1_by_runs"] = _score_subsets(out, every_run, gt_dir)
     summary.update(submission=str(sub_path), valid=report.ok, runs_valid=checked.ok, macro_f1=scored.macro_f1,
                    seconds=round(time.perf_counter() - started, 1), stage_seconds=times,
                    runs={"mae": str(mae_run), "au": str(au_run), "emotion": str(emotion_run),
-                         "cexprnet": str(cexprnet_run)})
+                         "cexprnet": str(cexprnet_run), "cexprnet_audio": str(audio_run)})
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(f"demo finished in {summary['seconds']} s; summary in {out / 'demo_summary.json'}")
     print(f"ground truth: {gt_dir / 'ground_truth.txt'}")
     print(f"submission: {sub_path}")
     print(f"compound macro F1: {scored.macro_f1:.4f}")
     return summary
+
+
+def _score_subsets(out: Path, every_run: list[Path], gt_dir: Path) -> dict[str, float]:
+    """Compound macro F1 of each run alone and of the two visual runs together (the faces step is cached)."""
+    from abaw_ce.make_submission import make_submission
+
+    emotion_run, cexprnet_run, audio_run = every_run
+    subsets = {"5 ViT folds": [emotion_run], "C-EXPR-NET visual": [cexprnet_run],
+               "C-EXPR-NET-A (audio)": [audio_run], "visual runs together": [emotion_run, cexprnet_run]}
+    truth = submission.read_submission(gt_dir / "ground_truth.txt")
+    scores = {}
+    print("      the same test videos scored per run (the submission above late-fuses all three):")
+    for name, chosen in subsets.items():
+        path = out / "by_runs" / (name.split(" (")[0].replace(" ", "_") + ".txt")
+        make_submission(out / "world" / "test", chosen, path, template=gt_dir / "template.txt",
+                        work_dir=out / "submission_work", detector="opencv", crop_size=112, progress=False,
+                        overwrite=True)
+        scores[name] = submission.score(submission.read_submission(path), truth).macro_f1
+        print(f"        {name:<24} compound macro F1 {scores[name]:.4f}")
+    return scores

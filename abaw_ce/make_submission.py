@@ -93,14 +93,30 @@ def align_to_template(decoded_frames: np.ndarray, decoded_labels: np.ndarray, wa
     return out, notes
 
 
+TRACKS = ("auto", "emotion", "cexprnet")
+
+
+def check_track(models: Sequence, track: str) -> None:
+    """With an explicit ``track``, every model must belong to it (the track is read from each export)."""
+    if track not in TRACKS:
+        raise ValueError(f"track must be one of {TRACKS}, got {track!r}")
+    if track == "auto":
+        return
+    other = [f"{m.path} ({m.track})" for m in models if m.track != track]
+    if other:
+        raise ValueError(f"--track {track}: these exports belong to another track: {', '.join(other[:5])}; "
+                         f"drop --track (auto) to ensemble tracks")
+
+
 def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | Path,
                     template: str | Path | None = None, work_dir: str | Path | None = None,
                     detector: str = "auto", crop_size: int = 224, method: str = "sum",
                     weights: fusion.WeightedFusion | None = None, smoothing: str = "gaussian", window: int = 9,
                     flip: bool = False, batch_size: int = 256, device: str | None = None,
                     overwrite: bool = False, progress: bool = True,
-                    run_weights: Sequence[float] | None = None) -> dict[str, Any]:
-    """Write the challenge file for every video under ``videos``; returns the summary (also saved as JSON)."""
+                    run_weights: Sequence[float] | None = None, track: str = "auto") -> dict[str, Any]:
+    """Write the challenge file for every video under ``videos``; returns the summary (also saved as JSON).
+    ``track`` other than "auto" requires every run to be of that track (emotion or cexprnet)."""
     import torch
 
     from abaw_ce.faces.pipeline import STORE_DIR, entry_names, file_kind, list_inputs, run_faces
@@ -111,6 +127,7 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     template_rows = submission.read_template(template) if template is not None else None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     models = load_models(runs, device)  # fails early on a bad run, before any decoding
+    check_track(models, track)
     model_shares(models, run_weights)  # and on bad --run-weights
     work = Path(work_dir) if work_dir is not None else out.with_name(out.stem + "_work")
     videos = Path(videos)
@@ -284,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-weights", type=float, nargs="+",
                         help="one weight per --models run (default equal): each run's models are averaged "
                              "first, then the runs with these weights (e.g. an emotion run and a C-EXPR-NET run)")
+    parser.add_argument("--track", default="auto", choices=list(TRACKS),
+                        help="require every --models run to be of this track (default: any; each export says "
+                             "which it is, and tracks are ensembled)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
@@ -298,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                                   detector=args.detector, crop_size=args.crop_size, method=method,
                                   weights=weights, smoothing=args.smoothing, window=args.window, flip=args.flip,
                                   batch_size=args.batch_size, overwrite=args.overwrite,
-                                  run_weights=args.run_weights)
+                                  run_weights=args.run_weights, track=args.track)
     except (InputError, FileExistsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -86,6 +86,16 @@ def test_make_submission_ensembles_the_two_tracks(tiny_world, tmp_path):
                               template=template, detector="opencv", crop_size=48, progress=False)
     assert len(summary["models"]) == 2
     assert submission.validate_submission(tmp_path / "sub.txt", template=template).ok
+    import pytest
+
+    from abaw_ce.make_submission import check_track
+
+    check_track(models[1:], "cexprnet")
+    with pytest.raises(ValueError, match="another track"):
+        check_track(models, "cexprnet")
+    cx_only = make_submission(videos, [tmp_path / "cx"], tmp_path / "cx.txt", template=template,
+                              detector="opencv", crop_size=48, progress=False, track="cexprnet")
+    assert cx_only["models"] == [str(tmp_path / "cx" / "export")]
 
 
 def test_runs_are_averaged_first_then_weighted(tmp_path):
@@ -214,6 +224,27 @@ def test_expression_heads_targets_losses_and_compound_scores():
         assert result["score_name"] == "compound_f1" and 0 <= result["score"] <= 1
     with pytest.raises(ValueError, match="expr_head"):
         expression_outputs("softmax")
+
+
+def test_a_multiclass_export_reloads_but_is_kept_out_of_the_pairwise_fusion(tmp_path):
+    import pytest
+
+    from abaw_ce.cexprnet.train import build, save_export
+    from abaw_ce.errors import InputError
+    from abaw_ce.inference import load_models
+    from abaw_ce.train import runs
+
+    config = runs.load_config("cexprnet", [runs.packaged_config("cexprnet_demo")],
+                              ["model.img_size=32", "model.expr_head=multiclass"])
+    torch.manual_seed(0)
+    net, tokenizer, meta = build(config)
+    save_export(tmp_path / "mc" / "export", net.eval(), meta, tokenizer)
+    again, meta = load_cexprnet(tmp_path / "mc" / "export")
+    assert meta["expression_labels"] == list(labels.CEXPR_CLASSES)
+    with torch.no_grad():
+        assert again(torch.zeros(1, 3, 32, 32))["expr_logits"].shape == (1, 13)
+    with pytest.raises(InputError, match="ablation only"):
+        load_models([tmp_path / "mc"])
 
 
 def test_ablation_command_trains_every_row_and_scores_them_on_videos(tiny_world, tmp_path, capsys):

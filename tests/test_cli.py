@@ -36,9 +36,12 @@ def test_demo_runs_and_protects_other_folders(tmp_path):
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["valid"] and summary["runs_valid"] and summary["quick"]
-    assert set(summary["stage_seconds"]) == {"world", "mae", "au", "emotion", "cexprnet", "submission"}
+    assert set(summary["stage_seconds"]) == {"world", "mae", "au", "emotion", "cexprnet", "audio", "submission"}
+    assert set(summary["macro_f1_by_runs"]) == {"5 ViT folds", "C-EXPR-NET visual", "C-EXPR-NET-A (audio)",
+                                                "visual runs together"}
     for status in (Path(summary["runs"]["mae"]) / "status.json", Path(summary["runs"]["au"]) / "status.json",
                    Path(summary["runs"]["cexprnet"]) / "status.json",
+                   Path(summary["runs"]["cexprnet_audio"]) / "status.json",
                    *sorted(Path(summary["runs"]["emotion"]).glob("fold_*/status.json"))):
         assert json.loads(status.read_text())["state"] == "finished", status
     assert S.validate_submission(out / "submission.txt", template=out / "world" / "test_ground_truth" / "template.txt").ok
