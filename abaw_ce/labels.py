@@ -11,6 +11,9 @@ import numpy as np
 BASIC_EMOTIONS: tuple[str, ...] = ("surprise", "fear", "disgust", "happiness", "sadness", "anger")
 BASIC_INDEX: dict[str, int] = {name: i for i, name in enumerate(BASIC_EMOTIONS)}
 
+# The 7-way softmax of the multi-task track (FaceBehaviorNet, SJMT): neutral, then the 6 basic emotions.
+SEVEN_EXPRESSIONS: tuple[str, ...] = ("neutral",) + BASIC_EMOTIONS
+
 # Expression states that carry no basic emotion; how they become targets is a config choice.
 NON_BASIC_STATES: tuple[str, ...] = ("neutral", "other", "contempt")
 
