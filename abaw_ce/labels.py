@@ -89,6 +89,29 @@ def normalise_name(name: str) -> str:
     return " ".join(str(name).replace("_", " ").replace("-", " ").split()).lower()
 
 
+# --- valence-arousal ----------------------------------------------------------------------------------
+# Expected (valence, arousal) ranges per expression, each ((low, high), (low, high)) within [-1, 1].
+# Compounds and Other: C-EXPR-DB's Table 2 (Kollias 2023). Basic emotions and the other states are not in
+# that table: ours, read off the compounds each emotion forms (every compound but the happily ones has
+# V < 0 and A > 0), with sadness calm (A < 0), surprise of either sign, and neutral near the origin.
+_NEGATIVE_AROUSED = ((-1.0, 0.0), (0.0, 1.0))
+VA_RANGES: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
+    **{name: _NEGATIVE_AROUSED for name in CEXPR_COMPOUNDS if not name.startswith("Happily")},
+    "Happily_Surprised": ((0.0, 1.0), (0.0, 1.0)),
+    "Happily_Disgusted": ((-1.0, 1.0), (0.0, 1.0)),
+    "Other": ((-1.0, 1.0), (-1.0, 1.0)),
+    "happiness": ((0.0, 1.0), (0.0, 1.0)),
+    "surprise": ((-1.0, 1.0), (0.0, 1.0)),
+    "fear": _NEGATIVE_AROUSED,
+    "anger": _NEGATIVE_AROUSED,
+    "disgust": _NEGATIVE_AROUSED,
+    "sadness": ((-1.0, 0.0), (-1.0, 0.0)),
+    "neutral": ((-0.2, 0.2), (-0.2, 0.2)),
+    "contempt": ((-1.0, 0.0), (-1.0, 1.0)),
+}
+VA_RANGES["other"] = VA_RANGES["Other"]
+
+
 # --- action units -----------------------------------------------------------------------------------
 AFFWILD2_AUS: tuple[int, ...] = (1, 2, 4, 6, 7, 10, 12, 15, 23, 24, 25, 26)
 CEXPR_AUS: tuple[int, ...] = (1, 2, 4, 5, 6, 7, 9, 10, 11, 12, 15, 17, 20, 23, 24, 25, 26)
@@ -115,6 +138,9 @@ AFFWILD2_EXPR_HEADER: tuple[str, ...] = ("Neutral", "Anger", "Disgust", "Fear", 
 AFFWILD2_EXPR: dict[int, str] = {0: "neutral", 1: "anger", 2: "disgust", 3: "fear", 4: "happiness",
                                  5: "sadness", 6: "surprise", 7: "other"}
 AFFWILD2_AU_HEADER: tuple[str, ...] = tuple(f"AU{n}" for n in AFFWILD2_AUS)
+AFFWILD2_VA_HEADER: tuple[str, str] = ("valence", "arousal")
+AFFWILD2_VA_INVALID: float = -5.0  # Aff-Wild2 VA files mark an unannotated frame with -5
+AFFECTNET_VA_INVALID: float = -2.0  # AffectNet's valence/arousal columns use -2 for "none"
 # C-EXPR-DB annotation CSVs name their columns with spaces ("Fearfully Surprised").
 CEXPR_TIME_COLUMNS: tuple[str, str] = ("Begin Time - hh:mm:ss.ms", "End Time - hh:mm:ss.ms")
 CEXPR_CSV_CLASS_COLUMNS: tuple[str, ...] = tuple(name.replace("_", " ") for name in CEXPR_CLASSES)

@@ -138,6 +138,12 @@ def tune_fusion(videos_root: str | Path, runs: Sequence[str | Path], out_dir: st
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} is not empty; refusing to overwrite it (pass --overwrite)")
+    from abaw_ce.inference import load_models
+
+    audio = [str(m.path) for m in load_models(runs) if m.modality == "audio"]
+    if audio:
+        raise ValueError(f"tune_fusion scores the visual runs' probabilities; leave the audio run(s) out: "
+                         f"{', '.join(audio)}")
     truth = labelled_video_frames(videos_root)
     out_dir.mkdir(parents=True, exist_ok=True)
     work = out_dir / "work"

@@ -162,6 +162,37 @@ def test_affectnet(tmp_path):
     assert rep["skipped_unusable_label"] == 1 and rep["skipped_missing_image"] == 1
     t2 = adapters.load_affectnet(csv, tmp_path / "Manually_Annotated_Images", non_basic={"contempt": "drop"})
     assert list(t2["expression"]) == ["happiness", "neutral"]
+    assert t2[["valence", "arousal"]].to_numpy().tolist() == [[0.5, pytest.approx(0.2)], [0.0, 0.0]]
+
+
+def test_affectnet_valence_arousal_none_and_range(tmp_path):
+    put_image(tmp_path / "img" / "1" / "a.jpg")
+    csv = write(tmp_path / "t.csv", f"{AFFECTNET_HEADER}\n1/a.jpg,10,10,50,50,,1,-2,-2\n")
+    t = adapters.load_affectnet(csv, tmp_path / "img")
+    assert t[["valence", "arousal"]].isna().all().all()  # -2 is AffectNet's "none"
+    bad = write(tmp_path / "bad.csv", f"{AFFECTNET_HEADER}\n1/a.jpg,10,10,50,50,,1,0.2,1.5\n")
+    with pytest.raises(InputError, match=r"arousal 1.5 is outside \[-1, 1\]") as err:
+        adapters.load_affectnet(bad, tmp_path / "img")
+    assert err.value.line == 2
+
+
+def test_affwild2_va_reads_values_and_skips_minus_five(tmp_path):
+    for k in (1, 2, 3):
+        put_image(tmp_path / "cropped_aligned" / "v1" / f"{k:05d}.jpg")
+    ann = tmp_path / "VA"
+    write(ann / "v1.txt", "valence,arousal\n0.25,-0.5\n-5,-5\n0.1,0.9\n-0.3,0.3\n")
+    t = adapters.load_affwild2_va(tmp_path / "cropped_aligned", ann)
+    assert t["frame"].tolist() == [1, 3] and t["valence"].tolist() == [0.25, pytest.approx(0.1)]
+    assert not t["has_target"].any() and t[list(labels.AU_COLUMNS)].isna().all().all()
+    rep = t.attrs["reports"]["affwild2_va"]
+    assert rep["skipped_unannotated"] == 1 and rep["skipped_missing_image"] == 1  # frame 4 has no image
+    write(ann / "v1.txt", "valence,arousal\n0.25,x\n")
+    with pytest.raises(InputError, match="arousal 'x' is not a number") as err:
+        adapters.load_affwild2_va(tmp_path / "cropped_aligned", ann)
+    assert err.value.line == 2
+    write(ann / "v1.txt", "arousal,valence\n0.25,0.1\n")
+    with pytest.raises(InputError, match="wrong header"):
+        adapters.load_affwild2_va(tmp_path / "cropped_aligned", ann)
 
 
 @pytest.mark.parametrize("body, line, message", [

@@ -182,6 +182,12 @@ def test_audio_track_trains_on_video_frames_and_late_fuses(tiny_world, tmp_path,
     assert submission.validate_submission(tmp_path / "audio.txt", template=template).ok
     silent = submission.read_submission(tmp_path / "audio.txt")
     assert len(np.unique(silent.loc[silent["video"] == "test001", "label"])) == 1  # one fallback distribution
+    import pytest
+
+    from abaw_ce.tune_fusion import tune_fusion
+
+    with pytest.raises(ValueError, match="audio run"):  # its grid is built from visual probabilities
+        tune_fusion(tmp_path / "labelled", [tmp_path / "visual", audio_run], tmp_path / "tuned")
 
 
 def test_expression_heads_targets_losses_and_compound_scores():

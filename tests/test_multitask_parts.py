@@ -106,3 +106,23 @@ def test_selective_bce_ignores_labels_outside_the_samples_dataset():
     moved = logits.detach().clone()
     moved[0, 2:] = 9.0  # labels outside sample 0's dataset: the loss does not change
     assert selective_bce(moved, targets, mask).item() == pytest.approx(loss.item())
+
+
+def test_mml_statistics_and_alignment_loss_on_a_hand_example():
+    from abaw_ce.multitask.alignment import alignment_loss, au_statistics
+
+    # two expressions, two AUs; AU 1 unannotated on the third image
+    expressions = np.array([0, 0, 0, 1, -1])
+    values = np.array([[1, 0], [1, 1], [0, np.nan], [0, 1], [1, 1]], dtype=np.float32)
+    mask = ~np.isnan(values)
+    stats = au_statistics(expressions, values, mask, 2)
+    np.testing.assert_allclose(stats, [[2 / 3, 1 / 2], [0, 1]])
+    p_expr = torch.tensor([[1.0, 0.0]])
+    p_au = torch.tensor([[0.5, 0.5]])
+    total, parts = alignment_loss(p_expr, p_au, stats)
+    sig = 1 / (1 + np.exp(-np.array([2 / 3, 1 / 2])))
+    dm1 = -(0.5 * np.log(sig[0]) + 0.5 * np.log(sig[1]))
+    q_expr0 = (0.5 * 2 / 3 + 0.5 * 1 / 2) / (2 / 3 + 1 / 2)
+    dm2 = -np.log(q_expr0)
+    assert parts["dm1"].item() == pytest.approx(dm1, rel=1e-5) and parts["dm2"].item() == pytest.approx(dm2, rel=1e-5)
+    assert total.item() == pytest.approx(dm1 + dm2, rel=1e-5)

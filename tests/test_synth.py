@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from abaw_ce import labels, submission
@@ -72,6 +73,16 @@ def test_every_format_reads_back(world):
     au = tables["affwild2_au"]
     assert au[[f"AU{a}" for a in labels.AFFWILD2_AUS]].notna().all(axis=1).all()
     assert len(tables["cexpr"]) > 0 and tables["cexpr"]["frame"].min() >= 1
+    # valence-arousal consistent with each expression's expected range (labels.VA_RANGES)
+    va = pd.concat([tables["affectnet"], tables["affwild2_expr"].merge(
+        tables["affwild2_va"][["path", "valence", "arousal"]], on="path", suffixes=("_x", ""))])
+    assert len(tables["affwild2_va"]) > 0 and tables["affwild2_va"]["valence"].notna().all()
+    assert tables["affwild2_va"].attrs["reports"]["affwild2_va"]["skipped_unannotated"] > 0
+    for name, part in va.groupby("expression"):
+        (v_low, v_high), (a_low, a_high) = labels.VA_RANGES[name]
+        assert part["valence"].between(v_low, v_high).all() and part["arousal"].between(a_low, a_high).all(), name
+    happy = va[va["expression"] == "happiness"]
+    assert len(happy) == 0 or (happy["valence"] > 0).all()
     gt = out / "test_ground_truth"
     report = submission.validate_submission(gt / "ground_truth.txt", template=gt / "template.txt")
     assert report.ok, report.format()
@@ -128,7 +139,6 @@ def test_expressions_follow_the_prior():
 def test_offline_detector_finds_rendered_faces_in_test_videos(tiny_world, tmp_path):
     # On the demo's world. The Haar fallback is not perfect: it misses most frames of some dark-skinned
     # identities with low-cut dark hair (the seed-7 micro world's test000), which insightface finds.
-    import pandas as pd
 
     from abaw_ce.faces.pipeline import run_faces
     out = tiny_world

@@ -136,6 +136,49 @@ def load_affwild2_au(images: str | Path, annotations: str | Path, source: str = 
     return _attach_report(table, source, skipped_unannotated=unannotated, skipped_missing_image=missing)
 
 
+def _parse_va(path: Path, line_no: int, text: str, what: str, invalid: float) -> float:
+    """A valence or arousal value in [-1, 1], or NaN for the dataset's 'not annotated' code."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise InputError(path, f"{what} {text.strip()!r} is not a number", line_no) from None
+    if value == invalid:
+        return float("nan")
+    if not -1.0 <= value <= 1.0:
+        raise InputError(path, f"{what} {value} is outside [-1, 1] (and is not the {invalid:g} of 'none')", line_no)
+    return value
+
+
+def load_affwild2_va(images: str | Path, annotations: str | Path, source: str = "affwild2_va") -> pd.DataFrame:
+    """Aff-Wild2 VA: ``valence,arousal`` a line in [-1, 1]; -5 marks a frame as not annotated (skipped)."""
+    images, annotations = Path(images), Path(annotations)
+    _require_dir(images, "cropped_aligned image")
+    paths, groups, frames, rows = [], [], [], []
+    unannotated = missing = 0
+    for txt in _affwild2_files(annotations):
+        video = txt.stem
+        present = _frames_present(images / video)
+        for k, row in enumerate(_affwild2_rows(txt, labels.AFFWILD2_VA_HEADER), start=1):
+            fields = row.split(",")
+            if len(fields) != 2:
+                raise InputError(txt, f"expected 2 comma-separated values (valence,arousal), got {len(fields)}",
+                                 k + 1)
+            va = [_parse_va(txt, k + 1, f, name, labels.AFFWILD2_VA_INVALID)
+                  for f, name in zip(fields, labels.AFFWILD2_VA_HEADER)]
+            if np.isnan(va).any():
+                unannotated += 1
+                continue
+            if k not in present:
+                missing += 1
+                continue
+            paths.append(str(images / video / f"{k:05d}.jpg"))
+            groups.append(_video_group(video))
+            frames.append(k)
+            rows.append(va)
+    table = make_table(paths, source, groups, frame=frames, va=np.asarray(rows, np.float32).reshape(-1, 2))
+    return _attach_report(table, source, skipped_unannotated=unannotated, skipped_missing_image=missing)
+
+
 def _frames_present(folder: Path) -> set[int]:
     """Frame numbers with an image in a cropped_aligned video folder (one listing, no per-frame stat)."""
     if not folder.is_dir():
@@ -222,7 +265,7 @@ def load_affectnet(csv_path: str | Path, images: str | Path, non_basic: NonBasic
     _require_dir(images, "AffectNet image")
     header, records = _csv_records(csv_path, AFFECTNET_COLUMNS)
     col = {name: header.index(name) for name in AFFECTNET_COLUMNS}
-    paths, groups, exprs = [], [], []
+    paths, groups, exprs, vas = [], [], [], []
     unusable = missing = 0
     for line_no, fields in records:
         value = _parse_int(csv_path, line_no, fields[col["expression"]], range(0, 11), "AffectNet expression")
@@ -234,10 +277,14 @@ def load_affectnet(csv_path: str | Path, images: str | Path, non_basic: NonBasic
         if not image.is_file():
             missing += 1
             continue
+        va = [_parse_va(csv_path, line_no, fields[col[name]], name, labels.AFFECTNET_VA_INVALID)
+              for name in ("valence", "arousal")]
         paths.append(str(image))
         groups.append(rel)  # no identity labels in AffectNet
         exprs.append(labels.AFFECTNET[value])
-    table = make_table(paths, source, groups, exprs, non_basic=non_basic)
+        vas.append(va if not np.isnan(va).any() else [np.nan, np.nan])
+    table = make_table(paths, source, groups, exprs, non_basic=non_basic,
+                       va=np.asarray(vas, np.float32).reshape(-1, 2))
     return _attach_report(table, source, skipped_unusable_label=unusable, skipped_missing_image=missing,
                           dropped_by_policy=len(paths) - len(table))
 
@@ -401,6 +448,7 @@ def load_image_folder(root: str | Path, source: str | None = None) -> pd.DataFra
 ADAPTERS = {
     "affwild2_expr": load_affwild2_expr,
     "affwild2_au": load_affwild2_au,
+    "affwild2_va": load_affwild2_va,
     "rafdb_basic": lambda root, **kw: load_rafdb(root, kind="basic", **kw),
     "rafdb_compound": lambda root, **kw: load_rafdb(root, kind="compound", **kw),
     "affectnet": load_affectnet,

@@ -8,6 +8,7 @@ One row per image (or per video frame). Columns:
 - ``expression``: canonical label name ('' when unlabeled); ``cexpr_class`` (0..12) and
   ``challenge_class`` (0..6) where the row is a compound, else -1;
 - ``has_target`` and ``y_<emotion>`` for the six basic emotions in ``labels.BASIC_EMOTIONS`` order;
+- ``valence`` and ``arousal`` in [-1, 1], NaN where not annotated;
 - ``AU<n>`` for the 17 C-EXPR-DB AUs, NaN where not annotated (the mask).
 """
 from __future__ import annotations
@@ -22,7 +23,8 @@ from abaw_ce import labels
 TARGET_COLUMNS: tuple[str, ...] = tuple(f"y_{e}" for e in labels.BASIC_EMOTIONS)
 BASE_COLUMNS: tuple[str, ...] = ("path", "frame", "source", "group", "split", "expression", "cexpr_class",
                                  "challenge_class", "has_target")
-COLUMNS: tuple[str, ...] = BASE_COLUMNS + TARGET_COLUMNS + labels.AU_COLUMNS
+VA_COLUMNS: tuple[str, str] = ("valence", "arousal")
+COLUMNS: tuple[str, ...] = BASE_COLUMNS + TARGET_COLUMNS + VA_COLUMNS + labels.AU_COLUMNS
 
 NON_BASIC_POLICIES = ("zero", "drop")
 
@@ -62,11 +64,13 @@ def make_table(
     au_ids: Sequence[int] = labels.CEXPR_AUS,
     split: Sequence[str] | str = "",
     non_basic: str | Mapping[str, str] = "zero",
+    va: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Build a sample table from column sequences (vectorised: label names are resolved once each).
 
     ``expression`` holds label names of any taxonomy in ``labels`` ('' or None = unlabeled); ``aus`` is an
-    (N, len(au_ids)) float array with NaN where not annotated.
+    (N, len(au_ids)) float array with NaN where not annotated; ``va`` an (N, 2) valence-arousal array, NaN
+    where not annotated.
     """
     n = len(path)
     policy = resolve_non_basic(non_basic)
@@ -103,6 +107,10 @@ def make_table(
     })
     for j, col in enumerate(TARGET_COLUMNS):
         table[col] = targets[:, j]
+    va_full = (np.full((n, 2), np.nan, dtype=np.float32) if va is None
+               else np.asarray(va, dtype=np.float32).reshape(n, 2))
+    for j, col in enumerate(VA_COLUMNS):
+        table[col] = va_full[:, j]
     au_full = np.full((n, len(labels.CEXPR_AUS)), np.nan, dtype=np.float32)
     if aus is not None:
         aus = np.asarray(aus, dtype=np.float32).reshape(n, len(au_ids))
@@ -138,6 +146,13 @@ def au_arrays(table: pd.DataFrame, au_set: str = "cexpr") -> tuple[np.ndarray, n
     values = table[cols].to_numpy(dtype=np.float32)
     mask = ~np.isnan(values)
     return np.where(mask, values, 0.0).astype(np.float32), mask
+
+
+def va_arrays(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(N, 2) valence-arousal (0 where missing) and the (N,) mask of rows that have both."""
+    values = table[list(VA_COLUMNS)].to_numpy(dtype=np.float32)
+    mask = ~np.isnan(values).any(axis=1)
+    return np.where(np.isnan(values), 0.0, values).astype(np.float32), mask
 
 
 def check_table(table: pd.DataFrame) -> None:

@@ -18,6 +18,7 @@ from abaw_ce import labels
 AFFWILD2_IMAGES = "cropped_aligned"
 AFFWILD2_EXPR_DIR = "annotations/EXPR"
 AFFWILD2_AU_DIR = "annotations/AU"
+AFFWILD2_VA_DIR = "annotations/VA"
 
 
 def save_image(path: str | Path, image: np.ndarray, quality: int = 90) -> Path:
@@ -38,8 +39,9 @@ def _inverse(mapping: dict[int, str]) -> dict[str, int]:
 
 def write_affwild2_video(root: str | Path, video: str, frames: Sequence[np.ndarray | None],
                          expressions: Sequence[str | None] | None = None,
-                         aus: np.ndarray | None = None, quality: int = 90) -> None:
-    """One Aff-Wild2 video: frame images (None = no image), EXPR names (None = -1) and AU rows (NaN = -1)."""
+                         aus: np.ndarray | None = None, quality: int = 90, va: np.ndarray | None = None) -> None:
+    """One Aff-Wild2 video: frame images (None = no image), EXPR names (None = -1), AU rows (NaN = -1) and
+    valence-arousal rows (NaN = -5)."""
     root = Path(root)
     for k, frame in enumerate(frames, start=1):
         if frame is not None:
@@ -52,6 +54,10 @@ def write_affwild2_video(root: str | Path, video: str, frames: Sequence[np.ndarr
         aus = np.asarray(aus, dtype=np.float32).reshape(len(frames), len(labels.AFFWILD2_AUS))
         rows = [",".join("-1" if np.isnan(v) else str(int(v)) for v in row) for row in aus]
         _write_lines(root / AFFWILD2_AU_DIR / f"{video}.txt", [",".join(labels.AFFWILD2_AU_HEADER), *rows])
+    if va is not None:
+        va = np.asarray(va, dtype=np.float32).reshape(len(frames), 2)
+        rows = ["-5,-5" if np.isnan(row).any() else f"{row[0]:.3f},{row[1]:.3f}" for row in va]
+        _write_lines(root / AFFWILD2_VA_DIR / f"{video}.txt", [",".join(labels.AFFWILD2_VA_HEADER), *rows])
 
 
 def write_rafdb(root: str | Path, items: Iterable[tuple[str, np.ndarray, str]], kind: str = "basic",
@@ -67,9 +73,9 @@ def write_rafdb(root: str | Path, items: Iterable[tuple[str, np.ndarray, str]], 
     _write_lines(root / "EmoLabel" / "list_patition_label.txt", lines)
 
 
-def write_affectnet(csv_path: str | Path, image_root: str | Path,
-                    items: Iterable[tuple[str, np.ndarray, str]], quality: int = 90) -> None:
-    """AffectNet CSV + images: items of (relative path, image, expression name); the face box is the image."""
+def write_affectnet(csv_path: str | Path, image_root: str | Path, items: Iterable[tuple], quality: int = 90) -> None:
+    """AffectNet CSV + images: items of (relative path, image, expression name[, (valence, arousal)]); the face
+    box is the image; without a valence-arousal pair the row carries AffectNet's -2 (none)."""
     code = _inverse(labels.AFFECTNET)
     csv_path, image_root = Path(csv_path), Path(image_root)
     csv_path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,10 +83,11 @@ def write_affectnet(csv_path: str | Path, image_root: str | Path,
         writer = csv.writer(f)
         writer.writerow(["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
                          "facial_landmarks", "expression", "valence", "arousal"])
-        for rel, image, expression in items:
+        for rel, image, expression, *rest in items:
             save_image(image_root / rel, image, quality)
             h, w = np.asarray(image).shape[:2]
-            writer.writerow([rel, 0, 0, w, h, "", code[expression], "-2", "-2"])
+            va = [f"{v:.3f}" for v in rest[0]] if rest and rest[0] is not None else ["-2", "-2"]
+            writer.writerow([rel, 0, 0, w, h, "", code[expression], *va])
 
 
 def format_time(seconds: float) -> str:

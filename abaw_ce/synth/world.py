@@ -82,6 +82,18 @@ def sample_aus(expression: str, rng: np.random.Generator) -> np.ndarray:
     return v.astype(np.float32)
 
 
+def sample_va(expression: str, rng: np.random.Generator) -> tuple[float, float]:
+    """A (valence, arousal) pair inside the expression's expected range (``labels.VA_RANGES``), kept a tenth
+    of the range away from its edges so that the sign never sits on a boundary."""
+    out = []
+    for low, high in labels.VA_RANGES[labels.CEXPR_CLASSES[labels.compound_index(expression)]
+                                      if labels.expression_kind(expression) == "compound" else
+                                      labels.normalise_name(expression)]:
+        margin = 0.1 * (high - low)
+        out.append(float(rng.uniform(low + margin, high - margin)))
+    return out[0], out[1]
+
+
 def au_presence(intensities: np.ndarray, au_ids=labels.AFFWILD2_AUS) -> np.ndarray:
     """0/1 AU labels over an AU set from 17-AU intensities."""
     idx = [labels.CEXPR_AUS.index(a) for a in au_ids]
@@ -321,8 +333,10 @@ def generate_world(out: str | Path, seed: int = 0, scale: str | Scale = "tiny", 
     s = SCALES[scale] if isinstance(scale, str) else scale
     scale = scale if isinstance(scale, str) else "custom"
     started = time.perf_counter()
-    streams = np.random.SeedSequence(seed).spawn(7)
+    # Stream 7 draws valence-arousal only, so adding it left every other output of a seed unchanged.
+    streams = np.random.SeedSequence(seed).spawn(8)
     rng = [np.random.default_rng(st) for st in streams]
+    rng_va = rng[7]
     size = s.image_size
     counts: dict[str, int] = {}
 
@@ -363,7 +377,8 @@ def generate_world(out: str | Path, seed: int = 0, scale: str | Scale = "tiny", 
     def affectnet_items():
         for i in range(s.affectnet):
             name = str(r.choice(affectnet_names))
-            yield f"{i % 7}/{i:06d}.jpg", render_aligned(Identity.random(r), sample_aus(name, r), size, r), name
+            image = render_aligned(Identity.random(r), sample_aus(name, r), size, r)
+            yield f"{i % 7}/{i:06d}.jpg", image, name, sample_va(name, rng_va)
             bar.update()
 
     writers.write_affectnet(out / "affectnet" / "training.csv", out / "affectnet" / "images", affectnet_items())
@@ -389,9 +404,13 @@ def generate_world(out: str | Path, seed: int = 0, scale: str | Scale = "tiny", 
         for k in block:
             exprs[k] = None
         au_arr[block[::-1][: max(1, len(block) // 2)]] = np.nan
+        # valence-arousal: one target per expression segment, following its intensity envelope
+        targets = {name: sample_va(name, rng_va) for name in sorted(set(names))}
+        va = np.array([targets[name] for name in names], np.float32) * (0.5 + 0.5 * envelope[:, None])
+        va[block[: max(1, len(block) // 3)]] = np.nan
         suffix = "_left" if v % 5 == 4 else ""
         writers.write_affwild2_video(out / "affwild2", f"video{v:03d}{suffix}", frames, exprs, au_arr,
-                                     quality=_quality(r))
+                                     quality=_quality(r), va=va)
         bar.update()
     counts["affwild2_videos"] = s.affwild2_videos
 
@@ -455,5 +474,7 @@ def dataset_specs(root: str | Path) -> dict[str, dict]:
                           "annotations": str(root / "affwild2" / writers.AFFWILD2_EXPR_DIR)},
         "affwild2_au": {"format": "affwild2_au", "images": str(root / "affwild2" / writers.AFFWILD2_IMAGES),
                         "annotations": str(root / "affwild2" / writers.AFFWILD2_AU_DIR)},
+        "affwild2_va": {"format": "affwild2_va", "images": str(root / "affwild2" / writers.AFFWILD2_IMAGES),
+                        "annotations": str(root / "affwild2" / writers.AFFWILD2_VA_DIR)},
         "cexpr": {"format": "cexpr", "root": str(root / "cexpr")},
     }
