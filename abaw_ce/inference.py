@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from abaw_ce import labels
 from abaw_ce.cexprnet import EXPORT_META_FILE as CEXPRNET_META_FILE
 from abaw_ce.data.packed import PackedFaces
+from abaw_ce.multitask import EXPORT_META_FILE as MULTITASK_META_FILE
 from abaw_ce.errors import InputError
 from abaw_ce.models.export import META_FILE, load_classifier
 
@@ -36,7 +37,7 @@ class LoadedModel:
     img_size: int
     mean: list[float]
     std: list[float]
-    track: str = "emotion"  # "emotion": sigmoid outputs; "cexprnet": the model returns probabilities
+    track: str = "emotion"  # "emotion": sigmoid outputs; "cexprnet", "multitask": the model returns probabilities
     run: int = 0  # which of the requested runs it came from: folds are averaged within their run first
     modality: str = "visual"  # "audio": a C-EXPR-NET-A reading log-mel windows of the video's sound
     audio: dict | None = None  # the audio model's input settings (n_mels, width, mean, std, sample_rate)
@@ -61,9 +62,9 @@ class CExprNetExpressions(nn.Module):
 
 def find_exports(run: str | Path) -> list[Path]:
     """Model exports of a run: every finished ``fold_*/export`` of an emotion run, the ``export`` of a
-    C-EXPR-NET run, or the folder itself if it is an export."""
+    C-EXPR-NET or multi-task run, or the folder itself if it is an export."""
     run = Path(run)
-    for meta_file in (META_FILE, CEXPRNET_META_FILE):
+    for meta_file in (META_FILE, CEXPRNET_META_FILE, MULTITASK_META_FILE):
         if (run / meta_file).is_file():
             return [run]
         if (run / "export" / meta_file).is_file():
@@ -96,6 +97,14 @@ def load_models(runs: Sequence[str | Path], device: torch.device | str = "cpu") 
                                           int(meta["img_size"]), list(meta["mean"]), list(meta["std"]),
                                           track="cexprnet", run=r, modality=meta.get("modality", "visual"),
                                           audio=meta.get("audio")))
+                continue
+            if (path / MULTITASK_META_FILE).is_file():
+                from abaw_ce.multitask.train import BasicEmotionProbabilities, load_multitask
+
+                net, meta = load_multitask(path)
+                loaded.append(LoadedModel(path, BasicEmotionProbabilities(net).to(device).eval(),
+                                          int(meta["img_size"]), list(meta["mean"]), list(meta["std"]),
+                                          track="multitask", run=r))
                 continue
             model, meta = load_classifier(path)
             names = (meta.get("head") or {}).get("labels")

@@ -93,7 +93,7 @@ def align_to_template(decoded_frames: np.ndarray, decoded_labels: np.ndarray, wa
     return out, notes
 
 
-TRACKS = ("auto", "emotion", "cexprnet")
+TRACKS = ("auto", "emotion", "cexprnet", "multitask")
 
 
 def check_track(models: Sequence, track: str) -> None:

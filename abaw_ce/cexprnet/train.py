@@ -33,7 +33,7 @@ from abaw_ce.cexprnet.model import (CExprNet, LossWeights, build_backbone, cexpr
 from abaw_ce.cexprnet.modules import kl_targets
 from abaw_ce.data.labelled import FaceTransform, TableSamples
 from abaw_ce.data.table import au_arrays
-from abaw_ce.data.video_frames import frames_to_crops, is_frame_row
+from abaw_ce.data.video_frames import crop_frame_rows, is_frame_row
 from abaw_ce.errors import InputError
 from abaw_ce.train import engine, runs
 from abaw_ce.train.finetune import _fold_assignment, _resume_point, load_tables, run_single
@@ -249,17 +249,6 @@ def train_cexprnet(config: DictConfig, resume: str | None = None, overrides: Seq
     return run_dir
 
 
-def _visual_frames(config: DictConfig, table: pd.DataFrame, run_dir: Path) -> pd.DataFrame:
-    """Video-frame rows -> face-crop rows (the crops go to data.frame_crops.dir, default <run>/frame_crops)."""
-    if not is_frame_row(table).any():
-        return table
-    c = config.data.frame_crops
-    out_dir = Path(c.dir) if c.dir else run_dir / "frame_crops"
-    table, report = frames_to_crops(table, out_dir, detector=str(c.detector), size=int(c.size))
-    print(f"{STAGE}: {report.summary()}")
-    return table
-
-
 def _audio_rows(config: DictConfig, table: pd.DataFrame
                 ) -> tuple[pd.DataFrame, np.ndarray, dict[str, torch.Tensor], dict[str, float]]:
     """Video-frame rows of videos with an audio track, their positions in ``table``, and the spectrograms."""
@@ -310,7 +299,7 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
                              "none: leave it null")
         table, _, spectrograms, rates = _audio_rows(config, table)
     else:
-        table = _visual_frames(config, table, run_dir)
+        table = crop_frame_rows(table, d.frame_crops, run_dir / "frame_crops", STAGE)
     expr_y, expr_has = expression_targets(table, head)
     au_values, au_mask = au_arrays(table, "cexpr")
     if lw.au_teacher:

@@ -120,3 +120,14 @@ def frames_to_crops(table: pd.DataFrame, out_dir: str | Path, detector: str = "a
     out["path"] = paths
     report.without_face = int((~keep).sum())
     return out[keep].reset_index(drop=True), report
+
+
+def crop_frame_rows(table: pd.DataFrame, settings, default_dir: Path, stage: str) -> pd.DataFrame:
+    """A training stage's call: video-frame rows -> face-crop rows with its ``data.frame_crops`` settings
+    (dir, detector, size; the crops go to ``default_dir`` when dir is unset), the outcome printed."""
+    if not is_frame_row(table).any():
+        return table
+    out_dir = Path(settings.dir) if settings.dir else Path(default_dir)
+    table, report = frames_to_crops(table, out_dir, detector=str(settings.detector), size=int(settings.size))
+    print(f"{stage}: {report.summary()}")
+    return table

@@ -1,5 +1,5 @@
-"""Command lines of stages 2 and 3 and of the C-EXPR-NET track (``finetune/au.py``, ``finetune/emotion.py``,
-``finetune/cexprnet.py``)."""
+"""Command lines of stages 2 and 3, of the C-EXPR-NET track and of the multi-task track (``finetune/au.py``,
+``finetune/emotion.py``, ``finetune/cexprnet.py``, ``finetune/multitask.py``)."""
 from __future__ import annotations
 
 import argparse
@@ -91,6 +91,19 @@ def main_cexprnet(argv: list[str] | None = None) -> int:
 
     return guarded(lambda: train_cexprnet(_config("cexprnet", args), resume=args.resume,
                                           overrides=args.overrides))
+
+
+def main_multitask(argv: list[str] | None = None) -> int:
+    parser = _parser("finetune/multitask.py", "multitask")
+    parser.add_argument("--method", help="the method to train (model.method): sjmt")
+    args = parser.parse_intermixed_args(argv)
+    if args.method:
+        args.overrides = [*args.overrides, f"model.method={args.method}"]
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from abaw_ce.multitask.train import train_multitask
+
+    return guarded(lambda: train_multitask(_config("multitask", args), resume=args.resume,
+                                           overrides=args.overrides))
 
 
 def _fold_list(text: str | None) -> list[int] | None:
