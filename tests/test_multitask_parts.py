@@ -126,3 +126,23 @@ def test_mml_statistics_and_alignment_loss_on_a_hand_example():
     dm2 = -np.log(q_expr0)
     assert parts["dm1"].item() == pytest.approx(dm1, rel=1e-5) and parts["dm2"].item() == pytest.approx(dm2, rel=1e-5)
     assert total.item() == pytest.approx(dm1 + dm2, rel=1e-5)
+
+
+def test_grouped_batch_order_gives_every_batch_its_shares_and_covers_every_group():
+    from abaw_ce.train.sampling import GroupedBatchOrder
+
+    va, expr, au = np.arange(0, 50), np.arange(50, 250), np.arange(250, 280)
+    order = GroupedBatchOrder([va, expr, au], batch_size=16, seed=3)
+    assert sum(order.shares) == 16 and order.shares == [3, 11, 2]  # 50:200:30, at least one each
+    keys = list(order)
+    assert len(keys) == len(order) == order.batches * 16 and {e for e, _ in keys} == {0}
+    indices = np.array([i for _, i in keys]).reshape(order.batches, 16)
+    for batch in indices:
+        assert [np.isin(batch, g).sum() for g in (va, expr, au)] == order.shares
+    for group in (va, expr, au):
+        assert set(group) <= set(indices.ravel())  # one epoch covers every group
+    assert [i for _, i in GroupedBatchOrder([va, expr, au], 16, seed=3)] == [i for _, i in keys]  # deterministic
+    order.set_epoch(1)
+    assert [i for _, i in order] != [i for _, i in keys] and {e for e, _ in order} == {1}
+    with pytest.raises(ValueError, match="cannot hold"):
+        GroupedBatchOrder([va, expr, au], batch_size=2, seed=0)

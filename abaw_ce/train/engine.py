@@ -24,7 +24,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from abaw_ce.train import runs
@@ -123,9 +123,11 @@ def predict(model: nn.Module, loader: DataLoader, accelerator: Accelerator,
 def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, train_set: Dataset,
         val_set: Dataset, loss_fn: LossFn, evaluate: EvaluateFn, export: ExportFn,
         teacher: nn.Module | None = None, resume_from: Path | None = None,
-        activation: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid) -> FitResult:
+        activation: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
+        train_order: Sampler | None = None) -> FitResult:
     """Train ``model`` with the recipe in ``config`` (sections optim/train); the run folder must exist.
-    ``activation`` turns the model's outputs into the probabilities ``evaluate`` and ``export`` receive."""
+    ``activation`` turns the model's outputs into the probabilities ``evaluate`` and ``export`` receive;
+    ``train_order`` replaces the shuffled epoch order (e.g. a ``GroupedBatchOrder``)."""
     t, o = config.train, config.optim
     runs.check_positive_ints(t, "train", ("epochs", "batch_size", "grad_accum", "log_every", "keep_checkpoints",
                                           "patience"))
@@ -136,7 +138,7 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
                          f"({t.batch_size} x {accelerator.num_processes}); lower train.batch_size")
     if len(val_set) == 0:
         raise ValueError(f"{stage}: the validation set is empty")
-    sampler = EpochSampler(len(train_set), seed=t.seed)
+    sampler = train_order if train_order is not None else EpochSampler(len(train_set), seed=t.seed)
     train_loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, drop_last=True,
                               num_workers=t.num_workers, pin_memory=torch.cuda.is_available())
     val_loader = DataLoader(val_set, batch_size=t.eval_batch_size, shuffle=False, num_workers=t.num_workers)

@@ -53,6 +53,57 @@ class EpochSampler(Sampler):
             yield epoch, index
 
 
+class GroupedBatchOrder(Sampler):
+    """``(epoch, index)`` keys in which every consecutive run of ``batch_size`` holds a fixed number of items
+    of each group (e.g. the VA-, expression- and AU-labelled sets of a multi-task update): shares proportional
+    to the groups' sizes, at least one each. An epoch lasts until every group has been seen once (a group that
+    runs out starts a fresh permutation), so one epoch covers every set. A pure function of (seed, epoch)."""
+
+    def __init__(self, groups: list[np.ndarray] | tuple, batch_size: int, seed: int):
+        self.groups = [np.asarray(g, dtype=np.int64) for g in groups]
+        if not self.groups or any(len(g) == 0 for g in self.groups):
+            raise ValueError("every group of a grouped batch order needs at least one item")
+        if batch_size < len(self.groups):
+            raise ValueError(f"a batch of {batch_size} cannot hold one item of each of {len(self.groups)} groups")
+        self.batch_size, self.seed, self.epoch = int(batch_size), int(seed), 0
+        self.shares = self._shares()
+        self.batches = max(int(np.ceil(len(g) / k)) for g, k in zip(self.groups, self.shares))
+
+    def _shares(self) -> list[int]:
+        """The batch split by group size (largest remainders), every group getting at least one."""
+        sizes = np.array([len(g) for g in self.groups], dtype=np.float64)
+        exact = self.batch_size * sizes / sizes.sum()
+        shares = np.maximum(np.floor(exact), 1).astype(np.int64)
+        while shares.sum() < self.batch_size:
+            shares[int(np.argmax(exact - shares))] += 1
+        while shares.sum() > self.batch_size:
+            over = np.where(shares > 1, shares - exact, -np.inf)
+            shares[int(np.argmax(over))] -= 1
+        return shares.tolist()
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.batches * self.batch_size
+
+    def _stream(self, g: int) -> Iterator[int]:
+        cycle = 0
+        while True:
+            generator = torch.Generator().manual_seed(derived_seed(self.seed, self.epoch, _PERMUTATION, g, cycle))
+            for i in torch.randperm(len(self.groups[g]), generator=generator).tolist():
+                yield int(self.groups[g][i])
+            cycle += 1
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        epoch = self.epoch
+        streams = [self._stream(g) for g in range(len(self.groups))]
+        for _ in range(self.batches):
+            for stream, share in zip(streams, self.shares):
+                for _ in range(share):
+                    yield epoch, next(stream)
+
+
 class SeededSamples(Dataset):
     """``make(image)`` applied to ``base[index]`` with the CPU RNG seeded from (seed, epoch, index).
 
