@@ -102,7 +102,7 @@ def load_models(runs: Sequence[str | Path], device: torch.device | str = "cpu") 
                 from abaw_ce.multitask.train import BasicEmotionProbabilities, load_multitask
 
                 net, meta = load_multitask(path)
-                loaded.append(LoadedModel(path, BasicEmotionProbabilities(net).to(device).eval(),
+                loaded.append(LoadedModel(path, BasicEmotionProbabilities(net, meta["method"]).to(device).eval(),
                                           int(meta["img_size"]), list(meta["mean"]), list(meta["std"]),
                                           track="multitask", run=r))
                 continue

@@ -1,8 +1,10 @@
-"""The multi-task track's SJMT method through its script on the synthetic world: targets, export, submission."""
+"""The multi-task track's SJMT and FaceBehaviorNet methods through their script on the synthetic world: targets,
+coupling, export, submission."""
 import json
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
 from abaw_ce import labels
@@ -55,3 +57,65 @@ def test_sjmt_stage_trains_exports_and_feeds_make_submission(tiny_world, tmp_pat
     assert submission.validate_submission(tmp_path / "sub.txt", template=template).ok
     assert main_multitask(["--demo", "--method", "fbn-typo", f"output.dir={tmp_path / 'bad'}", data]) == 2
     assert "model.method must be one of" in capsys.readouterr().err
+
+
+def test_fbn_targets_coupling_and_loss():
+    from abaw_ce.multitask import fbn
+
+    au = {col: np.nan for col in labels.AU_COLUMNS}
+    rows = [{"expression": "happiness", "valence": 0.5, "arousal": 0.3, **au},
+            {"expression": "Sadly_Angry", "valence": np.nan, "arousal": np.nan, **au},
+            {"expression": "", "valence": np.nan, "arousal": np.nan, **au, "AU6": 1.0, "AU12": 1.0, "AU25": 1.0},
+            {"expression": "other", "valence": -0.2, "arousal": 0.1, **au}]
+    table = pd.DataFrame(rows)
+    plain, plain_mask = fbn.fbn_targets(table)
+    assert plain_mask[:, fbn.VA.start].tolist() == [1, 0, 0, 1] and plain[0, fbn.VA].tolist() == pytest.approx([0.5, 0.3])
+    assert plain_mask[:, fbn.EXPR.start].tolist() == [1, 1, 0, 0]  # Other has no 7-way target
+    sadly_angry = plain[1, fbn.EXPR]
+    assert sadly_angry[labels.SEVEN_EXPRESSIONS.index("sadness")] == 0.5 and sadly_angry.sum() == 1
+    assert plain_mask[0, fbn.AU].sum() == 0 and plain_mask[2, fbn.AU].sum() == 3
+    coupled, coupled_mask = fbn.fbn_targets(table, fbn.Coupling(True, True, True))
+    au12 = fbn.AU.start + labels.CEXPR_AUS.index(12)
+    au6 = fbn.AU.start + labels.CEXPR_AUS.index(6)
+    assert coupled[0, au12] == 1 and coupled_mask[0, au12] == 1 and coupled_mask[0, au6] == pytest.approx(0.51)
+    happy = labels.SEVEN_EXPRESSIONS.index("happiness")
+    assert coupled_mask[2, fbn.EXPR.start] == 1 and coupled[2, fbn.EXPR.start + happy] == 1  # AUs -> happiness
+    assert coupled_mask[2, fbn.SOFT.start] == 1 and coupled[2, fbn.SOFT].sum() == pytest.approx(1, rel=1e-5)
+    assert coupled_mask[[0, 1, 3], fbn.SOFT.start].sum() == 0
+    assert {k: v.tolist() for k, v in fbn.task_groups(coupled_mask).items()} == {"va": [0, 3], "expr": [1, 2]}
+    torch.manual_seed(0)
+    outputs = torch.randn(4, len(fbn.OUTPUTS), requires_grad=True)
+    prior = fbn.fbn_prior()
+    none = fbn.fbn_loss(outputs, torch.as_tensor(coupled), torch.as_tensor(coupled_mask), fbn.Coupling(),
+                        fbn.FbnWeights(), prior)
+    every = fbn.fbn_loss(outputs, torch.as_tensor(coupled), torch.as_tensor(coupled_mask),
+                         fbn.Coupling(True, True, True), fbn.FbnWeights(), prior)
+    assert torch.isfinite(every) and every.item() > none.item()  # the soft label and DM terms add
+    every.backward()
+    assert outputs.grad[:, fbn.VA].abs().sum() > 0 and outputs.grad[:, fbn.AU].abs().sum() > 0
+
+
+def test_fbn_stage_trains_with_joined_batches_and_feeds_make_submission(tiny_world, tmp_path, capsys):
+    from abaw_ce import submission
+    from abaw_ce.inference import load_models
+    from abaw_ce.make_submission import make_submission
+    from tests.test_make_submission import videos_folder
+
+    run = tmp_path / "fbn"
+    data = datasets(tiny_world, "affectnet", "rafdb_compound", "affwild2_au", "affwild2_va")
+    code = main_multitask(["--demo", "--method", "fbn", *QUICK, f"output.dir={run}", data, "loss.co_annotation=true",
+                           "loss.soft_co_annotation=true", "loss.distribution_matching=true"])
+    assert code == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "each batch of 16 joins va" in out and "zero-shot compound F1" in out and "VA CCC" in out
+    validation = json.loads((run / "validation.json").read_text())
+    assert validation["va_ccc"] is not None and -1 <= validation["va_ccc"] <= 1
+    net, meta = load_multitask(run / "export")
+    assert meta["method"] == "fbn" and meta["coupling"]["co_annotation"] is True
+    models = load_models([run])
+    probs = models[0].probabilities(torch.zeros(2, 3, 32, 32))
+    assert probs.shape == (2, 6) and (probs.sum(1) <= 1 + 1e-5).all()  # 6 of the 7 softmax columns
+    videos, template = videos_folder(tiny_world, tmp_path / "videos", names=("test002",))
+    make_submission(videos, [run], tmp_path / "sub.txt", template=template, detector="opencv", crop_size=48,
+                    progress=False)
+    assert submission.validate_submission(tmp_path / "sub.txt", template=template).ok

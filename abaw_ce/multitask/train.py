@@ -4,8 +4,14 @@
 expressions of ``labels.SEVEN_EXPRESSIONS`` then the 17 C-EXPR-DB AUs; each sample's binary cross-entropy is
 summed over its own labels only (an expression-labelled image: the 7 expressions, a compound one being
 two-hot and an Other/contempt one all-zero; an AU-labelled image: the AUs its dataset annotates), averaged
-over samples. The export (``model.safetensors`` + ``multitask.json``) gives make_submission the 6 basic-emotion
-probabilities.
+over samples.
+
+``fbn`` (FaceBehaviorNet, ``abaw_ce.multitask.fbn``): valence-arousal, 7-expression and 17-AU heads; each
+update joins VA-, expression- and AU-labelled images in fixed shares (``GroupedBatchOrder``); the coupling
+terms are switched in the ``loss`` section. Its validation also reports the zero-shot compound F1.
+
+The export (``model.safetensors`` + ``multitask.json``) gives make_submission the 6 basic-emotion
+probabilities (SJMT's sigmoids, FaceBehaviorNet's softmax columns).
 """
 from __future__ import annotations
 
@@ -29,15 +35,15 @@ from abaw_ce.data.labelled import FaceTransform, TableSamples
 from abaw_ce.data.table import au_arrays
 from abaw_ce.data.video_frames import crop_frame_rows
 from abaw_ce.errors import InputError
-from abaw_ce.multitask import EXPORT_META_FILE
+from abaw_ce.multitask import EXPORT_META_FILE, fbn
 from abaw_ce.multitask.coupling import selective_bce
 from abaw_ce.train import engine, runs
 from abaw_ce.train.finetune import _fold_assignment, _resume_point, load_tables, run_single
 from abaw_ce.train.metrics import multilabel_f1
-from abaw_ce.train.sampling import SeededSamples
+from abaw_ce.train.sampling import GroupedBatchOrder, SeededSamples
 
 STAGE = "multitask"
-METHODS = ("sjmt",)
+METHODS = ("sjmt", "fbn")
 MODEL_FILE, META_FILE = "model.safetensors", EXPORT_META_FILE
 EXPRESSIONS = labels.SEVEN_EXPRESSIONS
 AU_NAMES = tuple(f"AU{n}" for n in labels.CEXPR_AUS)
@@ -60,15 +66,20 @@ class PooledHead(nn.Module):
 
 
 class BasicEmotionProbabilities(nn.Module):
-    """An SJMT network as (B, 6) sigmoid probabilities of the basic emotions, for make_submission."""
+    """A multi-task network as (B, 6) basic-emotion probabilities for make_submission: SJMT's sigmoids, or
+    the basic columns of FaceBehaviorNet's 7-way softmax."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, net: nn.Module, method: str = "sjmt"):
         super().__init__()
-        self.net = net
-        self.register_buffer("columns", torch.tensor(BASIC_COLUMNS), persistent=False)
+        self.net, self.method = net, method
+        columns = BASIC_COLUMNS if method == "sjmt" else fbn.BASIC_IN_EXPR
+        self.register_buffer("columns", torch.tensor(columns), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(images).float()[:, self.columns])
+        out = self.net(images).float()
+        if self.method == "sjmt":
+            return torch.sigmoid(out[:, self.columns])
+        return out[:, fbn.EXPR].softmax(dim=1)[:, self.columns]
 
 
 def sjmt_targets(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -115,13 +126,39 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray) -> dict[
     return result
 
 
+def evaluate_fbn(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
+    """FaceBehaviorNet's validation: basic-emotion F1 (softmax >= 0.25), compound F1 from pair sums and from
+    the zero-shot rule, AU F1, valence-arousal CCC; the score as for SJMT."""
+    has_expr = masks[:, fbn.EXPR.start] > 0
+    basic_p, basic_y = probs[:, fbn.EXPR][:, fbn.BASIC_IN_EXPR], targets[:, fbn.EXPR][:, fbn.BASIC_IN_EXPR]
+    expr = multilabel_f1(basic_p, basic_y, labels.BASIC_EMOTIONS, np.repeat(has_expr[:, None], 6, axis=1),
+                         fbn.EXPRESSION_THRESHOLD)
+    truth = compound_truth(basic_y, has_expr, "kl")
+    scores = compound_scores(basic_p, "kl")
+    au_mask = masks[:, fbn.AU] > 0
+    labelled = [j for j in range(len(fbn.AU_NAMES)) if au_mask[:, j].any()]
+    au = multilabel_f1(probs[:, fbn.AU][:, labelled], targets[:, fbn.AU][:, labelled],
+                       [fbn.AU_NAMES[j] for j in labelled], au_mask[:, labelled], 0.5)
+    result = {"expr_f1": expr["per_class"], "mean_expr_f1": expr["mean"],
+              "compound_f1": compound_f1(scores, truth, len(labels.CEXPR_COMPOUNDS)),
+              "challenge_f1": compound_f1(scores, truth, len(labels.CHALLENGE_COMPOUNDS)),
+              "zero_shot_f1": compound_f1(fbn.zero_shot(probs), truth, len(labels.CEXPR_COMPOUNDS)),
+              "au_f1": au["per_class"], "mean_au_f1": au["mean"] if labelled else None,
+              "va_ccc": fbn.va_ccc(probs, targets, masks), "samples": int(len(probs))}
+    use_compound = result["compound_f1"] is not None
+    result["score"] = float(result["compound_f1"] if use_compound else result["mean_expr_f1"])
+    result["score_name"] = "compound_f1" if use_compound else "mean_expr_f1"
+    return result
+
+
 def load_multitask(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """A multi-task export folder -> (network in eval mode returning its raw outputs, metadata)."""
     path = Path(path)
     if not (path / META_FILE).is_file():
         raise InputError(path, f"not a multi-task export (no {META_FILE})")
     meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-    net = PooledHead(rebuild_backbone(meta["backbone"]), len(meta["outputs"]))
+    backbone = rebuild_backbone(meta["backbone"])
+    net = (fbn.FaceBehaviorNet(backbone) if meta["method"] == "fbn" else PooledHead(backbone, len(meta["outputs"])))
     net.load_state_dict(load_file(str(path / MODEL_FILE)))
     return net.eval(), meta
 
@@ -134,37 +171,61 @@ def train_multitask(config: DictConfig, resume: str | None = None, overrides: Se
         return run_dir
     best = json.loads((run_dir / engine.VALIDATION_FILE).read_text(encoding="utf-8"))
     parts = [f"{name} {best[key]:.4f}" for name, key in (("basic F1", "mean_expr_f1"), ("compound F1", "compound_f1"),
-                                                          ("AU F1", "mean_au_f1")) if best.get(key) is not None]
+                                                          ("zero-shot compound F1", "zero_shot_f1"),
+                                                          ("AU F1", "mean_au_f1"), ("VA CCC", "va_ccc"))
+             if best.get(key) is not None]
     print(f"multi-task ({config.model.method}) {', '.join(parts)} (epoch {best['epoch']}); "
           f"export -> {run_dir / engine.BEST_DIR}")
     return run_dir
 
 
 def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
-    d, t, m = config.data, config.train, config.model
+    d, t, m, lw = config.data, config.train, config.model, config.loss
+    method = str(m.method)
     table = load_tables(d.datasets, non_basic="zero")
     table = crop_frame_rows(table, d.frame_crops, run_dir / "frame_crops", STAGE)
-    targets, masks = sjmt_targets(table)
+    coupling = fbn.Coupling(bool(lw.co_annotation), bool(lw.soft_co_annotation), bool(lw.distribution_matching),
+                            str(lw.observational))
+    targets, masks = sjmt_targets(table) if method == "sjmt" else fbn.fbn_targets(table, coupling)
     keep = masks.any(axis=1)
     if not keep.any():
-        raise ValueError("data.datasets holds no image with an expression or AU label")
+        raise ValueError("data.datasets holds no image with an expression, AU or valence-arousal label")
     table, targets, masks = table[keep].reset_index(drop=True), targets[keep], masks[keep]
     val = _fold_assignment(table, run_dir, d.folds, d.fold_seed) == d.val_fold
 
     set_seed(t.seed)
     backbone, info = build_backbone(str(m.backbone), int(m.img_size))
-    net = PooledHead(backbone)
     mean, std = ((info["mean"], info["std"]) if info["kind"] == "vit" else (IMAGENET_MEAN, IMAGENET_STD))
     mean, std = (list(d.mean) if d.mean is not None else mean), (list(d.std) if d.std is not None else std)
-    meta = {"track": STAGE, "method": str(m.method), "backbone": info, "img_size": int(m.img_size), "mean": mean,
-            "std": std, "outputs": list(OUTPUTS), "activation": "sigmoid",
-            "expression_labels": list(labels.BASIC_EMOTIONS)}
     train_tf = FaceTransform(int(m.img_size), mean, std, train=True, **dict(d.augment))
     eval_tf = FaceTransform(int(m.img_size), mean, std, train=False)
+    if method == "sjmt":
+        net, outputs, order = PooledHead(backbone), OUTPUTS, None
+        val_targets, val_masks = targets[val], masks[val]
+        evaluate_fn, activation = evaluate, torch.sigmoid
 
-    def loss_fn(outputs: torch.Tensor, batch: dict[str, torch.Tensor], _teacher: torch.Tensor | None
-                ) -> torch.Tensor:
-        return selective_bce(outputs, batch["target"], batch["mask"])
+        def loss_fn(out: torch.Tensor, batch: dict[str, torch.Tensor], _teacher: torch.Tensor | None
+                    ) -> torch.Tensor:
+            return selective_bce(out, batch["target"], batch["mask"])
+    else:
+        net, outputs = fbn.FaceBehaviorNet(backbone), fbn.OUTPUTS
+        # validation is scored on the real labels only, never on co-annotated ones
+        val_targets, val_masks = fbn.fbn_targets(table[val].reset_index(drop=True))
+        groups = fbn.task_groups(masks[~val])
+        order = GroupedBatchOrder(list(groups.values()), int(t.batch_size), int(t.seed))
+        print(f"{STAGE}: each batch of {t.batch_size} joins " + ", ".join(
+            f"{k} {n} (of {len(groups[k])} images)" for k, n in zip(groups, order.shares))
+              + f"; {order.batches} batches an epoch")
+        evaluate_fn, activation = evaluate_fbn, fbn.probabilities
+        weights = fbn.FbnWeights(float(lw.au), float(lw.va), float(lw.soft), float(lw.dm))
+        prior = fbn.fbn_prior()
+
+        def loss_fn(out: torch.Tensor, batch: dict[str, torch.Tensor], _teacher: torch.Tensor | None
+                    ) -> torch.Tensor:
+            return fbn.fbn_loss(out, batch["target"], batch["mask"], coupling, weights, prior)
+    meta = {"track": STAGE, "method": method, "backbone": info, "img_size": int(m.img_size), "mean": mean,
+            "std": std, "outputs": list(outputs), "expression_labels": list(labels.BASIC_EMOTIONS),
+            "coupling": vars(coupling) if method == "fbn" else None}
 
     def export(model: nn.Module, out: Path, result: dict[str, Any], _outputs: dict[str, np.ndarray]) -> None:
         out.mkdir(parents=True, exist_ok=True)
@@ -175,6 +236,6 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
 
     engine.fit(stage=STAGE, config=config, run_dir=run_dir, model=net,
                train_set=SeededSamples(TableSamples(table[~val], targets[~val], masks[~val]), train_tf, t.seed),
-               val_set=SeededSamples(TableSamples(table[val], targets[val], masks[val]), eval_tf, t.seed),
-               loss_fn=loss_fn, evaluate=evaluate, export=export,
-               resume_from=_resume_point(run_dir) if resuming else None, activation=torch.sigmoid)
+               val_set=SeededSamples(TableSamples(table[val], val_targets, val_masks), eval_tf, t.seed),
+               loss_fn=loss_fn, evaluate=evaluate_fn, export=export,
+               resume_from=_resume_point(run_dir) if resuming else None, activation=activation, train_order=order)

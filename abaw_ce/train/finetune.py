@@ -91,7 +91,7 @@ def load_tables(specs: Sequence[Any], non_basic: str | None = None) -> pd.DataFr
     tables = []
     for spec in specs:
         spec = dict(OmegaConf.to_container(spec, resolve=True)) if isinstance(spec, DictConfig) else dict(spec)
-        if non_basic is not None and spec.get("format") not in ("affwild2_au", "image_folder"):
+        if non_basic is not None and spec.get("format") not in ("affwild2_au", "affwild2_va", "image_folder"):
             spec.setdefault("non_basic", non_basic)
         tables.append(load_dataset(spec))
     return concat_tables(tables)
