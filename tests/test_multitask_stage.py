@@ -119,3 +119,65 @@ def test_fbn_stage_trains_with_joined_batches_and_feeds_make_submission(tiny_wor
     make_submission(videos, [run], tmp_path / "sub.txt", template=template, detector="opencv", crop_size=48,
                     progress=False)
     assert submission.validate_submission(tmp_path / "sub.txt", template=template).ok
+
+
+def test_mml_meta_step_learns_weights_through_the_inner_update():
+    from abaw_ce.cexprnet.model import build_backbone
+    from abaw_ce.multitask import mml
+
+    torch.manual_seed(0)
+    backbone, _ = build_backbone("timm:resnet10t", 32)
+    net = mml.MMLNet(backbone)
+    meta = mml.MetaWeightNet(backbone.num_features, 16)
+    optimizer = torch.optim.SGD(meta.parameters(), lr=1.0)
+    stats = torch.rand(7, 17)
+    images, val_images = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
+    targets, masks = torch.zeros(4, 24), torch.zeros(4, 24)
+    targets[:, 1], masks[:, :7] = 1.0, 1.0  # surprise
+    targets[:, 7:] = (torch.rand(4, 17) > 0.5).float()
+    masks[:2, 7:] = 1.0
+    val_targets = torch.zeros(4, 24)
+    val_targets[:, 4] = 1.0  # happiness
+    before = [p.detach().clone() for p in meta.parameters()]
+    outputs = net(images)
+    features = net.last_features
+    weights = meta(features.detach())
+    assert ((weights >= 0) & (weights <= 1)).all()
+    val_loss = mml.meta_step(net, meta, optimizer, outputs, features, targets, masks, val_images, val_targets,
+                             masks, stats, inner_lr=0.1)
+    assert torch.isfinite(val_loss)
+    moved = [not torch.equal(b, p) for b, p in zip(before, meta.parameters())]
+    assert all(moved)  # the validation loss reached psi through theta*: every meta parameter got a gradient
+    after = meta(features.detach())
+    assert not torch.allclose(after, weights) and ((after >= 0) & (after <= 1)).all()
+    # the engine's own update still has its graph
+    mml.weighted_loss(outputs, targets, masks, stats, after.detach()).backward()
+    assert net.expr.weight.grad is not None
+
+
+def test_mml_merges_labels_of_one_frame_and_trains_through_its_script(tiny_world, tmp_path, capsys):
+    from abaw_ce.data.adapters import load_dataset
+    from abaw_ce.data.table import concat_tables
+    from abaw_ce.inference import load_models
+    from abaw_ce.multitask import mml
+
+    specs = json.loads((tiny_world / "world.json").read_text())["datasets"]
+    expr, au = load_dataset(specs["affwild2_expr"]), load_dataset(specs["affwild2_au"])
+    merged = mml.merge_same_images(concat_tables([expr, au]))
+    both = merged[(merged["expression"] != "") & merged["AU12"].notna()]
+    assert len(merged) < len(expr) + len(au) and len(both) > 0
+    targets, masks = mml.mml_targets(merged)
+    stats = mml.statistics_from(merged, targets, masks)
+    assert stats.shape == (7, 17) and 0 <= stats.min() and stats.max() <= 1
+    happy = labels.SEVEN_EXPRESSIONS.index("happiness")
+    assert stats[happy, labels.CEXPR_AUS.index(12)] > 0.5  # the world's happy faces raise the lip corners
+
+    run = tmp_path / "mml"
+    data = datasets(tiny_world, "affwild2_expr", "affwild2_au", "rafdb_compound")
+    assert main_multitask(["--demo", "--method", "mml", *QUICK, f"output.dir={run}", data]) == 0
+    out = capsys.readouterr().out
+    assert "AU statistics counted on the training images" in out and "held out for the meta step" in out
+    net, meta = load_multitask(run / "export")
+    assert meta["method"] == "mml"
+    probs = load_models([run])[0].probabilities(torch.zeros(2, 3, 32, 32))
+    assert probs.shape == (2, 6)

@@ -35,7 +35,7 @@ from abaw_ce.data.labelled import FaceTransform, TableSamples
 from abaw_ce.data.table import au_arrays
 from abaw_ce.data.video_frames import crop_frame_rows
 from abaw_ce.errors import InputError
-from abaw_ce.multitask import EXPORT_META_FILE, fbn
+from abaw_ce.multitask import EXPORT_META_FILE, fbn, mml
 from abaw_ce.multitask.coupling import selective_bce
 from abaw_ce.train import engine, runs
 from abaw_ce.train.finetune import _fold_assignment, _resume_point, load_tables, run_single
@@ -43,7 +43,7 @@ from abaw_ce.train.metrics import multilabel_f1
 from abaw_ce.train.sampling import GroupedBatchOrder, SeededSamples
 
 STAGE = "multitask"
-METHODS = ("sjmt", "fbn")
+METHODS = ("sjmt", "fbn", "mml")
 MODEL_FILE, META_FILE = "model.safetensors", EXPORT_META_FILE
 EXPRESSIONS = labels.SEVEN_EXPRESSIONS
 AU_NAMES = tuple(f"AU{n}" for n in labels.CEXPR_AUS)
@@ -72,14 +72,15 @@ class BasicEmotionProbabilities(nn.Module):
     def __init__(self, net: nn.Module, method: str = "sjmt"):
         super().__init__()
         self.net, self.method = net, method
-        columns = BASIC_COLUMNS if method == "sjmt" else fbn.BASIC_IN_EXPR
+        self.expr = {"fbn": fbn.EXPR, "mml": mml.EXPR}.get(method)
+        columns = BASIC_COLUMNS if method == "sjmt" else [EXPRESSIONS.index(e) for e in labels.BASIC_EMOTIONS]
         self.register_buffer("columns", torch.tensor(columns), persistent=False)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = self.net(images).float()
         if self.method == "sjmt":
             return torch.sigmoid(out[:, self.columns])
-        return out[:, fbn.EXPR].softmax(dim=1)[:, self.columns]
+        return out[:, self.expr].softmax(dim=1)[:, self.columns]
 
 
 def sjmt_targets(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -126,29 +127,61 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray) -> dict[
     return result
 
 
-def evaluate_fbn(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
-    """FaceBehaviorNet's validation: basic-emotion F1 (softmax >= 0.25), compound F1 from pair sums and from
-    the zero-shot rule, AU F1, valence-arousal CCC; the score as for SJMT."""
-    has_expr = masks[:, fbn.EXPR.start] > 0
-    basic_p, basic_y = probs[:, fbn.EXPR][:, fbn.BASIC_IN_EXPR], targets[:, fbn.EXPR][:, fbn.BASIC_IN_EXPR]
-    expr = multilabel_f1(basic_p, basic_y, labels.BASIC_EMOTIONS, np.repeat(has_expr[:, None], 6, axis=1),
-                         fbn.EXPRESSION_THRESHOLD)
+def evaluate_heads(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray, expr: slice, au: slice,
+                   va: slice | None = None, zero_shot=None) -> dict[str, Any]:
+    """Validation of a softmax expression head over ``labels.SEVEN_EXPRESSIONS`` and a sigmoid AU head at
+    the given output columns: basic-emotion F1 (softmax >= 0.25), compound F1 from pair sums (and from
+    ``zero_shot(probs)`` when given), AU F1, valence-arousal CCC when ``va`` is given; the score as for SJMT."""
+    from abaw_ce.multitask.fbn import EXPRESSION_THRESHOLD
+
+    basic_in_expr = [EXPRESSIONS.index(e) for e in labels.BASIC_EMOTIONS]
+    has_expr = masks[:, expr.start] > 0
+    basic_p, basic_y = probs[:, expr][:, basic_in_expr], targets[:, expr][:, basic_in_expr]
+    result_expr = multilabel_f1(basic_p, basic_y, labels.BASIC_EMOTIONS, np.repeat(has_expr[:, None], 6, axis=1),
+                                EXPRESSION_THRESHOLD)
     truth = compound_truth(basic_y, has_expr, "kl")
     scores = compound_scores(basic_p, "kl")
-    au_mask = masks[:, fbn.AU] > 0
-    labelled = [j for j in range(len(fbn.AU_NAMES)) if au_mask[:, j].any()]
-    au = multilabel_f1(probs[:, fbn.AU][:, labelled], targets[:, fbn.AU][:, labelled],
-                       [fbn.AU_NAMES[j] for j in labelled], au_mask[:, labelled], 0.5)
-    result = {"expr_f1": expr["per_class"], "mean_expr_f1": expr["mean"],
+    au_mask = masks[:, au] > 0
+    labelled = [j for j in range(len(AU_NAMES)) if au_mask[:, j].any()]
+    result_au = multilabel_f1(probs[:, au][:, labelled], targets[:, au][:, labelled],
+                              [AU_NAMES[j] for j in labelled], au_mask[:, labelled], 0.5)
+    result = {"expr_f1": result_expr["per_class"], "mean_expr_f1": result_expr["mean"],
               "compound_f1": compound_f1(scores, truth, len(labels.CEXPR_COMPOUNDS)),
               "challenge_f1": compound_f1(scores, truth, len(labels.CHALLENGE_COMPOUNDS)),
-              "zero_shot_f1": compound_f1(fbn.zero_shot(probs), truth, len(labels.CEXPR_COMPOUNDS)),
-              "au_f1": au["per_class"], "mean_au_f1": au["mean"] if labelled else None,
-              "va_ccc": fbn.va_ccc(probs, targets, masks), "samples": int(len(probs))}
+              "au_f1": result_au["per_class"], "mean_au_f1": result_au["mean"] if labelled else None,
+              "samples": int(len(probs))}
+    if zero_shot is not None:
+        result["zero_shot_f1"] = compound_f1(zero_shot(probs), truth, len(labels.CEXPR_COMPOUNDS))
+    if va is not None:
+        result["va_ccc"] = fbn.va_ccc(probs, targets, masks)
     use_compound = result["compound_f1"] is not None
     result["score"] = float(result["compound_f1"] if use_compound else result["mean_expr_f1"])
     result["score_name"] = "compound_f1" if use_compound else "mean_expr_f1"
     return result
+
+
+def evaluate_fbn(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
+    return evaluate_heads(probs, targets, masks, fbn.EXPR, fbn.AU, fbn.VA, fbn.zero_shot)
+
+
+def evaluate_mml(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray) -> dict[str, Any]:
+    return evaluate_heads(probs, targets, masks, mml.EXPR, mml.AU)
+
+
+def _mml_probabilities(outputs: torch.Tensor) -> torch.Tensor:
+    return torch.cat([outputs[:, mml.EXPR].softmax(dim=1), torch.sigmoid(outputs[:, mml.AU])], dim=1)
+
+
+def _meta_validation_rows(table: pd.DataFrame, masks: np.ndarray, train: np.ndarray, fraction: float, seed: int
+                          ) -> np.ndarray:
+    """Expression-labelled training rows of a seeded ``fraction`` of the training groups (at least one
+    group): MML's meta-validation batches, kept out of the base network's training."""
+    candidates = np.flatnonzero(train & (masks[:, 0] > 0))
+    if len(candidates) == 0:
+        raise ValueError("MML needs expression-labelled training images for its meta-validation batches")
+    groups = np.array(sorted(set(table["group"].iloc[candidates])))
+    chosen = np.random.default_rng(seed).permutation(groups)[: max(1, int(round(fraction * len(groups))))]
+    return candidates[np.isin(table["group"].iloc[candidates].to_numpy(), chosen)]
 
 
 def load_multitask(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -158,7 +191,9 @@ def load_multitask(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise InputError(path, f"not a multi-task export (no {META_FILE})")
     meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
     backbone = rebuild_backbone(meta["backbone"])
-    net = (fbn.FaceBehaviorNet(backbone) if meta["method"] == "fbn" else PooledHead(backbone, len(meta["outputs"])))
+    builders = {"fbn": fbn.FaceBehaviorNet, "mml": mml.MMLNet}
+    net = (builders[meta["method"]](backbone) if meta["method"] in builders
+           else PooledHead(backbone, len(meta["outputs"])))
     net.load_state_dict(load_file(str(path / MODEL_FILE)))
     return net.eval(), meta
 
@@ -186,12 +221,16 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
     table = crop_frame_rows(table, d.frame_crops, run_dir / "frame_crops", STAGE)
     coupling = fbn.Coupling(bool(lw.co_annotation), bool(lw.soft_co_annotation), bool(lw.distribution_matching),
                             str(lw.observational))
-    targets, masks = sjmt_targets(table) if method == "sjmt" else fbn.fbn_targets(table, coupling)
+    if method == "mml":
+        table = mml.merge_same_images(table)
+    targets, masks = {"sjmt": lambda: sjmt_targets(table), "fbn": lambda: fbn.fbn_targets(table, coupling),
+                      "mml": lambda: mml.mml_targets(table)}[method]()
     keep = masks.any(axis=1)
     if not keep.any():
         raise ValueError("data.datasets holds no image with an expression, AU or valence-arousal label")
     table, targets, masks = table[keep].reset_index(drop=True), targets[keep], masks[keep]
     val = _fold_assignment(table, run_dir, d.folds, d.fold_seed) == d.val_fold
+    train = ~val
 
     set_seed(t.seed)
     backbone, info = build_backbone(str(m.backbone), int(m.img_size))
@@ -207,11 +246,50 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
         def loss_fn(out: torch.Tensor, batch: dict[str, torch.Tensor], _teacher: torch.Tensor | None
                     ) -> torch.Tensor:
             return selective_bce(out, batch["target"], batch["mask"])
+    elif method == "mml":
+        net, outputs, order = mml.MMLNet(backbone), mml.OUTPUTS, None
+        val_targets, val_masks = targets[val], masks[val]
+        meta_rows = _meta_validation_rows(table, masks, train, float(lw.meta_val_fraction), int(t.seed))
+        train[meta_rows] = False
+        stats = None if str(lw.au_statistics) == "prior" else mml.statistics_from(table[train], targets[train],
+                                                                                   masks[train])
+        if stats is None:
+            from abaw_ce.multitask.coupling import expression_au_prior
+
+            stats = expression_au_prior(labels.CEXPR_AUS, "weighted", mml.EXPRESSIONS)
+            print(f"{STAGE}: AU statistics from the emotion->AU prior (loss.au_statistics={lw.au_statistics}; "
+                  f"no training image has both an expression and AU labels)" if str(lw.au_statistics) != "prior"
+                  else f"{STAGE}: AU statistics from the emotion->AU prior")
+        else:
+            print(f"{STAGE}: AU statistics counted on the training images with an expression and AU labels")
+        print(f"{STAGE}: {len(meta_rows)} expression images of the training part held out for the meta step")
+        meta_set = SeededSamples(TableSamples(table.iloc[meta_rows], targets[meta_rows], masks[meta_rows]), eval_tf,
+                                 t.seed)
+        meta_loader = torch.utils.data.DataLoader(meta_set, batch_size=int(t.batch_size), shuffle=True,
+                                                  generator=torch.Generator().manual_seed(int(t.seed)))
+        meta_net = mml.MetaWeightNet(backbone.num_features, int(lw.meta_hidden))
+        meta_optimizer = torch.optim.Adam(meta_net.parameters(), lr=float(lw.meta_lr))
+        stats_t = torch.as_tensor(stats, dtype=torch.float32)
+        evaluate_fn, activation = evaluate_mml, _mml_probabilities
+        state: dict[str, Any] = {}
+
+        def loss_fn(out: torch.Tensor, batch: dict[str, torch.Tensor], _teacher: torch.Tensor | None
+                    ) -> torch.Tensor:
+            if "meta" not in state:
+                state["meta"], state["stats"] = mml.cycle(meta_loader), stats_t.to(out.device)
+                meta_net.to(out.device)
+            features = net.last_features
+            held = next(state["meta"])
+            mml.meta_step(net, meta_net, meta_optimizer, out, features, batch["target"], batch["mask"],
+                          held["image"].to(out.device), held["target"].to(out.device), held["mask"].to(out.device),
+                          state["stats"], float(config.optim.lr))
+            weights = meta_net(features.detach()).detach()
+            return mml.weighted_loss(out, batch["target"], batch["mask"], state["stats"], weights)
     else:
         net, outputs = fbn.FaceBehaviorNet(backbone), fbn.OUTPUTS
         # validation is scored on the real labels only, never on co-annotated ones
         val_targets, val_masks = fbn.fbn_targets(table[val].reset_index(drop=True))
-        groups = fbn.task_groups(masks[~val])
+        groups = fbn.task_groups(masks[train])
         order = GroupedBatchOrder(list(groups.values()), int(t.batch_size), int(t.seed))
         print(f"{STAGE}: each batch of {t.batch_size} joins " + ", ".join(
             f"{k} {n} (of {len(groups[k])} images)" for k, n in zip(groups, order.shares))
@@ -235,7 +313,7 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
             "stage": STAGE, "run": str(run_dir), "epoch": result["epoch"], "val_score": result["score"]}})
 
     engine.fit(stage=STAGE, config=config, run_dir=run_dir, model=net,
-               train_set=SeededSamples(TableSamples(table[~val], targets[~val], masks[~val]), train_tf, t.seed),
+               train_set=SeededSamples(TableSamples(table[train], targets[train], masks[train]), train_tf, t.seed),
                val_set=SeededSamples(TableSamples(table[val], val_targets, val_masks), eval_tf, t.seed),
                loss_fn=loss_fn, evaluate=evaluate_fn, export=export,
                resume_from=_resume_point(run_dir) if resuming else None, activation=activation, train_order=order)

@@ -95,7 +95,7 @@ def main_cexprnet(argv: list[str] | None = None) -> int:
 
 def main_multitask(argv: list[str] | None = None) -> int:
     parser = _parser("finetune/multitask.py", "multitask")
-    parser.add_argument("--method", help="the method to train (model.method): sjmt | fbn")
+    parser.add_argument("--method", help="the method to train (model.method): sjmt | fbn | mml")
     args = parser.parse_intermixed_args(argv)
     if args.method:
         args.overrides = [*args.overrides, f"model.method={args.method}"]
