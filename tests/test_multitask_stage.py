@@ -1,5 +1,5 @@
-"""The multi-task track's SJMT and FaceBehaviorNet methods through their script on the synthetic world: targets,
-coupling, export, submission."""
+"""The multi-task track: SJMT and FaceBehaviorNet targets, coupling and loss, MML's meta step and statistics,
+and every method through the --compare command on the synthetic world."""
 import json
 
 import numpy as np
@@ -27,36 +27,6 @@ def test_sjmt_targets_cover_only_each_rows_own_labels():
     assert targets[3].sum() == 0  # Other: a negative for each of the 7
     assert not mask[4, :N_EXPR].any() and mask[4, N_EXPR:].sum() == 2  # the AU image: its two annotated AUs
     assert targets[4, OUTPUTS.index("AU12")] == 1 and targets[4, OUTPUTS.index("AU4")] == 0
-
-
-def test_sjmt_stage_trains_exports_and_feeds_make_submission(tiny_world, tmp_path, capsys):
-    from abaw_ce import submission
-    from abaw_ce.inference import load_models
-    from abaw_ce.make_submission import make_submission
-    from tests.test_make_submission import videos_folder
-
-    run = tmp_path / "sjmt"
-    data = datasets(tiny_world, "rafdb_basic", "rafdb_compound", "affwild2_au")
-    assert main_multitask(["--demo", "--method", "sjmt", *QUICK, f"output.dir={run}", data]) == 0
-    out = capsys.readouterr().out
-    assert "multi-task (sjmt) basic F1" in out and "compound F1" in out
-    validation = json.loads((run / "validation.json").read_text())
-    assert set(validation["au_f1"]) == {f"AU{n}" for n in labels.AFFWILD2_AUS}
-    net, meta = load_multitask(run / "export")
-    assert meta["method"] == "sjmt" and meta["outputs"] == list(OUTPUTS)
-    with torch.no_grad():
-        assert net(torch.zeros(2, 3, 32, 32)).shape == (2, len(OUTPUTS))
-    models = load_models([run])
-    assert models[0].track == "multitask"
-    probs = models[0].probabilities(torch.zeros(2, 3, 32, 32))
-    assert probs.shape == (2, 6) and ((probs > 0) & (probs < 1)).all()
-    videos, template = videos_folder(tiny_world, tmp_path / "videos", names=("test002",))
-    made = make_submission(videos, [run], tmp_path / "sub.txt", template=template, detector="opencv",
-                           crop_size=48, progress=False, track="multitask")
-    assert made["models"] == [str(run / "export")]
-    assert submission.validate_submission(tmp_path / "sub.txt", template=template).ok
-    assert main_multitask(["--demo", "--method", "fbn-typo", f"output.dir={tmp_path / 'bad'}", data]) == 2
-    assert "model.method must be one of" in capsys.readouterr().err
 
 
 def test_fbn_targets_coupling_and_loss():
@@ -95,32 +65,6 @@ def test_fbn_targets_coupling_and_loss():
     assert outputs.grad[:, fbn.VA].abs().sum() > 0 and outputs.grad[:, fbn.AU].abs().sum() > 0
 
 
-def test_fbn_stage_trains_with_joined_batches_and_feeds_make_submission(tiny_world, tmp_path, capsys):
-    from abaw_ce import submission
-    from abaw_ce.inference import load_models
-    from abaw_ce.make_submission import make_submission
-    from tests.test_make_submission import videos_folder
-
-    run = tmp_path / "fbn"
-    data = datasets(tiny_world, "affectnet", "rafdb_compound", "affwild2_au", "affwild2_va")
-    code = main_multitask(["--demo", "--method", "fbn", *QUICK, f"output.dir={run}", data, "loss.co_annotation=true",
-                           "loss.soft_co_annotation=true", "loss.distribution_matching=true"])
-    assert code == 0, capsys.readouterr().err
-    out = capsys.readouterr().out
-    assert "each batch of 16 joins va" in out and "zero-shot compound F1" in out and "VA CCC" in out
-    validation = json.loads((run / "validation.json").read_text())
-    assert validation["va_ccc"] is not None and -1 <= validation["va_ccc"] <= 1
-    net, meta = load_multitask(run / "export")
-    assert meta["method"] == "fbn" and meta["coupling"]["co_annotation"] is True
-    models = load_models([run])
-    probs = models[0].probabilities(torch.zeros(2, 3, 32, 32))
-    assert probs.shape == (2, 6) and (probs.sum(1) <= 1 + 1e-5).all()  # 6 of the 7 softmax columns
-    videos, template = videos_folder(tiny_world, tmp_path / "videos", names=("test002",))
-    make_submission(videos, [run], tmp_path / "sub.txt", template=template, detector="opencv", crop_size=48,
-                    progress=False)
-    assert submission.validate_submission(tmp_path / "sub.txt", template=template).ok
-
-
 def test_mml_meta_step_learns_weights_through_the_inner_update():
     from abaw_ce.cexprnet.model import build_backbone
     from abaw_ce.multitask import mml
@@ -155,10 +99,9 @@ def test_mml_meta_step_learns_weights_through_the_inner_update():
     assert net.expr.weight.grad is not None
 
 
-def test_mml_merges_labels_of_one_frame_and_trains_through_its_script(tiny_world, tmp_path, capsys):
+def test_mml_merges_the_labels_of_one_frame_for_its_statistics(tiny_world):
     from abaw_ce.data.adapters import load_dataset
     from abaw_ce.data.table import concat_tables
-    from abaw_ce.inference import load_models
     from abaw_ce.multitask import mml
 
     specs = json.loads((tiny_world / "world.json").read_text())["datasets"]
@@ -172,12 +115,42 @@ def test_mml_merges_labels_of_one_frame_and_trains_through_its_script(tiny_world
     happy = labels.SEVEN_EXPRESSIONS.index("happiness")
     assert stats[happy, labels.CEXPR_AUS.index(12)] > 0.5  # the world's happy faces raise the lip corners
 
-    run = tmp_path / "mml"
-    data = datasets(tiny_world, "affwild2_expr", "affwild2_au", "rafdb_compound")
-    assert main_multitask(["--demo", "--method", "mml", *QUICK, f"output.dir={run}", data]) == 0
-    out = capsys.readouterr().out
-    assert "AU statistics counted on the training images" in out and "held out for the meta step" in out
-    net, meta = load_multitask(run / "export")
-    assert meta["method"] == "mml"
-    probs = load_models([run])[0].probabilities(torch.zeros(2, 3, 32, 32))
-    assert probs.shape == (2, 6)
+
+def test_comparison_trains_every_method_and_scores_them_on_videos(tiny_world, tmp_path, capsys):
+    """One short run of each method through the --compare command: the table, each export's reload and its
+    probabilities for make_submission, FaceBehaviorNet's joined batches, zero-shot and CCC, MML's statistics."""
+    from abaw_ce import submission
+    from abaw_ce.inference import load_models
+    from tests.test_make_submission import videos_folder
+
+    videos, template = videos_folder(tiny_world, tmp_path / "videos", names=("test002",))
+    rows = submission.read_submission(tiny_world / "test_ground_truth" / "ground_truth.txt")
+    truth = submission.write_submission(tmp_path / "truth.txt", rows[rows["video"] == "test002"])
+    out = tmp_path / "compare"
+    data = datasets(tiny_world, "affwild2_expr", "affwild2_au", "affwild2_va", "rafdb_compound")
+    args = ["--demo", "--compare", str(out), "--epochs", "1", data, "train.batch_size=16", "model.img_size=32",
+            "--videos", str(videos), "--ground-truth", str(truth), "--template", str(template),
+            "--detector", "opencv", "--crop-size", "48"]
+    assert main_multitask(args) == 0, capsys.readouterr().err
+    printed = capsys.readouterr().out
+    assert "each batch of 16 joins va" in printed  # FaceBehaviorNet's VA / expression / AU shares
+    assert "AU statistics counted on the training images" in printed and "held out for the meta step" in printed
+    table = pd.read_csv(out / "comparison.csv")
+    assert table["method"].tolist() == ["SJMT", "FaceBehaviorNet", "MML", "C-EXPR-NET", "basic-emotion ViT (fold 1)"]
+    assert table["video_f1"].between(0, 1).all() and table["seconds_per_epoch"].gt(0).all()
+    assert table["va_ccc"].notna().tolist() == [False, True, False, False, False]
+    assert (out / "comparison.md").read_text().count("\n|") == 7
+    fbn_validation = json.loads((out / "facebehaviornet" / "validation.json").read_text())
+    assert fbn_validation["zero_shot_f1"] is not None and -1 <= fbn_validation["va_ccc"] <= 1
+    for name, method in (("sjmt", "sjmt"), ("facebehaviornet", "fbn"), ("mml", "mml")):
+        net, meta = load_multitask(out / name / "export")
+        assert meta["method"] == method and meta["img_size"] == 32
+        model = load_models([out / name])[0]
+        probs = model.probabilities(torch.zeros(2, 3, 32, 32))
+        assert model.track == "multitask" and probs.shape == (2, 6) and ((probs >= 0) & (probs <= 1)).all()
+        assert submission.validate_submission(out / name / "submission.txt", template=template).ok
+    assert "img_size: 32" in (out / "c_expr_net" / "config.yaml").read_text()  # overrides reach every stage
+    bad = main_multitask(["--demo", "--method", "fbn-typo", f"output.dir={tmp_path / 'bad'}", data])
+    assert bad == 2 and "model.method must be one of" in capsys.readouterr().err
+    typo = main_multitask([*args[:-10], "model.img_sise=32", *args[-10:]])
+    assert typo == 2 and "name no key" in capsys.readouterr().err

@@ -211,7 +211,7 @@ def load_cexprnet(path: str | Path) -> tuple[CExprNet, dict[str, Any]]:
 def build(config: DictConfig) -> tuple[CExprNet, Any, dict[str, Any]]:
     """The network, its trained tokenizer and the export metadata (input size and normalisation)."""
     m, d = config.model, config.data
-    modality, head = str(m.modality), str(m.expr_head)
+    modality, head = str(m.get("modality", "visual")), str(m.get("expr_head", "kl"))
     if modality not in MODALITIES:
         raise ValueError(f"model.modality must be one of {MODALITIES}, got {modality!r}")
     tokenizer = train_tokenizer(vocab_size=int(m.vocab_size))
@@ -244,7 +244,7 @@ def train_cexprnet(config: DictConfig, resume: str | None = None, overrides: Seq
     parts = [f"{name} {best[key]:.4f}" for name, key in (("expression F1", "mean_expr_f1"),
                                                           ("compound F1", "compound_f1"), ("AU F1", "mean_au_f1"))
              if best.get(key) is not None]
-    print(f"C-EXPR-NET ({config.model.modality}) {', '.join(parts)} (epoch {best['epoch']}); "
+    print(f"C-EXPR-NET ({config.model.get('modality', 'visual')}) {', '.join(parts)} (epoch {best['epoch']}); "
           f"export -> {run_dir / engine.BEST_DIR}")
     return run_dir
 
@@ -286,7 +286,7 @@ def _kept_rows(table: pd.DataFrame, expr_has: np.ndarray, au_mask: np.ndarray, r
 
 def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
     d, t, lw, m = config.data, config.train, config.loss, config.model
-    head, modality = str(m.expr_head), str(m.modality)
+    head, modality = str(m.get("expr_head", "kl")), str(m.get("modality", "visual"))
     expression_outputs(head)  # a clear error before any data is read
     weights = LossWeights(float(lw.expr), float(lw.au), float(lw.dist))
     if weights.dist > 0 and head == "multiclass":
@@ -299,7 +299,7 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
                              "none: leave it null")
         table, _, spectrograms, rates = _audio_rows(config, table)
     else:
-        table = crop_frame_rows(table, d.frame_crops, run_dir / "frame_crops", STAGE)
+        table = crop_frame_rows(table, d.get("frame_crops"), run_dir / "frame_crops", STAGE)
     expr_y, expr_has = expression_targets(table, head)
     au_values, au_mask = au_arrays(table, "cexpr")
     if lw.au_teacher:
@@ -308,9 +308,9 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
     if weights.au > 0 and not au_mask.any():
         raise ValueError("no image in data.datasets has an AU label; give an AU teacher "
                          "(loss.au_teacher=runs/au-.../export) or switch the AU term off (loss.au=0)")
-    keep = _kept_rows(table, expr_has, au_mask, str(d.rows))
+    keep = _kept_rows(table, expr_has, au_mask, str(d.get("rows", "all")))
     if not keep.any():
-        raise ValueError(f"data.datasets holds no image with an expression or AU label (data.rows={d.rows})")
+        raise ValueError(f"data.datasets holds no image with an expression or AU label (data.rows={d.get('rows', 'all')})")
     table, expr_y, expr_has = table[keep].reset_index(drop=True), expr_y[keep], expr_has[keep]
     au_values, au_mask = au_values[keep], au_mask[keep]
     n_expr = expr_y.shape[1]

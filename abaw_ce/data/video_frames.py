@@ -127,7 +127,9 @@ def crop_frame_rows(table: pd.DataFrame, settings, default_dir: Path, stage: str
     (dir, detector, size; the crops go to ``default_dir`` when dir is unset), the outcome printed."""
     if not is_frame_row(table).any():
         return table
-    out_dir = Path(settings.dir) if settings.dir else Path(default_dir)
-    table, report = frames_to_crops(table, out_dir, detector=str(settings.detector), size=int(settings.size))
+    settings = dict(settings or {})  # a run saved before these settings existed has none: the defaults
+    out_dir = Path(settings["dir"]) if settings.get("dir") else Path(default_dir)
+    table, report = frames_to_crops(table, out_dir, detector=str(settings.get("detector", "auto")),
+                                    size=int(settings.get("size", 224)))
     print(f"{stage}: {report.summary()}")
     return table

@@ -218,7 +218,7 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
     d, t, m, lw = config.data, config.train, config.model, config.loss
     method = str(m.method)
     table = load_tables(d.datasets, non_basic="zero")
-    table = crop_frame_rows(table, d.frame_crops, run_dir / "frame_crops", STAGE)
+    table = crop_frame_rows(table, d.get("frame_crops"), run_dir / "frame_crops", STAGE)
     coupling = fbn.Coupling(bool(lw.co_annotation), bool(lw.soft_co_annotation), bool(lw.distribution_matching),
                             str(lw.observational))
     if method == "mml":

@@ -20,6 +20,7 @@ from abaw_ce.data import folds as folds_lib
 from abaw_ce.data.adapters import load_dataset
 from abaw_ce.data.labelled import FaceTransform, TableSamples
 from abaw_ce.data.table import au_arrays, concat_tables, targets as table_targets
+from abaw_ce.data.video_frames import crop_frame_rows
 from abaw_ce.errors import InputError
 from abaw_ce.models.export import (export_meta_summary, input_signature, load_classifier, load_encoder,
                                    save_encoder)
@@ -241,6 +242,7 @@ def _train_emotion_folds(config: DictConfig, run_dir: Path, resuming: bool, fold
     d, t = config.data, config.train
     table = load_tables(d.datasets, d.non_basic)
     table = table[table["has_target"]].reset_index(drop=True)
+    table = crop_frame_rows(table, d.get("frame_crops"), run_dir / "frame_crops", "emotion")
     if table.empty:
         raise ValueError("no labelled sample in data.datasets (after the non-basic policy)")
     assignment = _fold_assignment(table, run_dir, d.folds, d.fold_seed)
