@@ -32,8 +32,12 @@ def test_validate_script_exit_status(tmp_path):
 
 def test_demo_runs_and_protects_other_folders(tmp_path):
     out = tmp_path / "demo"
+    out.mkdir()  # an earlier demo's folder: the demo replaces it
+    (out / ".abaw-ce-demo").write_text("written by `abaw-ce demo`\n")
+    (out / "stale.txt").write_text("from the earlier demo")
     res = run("-m", "abaw_ce.cli", "demo", "--out", out, "--quick")
     assert res.returncode == 0, res.stderr
+    assert not (out / "stale.txt").exists()
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["valid"] and summary["runs_valid"] and summary["quick"]
     assert set(summary["stage_seconds"]) == {"world", "mae", "au", "emotion", "cexprnet", "audio", "submission"}
@@ -50,7 +54,6 @@ def test_demo_runs_and_protects_other_folders(tmp_path):
     assert last[1] == f"submission: {out / 'submission.txt'}"
     assert last[2].startswith("compound macro F1: ") and 0 <= float(last[2].split(": ")[1]) <= 1
     assert "| fold-5 |" in res.stdout
-    assert run("-m", "abaw_ce.cli", "demo", "--out", out, "--quick").returncode == 0  # an earlier demo is replaced
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")

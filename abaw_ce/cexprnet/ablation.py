@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from abaw_ce import fusion, labels, submission
 from abaw_ce.train import runs
+from abaw_ce.train.reports import table_cell
 
 ABLATION_FILE = "ablation.md"
 
@@ -188,17 +189,14 @@ def write_table(results: list[dict[str, Any]], out_dir: Path) -> Path:
     frame = pd.DataFrame(results)
     frame.to_csv(out_dir / "ablation.csv", index=False)
 
-    def cell(value: Any, digits: int = 4) -> str:
-        return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
-
     lines = ["Compound macro F1 (7 challenge classes) on the labelled videos; validation F1 over the 12 C-EXPR-DB "
              "compounds on each run's own validation part (not comparable across rows whose data differ)", "",
              "| Row | Head | Rows | AU | DM | Input | Video F1 | Val. compound F1 | s / epoch |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['name']} | {r['head']} | {r['rows']} | {'✓' if r['au'] else '×'} | "
-                     f"{'✓' if r['dm'] else '×'} | {r['modality']} | {cell(r['video_f1'])} | "
-                     f"{cell(r['val_compound_f1'])} | {cell(r['seconds_per_epoch'], 1)} |")
+                     f"{'✓' if r['dm'] else '×'} | {r['modality']} | {table_cell(r['video_f1'])} | "
+                     f"{table_cell(r['val_compound_f1'])} | {table_cell(r['seconds_per_epoch'], 1)} |")
     md = out_dir / ABLATION_FILE
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
     fig, ax = plt.subplots(figsize=(7, 0.4 * len(frame) + 1))

@@ -10,8 +10,10 @@ import csv
 import io
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -76,64 +78,72 @@ def _affwild2_rows(path: Path, header: tuple[str, ...]) -> list[str]:
     return lines[1:]
 
 
-def load_affwild2_expr(images: str | Path, annotations: str | Path, non_basic: NonBasic = "zero",
-                       source: str = "affwild2_expr") -> pd.DataFrame:
-    """Aff-Wild2 EXPR: ``images/<video>/<k:05d>.jpg`` (the cropped_aligned folder) + ``<video>.txt`` files."""
-    images, annotations = Path(images), Path(annotations)
+@dataclass
+class _LabelledFrames:
+    paths: list[str] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    frames: list[int] = field(default_factory=list)
+    values: list = field(default_factory=list)
+    unannotated: int = 0
+    missing: int = 0
+
+
+def _affwild2_frames(images: Path, annotations: Path, header: tuple[str, ...],
+                     parse: Callable[[Path, int, str], Any]) -> _LabelledFrames:
+    """Every annotated Aff-Wild2 frame that has an image. ``parse(txt, line_no, row)`` returns the row's
+    labels, or None when the frame is not annotated; frames without an image are counted, not kept."""
     _require_dir(images, "cropped_aligned image")
-    paths, groups, frames, exprs = [], [], [], []
-    unannotated = missing = 0
+    out = _LabelledFrames()
     for txt in _affwild2_files(annotations):
         video = txt.stem
         present = _frames_present(images / video)
-        for k, row in enumerate(_affwild2_rows(txt, labels.AFFWILD2_EXPR_HEADER), start=1):
-            if not row.strip():
-                raise InputError(txt, "empty line (expected one integer label, -1..7)", k + 1)
-            value = _parse_int(txt, k + 1, row, range(-1, 8), "expression label")
-            if value == -1:
-                unannotated += 1
+        for k, row in enumerate(_affwild2_rows(txt, header), start=1):
+            value = parse(txt, k + 1, row)
+            if value is None:
+                out.unannotated += 1
                 continue
             if k not in present:
-                missing += 1
+                out.missing += 1
                 continue
-            paths.append(str(images / video / f"{k:05d}.jpg"))
-            groups.append(_video_group(video))
-            frames.append(k)
-            exprs.append(labels.AFFWILD2_EXPR[value])
-    table = make_table(paths, source, groups, exprs, frame=frames, non_basic=non_basic)
-    return _attach_report(table, source, skipped_unannotated=unannotated, skipped_missing_image=missing,
-                          dropped_by_policy=len(paths) - len(table))
+            out.paths.append(str(images / video / f"{k:05d}.jpg"))
+            out.groups.append(_video_group(video))
+            out.frames.append(k)
+            out.values.append(value)
+    return out
+
+
+def load_affwild2_expr(images: str | Path, annotations: str | Path, non_basic: NonBasic = "zero",
+                       source: str = "affwild2_expr") -> pd.DataFrame:
+    """Aff-Wild2 EXPR: ``images/<video>/<k:05d>.jpg`` (the cropped_aligned folder) + ``<video>.txt`` files."""
+
+    def parse(txt: Path, line_no: int, row: str) -> str | None:
+        if not row.strip():
+            raise InputError(txt, "empty line (expected one integer label, -1..7)", line_no)
+        value = _parse_int(txt, line_no, row, range(-1, 8), "expression label")
+        return None if value == -1 else labels.AFFWILD2_EXPR[value]
+
+    got = _affwild2_frames(Path(images), Path(annotations), labels.AFFWILD2_EXPR_HEADER, parse)
+    table = make_table(got.paths, source, got.groups, got.values, frame=got.frames, non_basic=non_basic)
+    return _attach_report(table, source, skipped_unannotated=got.unannotated, skipped_missing_image=got.missing,
+                          dropped_by_policy=len(got.paths) - len(table))
 
 
 def load_affwild2_au(images: str | Path, annotations: str | Path, source: str = "affwild2_au") -> pd.DataFrame:
     """Aff-Wild2 AU: twelve 0/1 values a line; -1 masks that AU (never a negative); all -1 skips the frame."""
-    images, annotations = Path(images), Path(annotations)
-    _require_dir(images, "cropped_aligned image")
     n_aus = len(labels.AFFWILD2_AUS)
-    paths, groups, frames, rows = [], [], [], []
-    unannotated = missing = 0
-    for txt in _affwild2_files(annotations):
-        video = txt.stem
-        present = _frames_present(images / video)
-        for k, row in enumerate(_affwild2_rows(txt, labels.AFFWILD2_AU_HEADER), start=1):
-            fields = row.split(",")
-            if len(fields) != n_aus:
-                raise InputError(txt, f"expected {n_aus} comma-separated AU values, got {len(fields)}", k + 1)
-            values = [_parse_int(txt, k + 1, f, {-1, 0, 1}, "AU value") for f in fields]
-            if all(v == -1 for v in values):
-                unannotated += 1
-                continue
-            if k not in present:
-                missing += 1
-                continue
-            paths.append(str(images / video / f"{k:05d}.jpg"))
-            groups.append(_video_group(video))
-            frames.append(k)
-            rows.append(values)
-    aus = np.asarray(rows, dtype=np.float32).reshape(-1, n_aus)
+
+    def parse(txt: Path, line_no: int, row: str) -> list[int] | None:
+        fields = row.split(",")
+        if len(fields) != n_aus:
+            raise InputError(txt, f"expected {n_aus} comma-separated AU values, got {len(fields)}", line_no)
+        values = [_parse_int(txt, line_no, f, {-1, 0, 1}, "AU value") for f in fields]
+        return None if all(v == -1 for v in values) else values
+
+    got = _affwild2_frames(Path(images), Path(annotations), labels.AFFWILD2_AU_HEADER, parse)
+    aus = np.asarray(got.values, dtype=np.float32).reshape(-1, n_aus)
     aus[aus < 0] = np.nan
-    table = make_table(paths, source, groups, frame=frames, aus=aus, au_ids=labels.AFFWILD2_AUS)
-    return _attach_report(table, source, skipped_unannotated=unannotated, skipped_missing_image=missing)
+    table = make_table(got.paths, source, got.groups, frame=got.frames, aus=aus, au_ids=labels.AFFWILD2_AUS)
+    return _attach_report(table, source, skipped_unannotated=got.unannotated, skipped_missing_image=got.missing)
 
 
 def _parse_va(path: Path, line_no: int, text: str, what: str, invalid: float) -> float:
@@ -151,32 +161,20 @@ def _parse_va(path: Path, line_no: int, text: str, what: str, invalid: float) ->
 
 def load_affwild2_va(images: str | Path, annotations: str | Path, source: str = "affwild2_va") -> pd.DataFrame:
     """Aff-Wild2 VA: ``valence,arousal`` a line in [-1, 1]; -5 marks a frame as not annotated (skipped)."""
-    images, annotations = Path(images), Path(annotations)
-    _require_dir(images, "cropped_aligned image")
-    paths, groups, frames, rows = [], [], [], []
-    unannotated = missing = 0
-    for txt in _affwild2_files(annotations):
-        video = txt.stem
-        present = _frames_present(images / video)
-        for k, row in enumerate(_affwild2_rows(txt, labels.AFFWILD2_VA_HEADER), start=1):
-            fields = row.split(",")
-            if len(fields) != 2:
-                raise InputError(txt, f"expected 2 comma-separated values (valence,arousal), got {len(fields)}",
-                                 k + 1)
-            va = [_parse_va(txt, k + 1, f, name, labels.AFFWILD2_VA_INVALID)
-                  for f, name in zip(fields, labels.AFFWILD2_VA_HEADER)]
-            if np.isnan(va).any():
-                unannotated += 1
-                continue
-            if k not in present:
-                missing += 1
-                continue
-            paths.append(str(images / video / f"{k:05d}.jpg"))
-            groups.append(_video_group(video))
-            frames.append(k)
-            rows.append(va)
-    table = make_table(paths, source, groups, frame=frames, va=np.asarray(rows, np.float32).reshape(-1, 2))
-    return _attach_report(table, source, skipped_unannotated=unannotated, skipped_missing_image=missing)
+
+    def parse(txt: Path, line_no: int, row: str) -> list[float] | None:
+        fields = row.split(",")
+        if len(fields) != 2:
+            raise InputError(txt, f"expected 2 comma-separated values (valence,arousal), got {len(fields)}",
+                             line_no)
+        va = [_parse_va(txt, line_no, f, name, labels.AFFWILD2_VA_INVALID)
+              for f, name in zip(fields, labels.AFFWILD2_VA_HEADER)]
+        return None if np.isnan(va).any() else va
+
+    got = _affwild2_frames(Path(images), Path(annotations), labels.AFFWILD2_VA_HEADER, parse)
+    table = make_table(got.paths, source, got.groups, frame=got.frames,
+                       va=np.asarray(got.values, np.float32).reshape(-1, 2))
+    return _attach_report(table, source, skipped_unannotated=got.unannotated, skipped_missing_image=got.missing)
 
 
 def _frames_present(folder: Path) -> set[int]:

@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from abaw_ce import submission
 from abaw_ce.train import runs
+from abaw_ce.train.reports import table_cell
 
 COMPARISON_FILE = "comparison.md"
 # The demo's tiny ViT (randomly initialised here: the comparison has no MAE stage).
@@ -130,16 +130,13 @@ def run_comparison(datasets: Any, out_dir: Path, videos: Path, ground_truth: Pat
 def write_table(rows: list[dict[str, Any]], out_dir: Path) -> Path:
     pd.DataFrame(rows).to_csv(out_dir / "comparison.csv", index=False)
 
-    def cell(value: Any, digits: int = 4) -> str:
-        return "–" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.{digits}f}"
-
     lines = ["Compound macro F1 (7 challenge classes) on the labelled videos; the other columns on each run's own "
              "validation part (fold 1 of the same grouped split); – where a method does not predict it", "",
              "| Method | Video compound F1 | Basic F1 | 12-compound F1 | AU F1 | VA CCC | s / epoch |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['method']} | {cell(r['video_f1'])} | {cell(r['basic_f1'])} | {cell(r['compound_f1'])} | "
-                     f"{cell(r['au_f1'])} | {cell(r['va_ccc'])} | {cell(r['seconds_per_epoch'], 1)} |")
+        lines.append(f"| {r['method']} | {table_cell(r['video_f1'])} | {table_cell(r['basic_f1'])} | {table_cell(r['compound_f1'])} | "
+                     f"{table_cell(r['au_f1'])} | {table_cell(r['va_ccc'])} | {table_cell(r['seconds_per_epoch'], 1)} |")
     md = out_dir / COMPARISON_FILE
     md.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return md

@@ -64,17 +64,22 @@ def main_au(argv: list[str] | None = None) -> int:
     return guarded(lambda: train_au(_config("au", args), resume=args.resume, overrides=args.overrides))
 
 
+def _scoring_videos(group: argparse._ArgumentGroup) -> None:
+    """The labelled videos that an ablation or a comparison scores its runs on."""
+    group.add_argument("--videos", type=Path, help="labelled test videos the runs are scored on")
+    group.add_argument("--ground-truth", type=Path, help="their per-frame labels (the challenge file format)")
+    group.add_argument("--template", type=Path, help="the frames to label (default: every decoded frame)")
+    group.add_argument("--detector", default="auto", choices=["auto", "insightface", "opencv", "none"])
+    group.add_argument("--crop-size", type=int, default=224)
+
+
 def main_cexprnet(argv: list[str] | None = None) -> int:
     parser = _parser("finetune/cexprnet.py", "cexprnet")
     group = parser.add_argument_group("Table-4 ablation (--ablation OUT_DIR --videos DIR --ground-truth FILE)")
     group.add_argument("--ablation", metavar="OUT_DIR", type=Path,
                        help="train the 7 ablation rows into OUT_DIR (data.datasets must hold compound, basic, AU "
                             "and video-frame rows), score them and late fusion on --videos, write ablation.md")
-    group.add_argument("--videos", type=Path, help="labelled test videos the rows are scored on")
-    group.add_argument("--ground-truth", type=Path, help="their per-frame labels (the challenge file format)")
-    group.add_argument("--template", type=Path, help="the frames to label (default: every decoded frame)")
-    group.add_argument("--detector", default="auto", choices=["auto", "insightface", "opencv", "none"])
-    group.add_argument("--crop-size", type=int, default=224)
+    _scoring_videos(group)
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.ablation:
@@ -101,11 +106,7 @@ def main_multitask(argv: list[str] | None = None) -> int:
     group.add_argument("--compare", metavar="OUT_DIR", type=Path,
                        help="train SJMT, FaceBehaviorNet, MML, C-EXPR-NET and the basic-emotion ViT (fold 1) on "
                             "data.datasets into OUT_DIR, score them on --videos, write comparison.md")
-    group.add_argument("--videos", type=Path, help="labelled test videos the methods are scored on")
-    group.add_argument("--ground-truth", type=Path, help="their per-frame labels (the challenge file format)")
-    group.add_argument("--template", type=Path, help="the frames to label (default: every decoded frame)")
-    group.add_argument("--detector", default="auto", choices=["auto", "insightface", "opencv", "none"])
-    group.add_argument("--crop-size", type=int, default=224)
+    _scoring_videos(group)
     group.add_argument("--epochs", type=int, help="epochs of every method (default: each stage's own)")
     args = parser.parse_intermixed_args(argv)
     if args.method:

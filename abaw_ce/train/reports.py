@@ -98,3 +98,10 @@ def write_ablation_table(rows: Sequence[Mapping[str, object]], out_dir: Path) ->
     md.write_text("Mean basic-emotion F1 over the validation folds\n\n" + header + "\n".join(lines) + "\n",
                   encoding="utf-8")
     return md
+
+
+def table_cell(value: object, digits: int = 4) -> str:
+    """A Markdown table cell: the number at ``digits`` decimals, or – when there is none."""
+    if value is None or (isinstance(value, float) and value != value):  # None or NaN
+        return "–"
+    return f"{float(value):.{digits}f}"
