@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from abaw_ce import fusion, labels, submission
 from abaw_ce.train import runs
+from abaw_ce.train.loop import read_status
 from abaw_ce.train.reports import table_cell
 
 ABLATION_FILE = "ablation.md"
@@ -111,11 +112,6 @@ def _multiclass_submission(videos: Path, run: Path, out: Path, work: Path, templ
     return submission.write_submission(out, pd.concat(parts, ignore_index=True), overwrite=True)
 
 
-def runs_status(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "status.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
 def run_ablation(config: DictConfig, out_dir: Path, videos: Path, ground_truth: Path,
                  template: Path | None = None, detector: str = "auto", crop_size: int = 224,
                  smoothing: str = "gaussian", window: int = 9) -> Path:
@@ -136,11 +132,11 @@ def run_ablation(config: DictConfig, out_dir: Path, videos: Path, ground_truth: 
         print(f"ablation row {row.name!r}: head {row.head}, rows {row.rows}, AU {row.au}, DM {row.dm}, "
               f"{row.modality}")
         resume = str(run_dir) if (run_dir / runs.CONFIG_FILE).is_file() else None
-        before = runs_status(run_dir)
+        before = read_status(run_dir)
         started = time.perf_counter()
         train_cexprnet(row_config(config, row, run_dir), resume=resume)
         seconds = time.perf_counter() - started
-        after = runs_status(run_dir)
+        after = read_status(run_dir)
         if after.get("state") != "finished":
             raise RuntimeError(f"ablation row {row.name!r} did not finish ({run_dir}); run the command again")
         epochs_now = int(after.get("epoch", 0)) - int(before.get("epoch", 0) or 0)

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from abaw_ce import submission
 from abaw_ce.train import runs
+from abaw_ce.train.loop import read_status
 from abaw_ce.train.reports import table_cell
 
 COMPARISON_FILE = "comparison.md"
@@ -59,11 +60,6 @@ def check_overrides(user: Sequence[str], demo: bool) -> None:
         raise ValueError(f"overrides {unknown} name no key of the multitask, cexprnet or emotion settings")
 
 
-def _status(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "status.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
 def run_comparison(datasets: Any, out_dir: Path, videos: Path, ground_truth: Path, template: Path | None = None,
                    detector: str = "auto", crop_size: int = 224, demo: bool = True, epochs: int | None = None,
                    seed: int = 0, overrides: Sequence[str] = ()) -> Path:
@@ -98,7 +94,7 @@ def run_comparison(datasets: Any, out_dir: Path, videos: Path, ground_truth: Pat
         config = _config(stage, demo, datasets, run_dir, {**common, **settings}, overrides)
         resume = str(run_dir) if (run_dir / runs.CONFIG_FILE).is_file() else None
         status_dir = run_dir / "fold_0" if stage == "emotion" else run_dir
-        before = _status(status_dir)
+        before = read_status(status_dir)
         print(f"comparison: {name} -> {run_dir}")
         started = time.perf_counter()
         if stage == "multitask":
@@ -107,7 +103,7 @@ def run_comparison(datasets: Any, out_dir: Path, videos: Path, ground_truth: Pat
             train_cexprnet(config, resume=resume)
         else:
             train_emotion(config, resume=resume, folds=[0])
-        after = _status(status_dir)
+        after = read_status(status_dir)
         if after.get("state") != "finished":
             raise RuntimeError(f"{name} did not finish ({run_dir}); run the command again")
         trained = int(after.get("epoch", 0)) - int(before.get("epoch", 0) or 0)

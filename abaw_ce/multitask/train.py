@@ -107,38 +107,22 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray) -> dict[
     """Basic-emotion F1 (the 6 of the 7 expression outputs, at 0.5), AU F1, and the compound macro F1 over
     the 12 C-EXPR-DB compounds and the 7 challenge classes from pair sums; early stopping follows the
     12-compound F1 when the validation part has compound rows, else the basic-emotion F1."""
-    has_expr = masks[:, 0] > 0
-    basic_p, basic_y = probs[:, BASIC_COLUMNS], targets[:, BASIC_COLUMNS]
-    expr = multilabel_f1(basic_p, basic_y, labels.BASIC_EMOTIONS, np.repeat(has_expr[:, None], 6, axis=1), 0.5)
-    truth = compound_truth(basic_y, has_expr, "sigmoid")
-    scores = compound_scores(basic_p, "sigmoid")
-    au_mask = masks[:, N_EXPR:] > 0
-    labelled = [j for j in range(len(AU_NAMES)) if au_mask[:, j].any()]
-    au = multilabel_f1(probs[:, N_EXPR:][:, labelled], targets[:, N_EXPR:][:, labelled],
-                       [AU_NAMES[j] for j in labelled], au_mask[:, labelled], 0.5)
-    result = {"expr_f1": expr["per_class"], "mean_expr_f1": expr["mean"],
-              "compound_f1": compound_f1(scores, truth, len(labels.CEXPR_COMPOUNDS)),
-              "challenge_f1": compound_f1(scores, truth, len(labels.CHALLENGE_COMPOUNDS)),
-              "au_f1": au["per_class"], "mean_au_f1": au["mean"] if labelled else None,
-              "samples": int(len(probs))}
-    use_compound = result["compound_f1"] is not None
-    result["score"] = float(result["compound_f1"] if use_compound else result["mean_expr_f1"])
-    result["score_name"] = "compound_f1" if use_compound else "mean_expr_f1"
-    return result
+    return evaluate_heads(probs, targets, masks, slice(0, N_EXPR), slice(N_EXPR, len(OUTPUTS)), threshold=0.5)
 
 
 def evaluate_heads(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray, expr: slice, au: slice,
-                   va: slice | None = None, zero_shot=None) -> dict[str, Any]:
-    """Validation of a softmax expression head over ``labels.SEVEN_EXPRESSIONS`` and a sigmoid AU head at
-    the given output columns: basic-emotion F1 (softmax >= 0.25), compound F1 from pair sums (and from
-    ``zero_shot(probs)`` when given), AU F1, valence-arousal CCC when ``va`` is given; the score as for SJMT."""
+                   va: slice | None = None, zero_shot=None, threshold: float | None = None) -> dict[str, Any]:
+    """Validation of an expression head over ``labels.SEVEN_EXPRESSIONS`` and a sigmoid AU head at the given
+    output columns: basic-emotion F1 (at ``threshold``; default 0.25, for a softmax), compound F1 from pair
+    sums (and from ``zero_shot(probs)`` when given), AU F1, valence-arousal CCC when ``va`` is given. Early
+    stopping follows the 12-compound F1 when the validation part has compound rows, else the basic F1."""
     from abaw_ce.multitask.fbn import EXPRESSION_THRESHOLD
 
     basic_in_expr = [EXPRESSIONS.index(e) for e in labels.BASIC_EMOTIONS]
     has_expr = masks[:, expr.start] > 0
     basic_p, basic_y = probs[:, expr][:, basic_in_expr], targets[:, expr][:, basic_in_expr]
     result_expr = multilabel_f1(basic_p, basic_y, labels.BASIC_EMOTIONS, np.repeat(has_expr[:, None], 6, axis=1),
-                                EXPRESSION_THRESHOLD)
+                                EXPRESSION_THRESHOLD if threshold is None else threshold)
     truth = compound_truth(basic_y, has_expr, "kl")
     scores = compound_scores(basic_p, "kl")
     au_mask = masks[:, au] > 0

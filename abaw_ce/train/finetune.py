@@ -26,6 +26,7 @@ from abaw_ce.models.export import (export_meta_summary, input_signature, load_cl
                                    save_encoder)
 from abaw_ce.models.vit import build_vit, vit_arch
 from abaw_ce.train import engine, runs
+from abaw_ce.train.loop import read_status
 from abaw_ce.train.losses import (binary_kl, inverse_frequency_weights, masked_bce_pos_weight, pos_weights,
                                   weighted_bce)
 from abaw_ce.train.metrics import evaluate_multilabel
@@ -193,11 +194,6 @@ def start_or_resume(stage: str, config: DictConfig, resume: str | None, override
     return runs.resumed_config(run_dir, overrides, FROZEN_ON_RESUME), run_dir, True
 
 
-def _status(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / engine.STATUS_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
 def _resume_point(run_dir: Path) -> Path | None:
     found = runs.list_checkpoints(run_dir)
     return found[-1][1] if found else None
@@ -253,7 +249,7 @@ def _train_emotion_folds(config: DictConfig, run_dir: Path, resuming: bool, fold
     names = labels.BASIC_EMOTIONS
     for k in wanted:
         fold_dir = run_dir / f"{FOLD_PREFIX}{k}"
-        if _status(fold_dir).get("state") == "finished":
+        if read_status(fold_dir).get("state") == "finished":
             print(f"emotion fold {k}: already finished, skipped")
             continue
         fold_dir.mkdir(parents=True, exist_ok=True)
@@ -288,7 +284,7 @@ def run_single(stage: str, config: DictConfig, resume: str | None, overrides: Se
     """Start or resume a one-run stage and ``train(config, run_dir, resuming)`` it; a finished run is left
     alone. Returns (run folder, whether it trained now); a new folder that got nothing is removed."""
     config, run_dir, resuming = start_or_resume(stage, config, resume, overrides)
-    if _status(run_dir).get("state") == "finished":
+    if read_status(run_dir).get("state") == "finished":
         print(f"{run_dir} already finished")
         return run_dir, False
     with runs.discard_if_unused(run_dir, created=not resuming):

@@ -2,8 +2,9 @@
 sync-free loss bookkeeping, the NaN guard and checkpointing."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import json
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,12 @@ def restore(accelerator: Accelerator, checkpoint: Path, scheduler: Any, progress
     scheduler.step_update(progress.update)
     accelerator.print(f"resumed {checkpoint} at update {progress.update} (epoch {progress.epoch}, "
                       f"batch {progress.batch_in_epoch})")
+
+
+def read_status(run_dir: Path) -> dict:
+    """A run folder's status (empty when it has none yet)."""
+    path = Path(run_dir) / STATUS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def write_status(run_dir: Path, stage: str, state: str, **extra) -> None:
