@@ -92,6 +92,19 @@ def test_emotion_resume_mid_epoch_equals_uninterrupted(tiny_world, encoder, tmp_
         assert torch.equal(a[key], b[key]), key
 
 
+def test_two_processes_share_one_run_folder(tiny_world, encoder, tmp_path):
+    """Under torchrun every process runs the stage: only the main one creates the folder, its config and the
+    fold split (the others wait and read them), and the fold report is written once."""
+    run = tmp_path / "emotion"
+    result = run_script("finetune/emotion.py", *TINY, f"model.encoder={encoder}", rafdb(tiny_world),
+                        "train.epochs=1", "train.batch_size=8", "--folds", "0", f"output.dir={run}",
+                        launcher=(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                                  "--master_port", "29537"))
+    assert result.stdout.count("F1 of the 6 basic emotions on each fold") == 1  # one report, from one process
+    assert json.loads((run / "fold_0" / "status.json").read_text())["state"] == "finished"
+    assert (run / "fold_0" / "export").is_dir() and (run / "folds.csv").is_file()
+
+
 def test_early_stopping_ends_a_run_that_stops_improving(tiny_world, encoder, tmp_path):
     run = tmp_path / "run"
     run_script("finetune/emotion.py", *TINY, f"model.encoder={encoder}", rafdb(tiny_world), "optim.lr=0",

@@ -1,6 +1,7 @@
 """The multi-task track: SJMT and FaceBehaviorNet targets, coupling and loss, MML's meta step and statistics,
 and every method through the --compare command on the synthetic world."""
 import json
+import sys
 
 import numpy as np
 import pandas as pd
@@ -114,6 +115,63 @@ def test_mml_merges_the_labels_of_one_frame_for_its_statistics(tiny_world):
     assert stats.shape == (7, 17) and 0 <= stats.min() and stats.max() <= 1
     happy = labels.SEVEN_EXPRESSIONS.index("happiness")
     assert stats[happy, labels.CEXPR_AUS.index(12)] > 0.5  # the world's happy faces raise the lip corners
+
+
+def test_mml_resume_mid_epoch_equals_uninterrupted(tiny_world, tmp_path):
+    """The meta network, its optimiser and its meta-validation batches come back on resume: an interrupted
+    and resumed MML run ends with the same weights as one that ran straight through."""
+    from safetensors.torch import load_file
+
+    common = ["--demo", "--method", "mml", *QUICK, "train.epochs=1", "train.batch_size=8",
+              "train.eval_batch_size=32", datasets(tiny_world, "affwild2_expr", "affwild2_au")]
+    straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+    assert main_multitask([*common, f"output.dir={straight}"]) == 0
+    assert main_multitask([*common, "train.stop_after_updates=7", f"output.dir={interrupted}"]) == 0
+    assert json.loads((interrupted / "status.json").read_text())["state"] == "stopped"
+    assert main_multitask(["--resume", str(interrupted), "train.stop_after_updates=null"]) == 0
+    a = load_file(str(straight / "export" / "model.safetensors"))
+    b = load_file(str(interrupted / "export" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_mml_trains_in_two_processes(tiny_world, tmp_path):
+    """MML under torchrun: the second-order meta step runs beside the data-parallel base network."""
+    from tests.test_finetune_stages import run_script
+
+    run = tmp_path / "mml"
+    run_script("finetune/multitask.py", "--demo", "--method", "mml", *QUICK, "train.epochs=1", "train.batch_size=8",
+               datasets(tiny_world, "affwild2_expr", "affwild2_au"), f"output.dir={run}",
+               launcher=(sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                         "--master_port", "29539"))
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    assert load_multitask(run / "export")[1]["method"] == "mml"
+
+
+def _average_in_group(rank: int, world: int, port: int, results) -> None:
+    from abaw_ce.multitask.mml import average_over_processes
+
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                         world_size=world)
+    params = [torch.nn.Parameter(torch.zeros(2, 3)), torch.nn.Parameter(torch.zeros(4))]
+    params[0].grad = torch.full((2, 3), float(rank + 1))
+    # the second parameter has no gradient on rank 0: it counts as zero there
+    params[1].grad = torch.full((4,), 4.0) if rank == 1 else None
+    average_over_processes(params)
+    results[rank] = (params[0].grad.tolist(), params[1].grad.tolist())
+    torch.distributed.destroy_process_group()
+
+
+def test_meta_gradients_are_averaged_over_processes():
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_average_in_group, args=(2, 29541, results), nprocs=2)
+        for rank in (0, 1):
+            first, second = results[rank]
+            assert first == [[1.5] * 3] * 2 and second == [2.0] * 4
 
 
 def test_comparison_trains_every_method_and_scores_them_on_videos(tiny_world, tmp_path, capsys):

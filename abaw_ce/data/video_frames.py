@@ -129,7 +129,10 @@ def crop_frame_rows(table: pd.DataFrame, settings, default_dir: Path, stage: str
         return table
     settings = dict(settings or {})  # a run saved before these settings existed has none: the defaults
     out_dir = Path(settings["dir"]) if settings.get("dir") else Path(default_dir)
-    table, report = frames_to_crops(table, out_dir, detector=str(settings.get("detector", "auto")),
-                                    size=int(settings.get("size", 224)))
+    from abaw_ce.train.runs import process_state
+
+    with process_state().main_process_first():  # the main process crops, the others reuse its crops
+        table, report = frames_to_crops(table, out_dir, detector=str(settings.get("detector", "auto")),
+                                        size=int(settings.get("size", 224)))
     print(f"{stage}: {report.summary()}")
     return table

@@ -12,14 +12,13 @@ The engine sees one (B, 7 + 17) output: expression logits, then AU logits.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
+from torch.utils.data import Dataset, default_collate
 
 from abaw_ce import labels
 from abaw_ce.data.table import au_arrays
@@ -149,11 +148,41 @@ def meta_step(net: MMLNet, meta_net: MetaWeightNet, meta_optimizer: torch.optim.
     val_loss = l_emo.sum() / val_masks[:, EXPR.start].sum().clamp(min=1)
     meta_optimizer.zero_grad(set_to_none=True)
     val_loss.backward(inputs=list(meta_net.parameters()), retain_graph=True)
+    average_over_processes(list(meta_net.parameters()))
     meta_optimizer.step()
     return val_loss.detach()
 
 
-def cycle(loader) -> Iterator:
-    """Batches of a loader, restarting it when it ends."""
-    while True:
-        yield from loader
+def average_over_processes(params: list[nn.Parameter]) -> None:
+    """The meta network is not wrapped for data parallelism: average its gradients over the processes
+    ourselves, so that every process keeps the same meta network."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.flatten() for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+class MetaBatches:
+    """Meta-validation batches drawn as a pure function of the training batch they go with (its sample
+    indices and the seed), so that a resumed run draws the same ones as an uninterrupted run."""
+
+    def __init__(self, samples: Dataset, batch_size: int, seed: int):
+        self.samples, self.batch_size, self.seed = samples, int(batch_size), int(seed)
+
+    def __len__(self) -> int:
+        return len(self.samples)  # type: ignore[arg-type]
+
+    def draw(self, train_indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        rng = np.random.default_rng([self.seed, *(int(i) for i in train_indices.flatten().tolist())])
+        chosen = rng.choice(len(self), size=min(self.batch_size, len(self)), replace=False)
+        return default_collate([self.samples[int(i)] for i in chosen])

@@ -222,6 +222,7 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
     mean, std = (list(d.mean) if d.mean is not None else mean), (list(d.std) if d.std is not None else std)
     train_tf = FaceTransform(int(m.img_size), mean, std, train=True, **dict(d.augment))
     eval_tf = FaceTransform(int(m.img_size), mean, std, train=False)
+    extras: tuple[Any, ...] = ()  # saved in the checkpoints beside the base network
     if method == "sjmt":
         net, outputs, order = PooledHead(backbone), OUTPUTS, None
         val_targets, val_masks = targets[val], masks[val]
@@ -249,26 +250,23 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
         print(f"{STAGE}: {len(meta_rows)} expression images of the training part held out for the meta step")
         meta_set = SeededSamples(TableSamples(table.iloc[meta_rows], targets[meta_rows], masks[meta_rows]), eval_tf,
                                  t.seed)
-        meta_loader = torch.utils.data.DataLoader(meta_set, batch_size=int(t.batch_size), shuffle=True,
-                                                  generator=torch.Generator().manual_seed(int(t.seed)))
+        meta_batches = mml.MetaBatches(meta_set, int(t.batch_size), int(t.seed))
         meta_net = mml.MetaWeightNet(backbone.num_features, int(lw.meta_hidden))
         meta_optimizer = torch.optim.Adam(meta_net.parameters(), lr=float(lw.meta_lr))
         stats_t = torch.as_tensor(stats, dtype=torch.float32)
+        extras = (meta_net, meta_optimizer)
         evaluate_fn, activation = evaluate_mml, _mml_probabilities
-        state: dict[str, Any] = {}
 
         def loss_fn(out: torch.Tensor, batch: dict[str, torch.Tensor], _teacher: torch.Tensor | None
                     ) -> torch.Tensor:
-            if "meta" not in state:
-                state["meta"], state["stats"] = mml.cycle(meta_loader), stats_t.to(out.device)
-                meta_net.to(out.device)
+            stats_on = stats_t.to(out.device)  # a small table
             features = net.last_features
-            held = next(state["meta"])
+            held = meta_batches.draw(batch["index"])
             mml.meta_step(net, meta_net, meta_optimizer, out, features, batch["target"], batch["mask"],
                           held["image"].to(out.device), held["target"].to(out.device), held["mask"].to(out.device),
-                          state["stats"], float(config.optim.lr))
+                          stats_on, float(config.optim.lr))
             weights = meta_net(features.detach()).detach()
-            return mml.weighted_loss(out, batch["target"], batch["mask"], state["stats"], weights)
+            return mml.weighted_loss(out, batch["target"], batch["mask"], stats_on, weights)
     else:
         net, outputs = fbn.FaceBehaviorNet(backbone), fbn.OUTPUTS
         # validation is scored on the real labels only, never on co-annotated ones
@@ -300,4 +298,5 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
                train_set=SeededSamples(TableSamples(table[train], targets[train], masks[train]), train_tf, t.seed),
                val_set=SeededSamples(TableSamples(table[val], val_targets, val_masks), eval_tf, t.seed),
                loss_fn=loss_fn, evaluate=evaluate_fn, export=export,
-               resume_from=_resume_point(run_dir) if resuming else None, activation=activation, train_order=order)
+               resume_from=_resume_point(run_dir) if resuming else None, activation=activation, train_order=order,
+               extra_state=extras)

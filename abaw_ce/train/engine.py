@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,10 +124,11 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
         val_set: Dataset, loss_fn: LossFn, evaluate: EvaluateFn, export: ExportFn,
         teacher: nn.Module | None = None, resume_from: Path | None = None,
         activation: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
-        train_order: Sampler | None = None) -> FitResult:
+        train_order: Sampler | None = None, extra_state: Sequence[Any] = ()) -> FitResult:
     """Train ``model`` with the recipe in ``config`` (sections optim/train); the run folder must exist.
     ``activation`` turns the model's outputs into the probabilities ``evaluate`` and ``export`` receive;
-    ``train_order`` replaces the shuffled epoch order (e.g. a ``GroupedBatchOrder``)."""
+    ``train_order`` replaces the shuffled epoch order (e.g. a ``GroupedBatchOrder``); ``extra_state`` (modules
+    moved to the device, optimizers...) is saved in every checkpoint and restored on resume."""
     t, o = config.train, config.optim
     runs.check_positive_ints(t, "train", ("epochs", "batch_size", "grad_accum", "log_every", "keep_checkpoints",
                                           "patience"))
@@ -162,6 +163,10 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
     if ema is not None:
         ema.to(accelerator.device)
         accelerator.register_for_checkpointing(ema)
+    for item in extra_state:
+        if isinstance(item, nn.Module):
+            item.to(accelerator.device)
+        accelerator.register_for_checkpointing(item)
     if resume_from is not None:
         restore(accelerator, resume_from, scheduler, progress)
     metrics = runs.MetricsLog(run_dir / runs.METRICS_FILE,
@@ -251,6 +256,7 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
                      checkpoint=monitor.checkpoint_ref())
         if not finished:
             accelerator.print(f"{stage}: stopped at update {progress.update}; continue with --resume")
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training(): it ends the process group, which the next fold needs
+        tracker.finish()
     return FitResult(run_dir, stopping.best_score, stopping.best_epoch, progress.epoch, stopping.stopped,
                      finished, best)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, set_seed
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
@@ -184,9 +184,16 @@ def start_or_resume(stage: str, config: DictConfig, resume: str | None, override
                     ) -> tuple[DictConfig, Path, bool]:
     """(config, run folder, resuming). A new run folder gets config.yaml; a resumed one keeps its own."""
     if resume is None:
+        state = runs.process_state()
         run_dir = Path(config.output.dir) if config.output.dir else Path("runs") / runs.new_run_name(stage)
-        runs.prepare_run_dir(run_dir, overwrite=bool(config.output.overwrite))
-        OmegaConf.save(config, run_dir / runs.CONFIG_FILE)
+        if state.num_processes > 1:  # every process must agree on the folder (a default name has a timestamp)
+            shared = [str(run_dir)]
+            broadcast_object_list(shared)
+            run_dir = Path(shared[0])
+        if state.is_main_process:
+            runs.prepare_run_dir(run_dir, overwrite=bool(config.output.overwrite))
+            OmegaConf.save(config, run_dir / runs.CONFIG_FILE)
+        state.wait_for_everyone()
         return config, run_dir, False
     run_dir = Path(resume)
     if not run_dir.is_dir():
@@ -213,11 +220,12 @@ def _class_weights(setting: Any, y_train: np.ndarray, names: Sequence[str]) -> n
 
 def _fold_assignment(table: pd.DataFrame, run_dir: Path, n_folds: int, seed: int) -> np.ndarray:
     saved = run_dir / "folds.csv"
-    if saved.is_file():
-        return folds_lib.load_folds(table, saved)
-    assigned = folds_lib.assign_folds(table, n_folds, seed)
-    folds_lib.save_folds(table, assigned, run_dir, n_folds, seed)
-    return assigned
+    with runs.process_state().main_process_first():  # the main process writes it, the others read it
+        if saved.is_file():
+            return folds_lib.load_folds(table, saved)
+        assigned = folds_lib.assign_folds(table, n_folds, seed)
+        folds_lib.save_folds(table, assigned, run_dir, n_folds, seed)
+        return assigned
 
 
 def train_emotion(config: DictConfig, resume: str | None = None, overrides: Sequence[str] = (),
@@ -228,7 +236,9 @@ def train_emotion(config: DictConfig, resume: str | None = None, overrides: Sequ
         _train_emotion_folds(config, run_dir, resuming, folds)
     from abaw_ce.train.reports import write_fold_report
 
-    report = write_fold_report(run_dir, config.data.folds)
+    state = runs.process_state()
+    state.wait_for_everyone()
+    report = write_fold_report(run_dir, config.data.folds) if state.is_main_process else None
     if report is not None:
         print(report.read_text(encoding="utf-8"))
     return run_dir
@@ -282,14 +292,15 @@ def _train_emotion_folds(config: DictConfig, run_dir: Path, resuming: bool, fold
 def run_single(stage: str, config: DictConfig, resume: str | None, overrides: Sequence[str],
                train: Callable[[DictConfig, Path, bool], None]) -> tuple[Path, bool]:
     """Start or resume a one-run stage and ``train(config, run_dir, resuming)`` it; a finished run is left
-    alone. Returns (run folder, whether it trained now); a new folder that got nothing is removed."""
+    alone. Returns (run folder, whether it trained now and has a best epoch to report: a run stopped before
+    its first validation has none); a new folder that got nothing is removed."""
     config, run_dir, resuming = start_or_resume(stage, config, resume, overrides)
     if read_status(run_dir).get("state") == "finished":
         print(f"{run_dir} already finished")
         return run_dir, False
     with runs.discard_if_unused(run_dir, created=not resuming):
         train(config, run_dir, resuming)
-    return run_dir, True
+    return run_dir, (run_dir / engine.VALIDATION_FILE).is_file()
 
 
 def train_au(config: DictConfig, resume: str | None = None, overrides: Sequence[str] = ()) -> Path:

@@ -53,6 +53,8 @@ def guarded(call, hint=None) -> int:
     except NonFiniteLoss as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    finally:
+        runs.end_process_group()
     return 0
 
 

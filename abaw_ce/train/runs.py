@@ -37,6 +37,22 @@ def cpu_processes_requested() -> bool:
     return world > 1 and not torch.cuda.is_available()
 
 
+def process_state():
+    """This process's place among the launched ones (Accelerate's ``PartialState``; the engine's Accelerator
+    later joins the same process group). Lets a stage set its run folder up once, from the main process."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=cpu_processes_requested())
+
+
+def end_process_group() -> None:
+    """Close the launched processes' group when a stage script ends (the engine keeps it open between folds)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def packaged_config(name: str) -> Path:
     path = resources.files("abaw_ce") / "configs" / f"{name}.yaml"
     return Path(str(path))
