@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("validate", help="validate a challenge file (same as submit/validate.py)", add_help=False)
     sub.add_parser("faces", help="detect, align and pack faces of an image or video folder", add_help=False)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # not a line per checkpoint written
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["validate"]:
         return validate_main(argv[1:])

@@ -66,14 +66,15 @@ def test_fbn_targets_coupling_and_loss():
     assert outputs.grad[:, fbn.VA].abs().sum() > 0 and outputs.grad[:, fbn.AU].abs().sum() > 0
 
 
-def test_mml_meta_step_learns_weights_through_the_inner_update():
+@pytest.mark.parametrize("hidden", [0, 16])
+def test_mml_meta_step_learns_weights_through_the_inner_update(hidden):
     from abaw_ce.cexprnet.model import build_backbone
     from abaw_ce.multitask import mml
 
     torch.manual_seed(0)
     backbone, _ = build_backbone("timm:resnet10t", 32)
     net = mml.MMLNet(backbone)
-    meta = mml.MetaWeightNet(backbone.num_features, 16)
+    meta = mml.MetaWeightNet(backbone.num_features, hidden)
     optimizer = torch.optim.SGD(meta.parameters(), lr=1.0)
     stats = torch.rand(7, 17)
     images, val_images = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32)
@@ -88,6 +89,8 @@ def test_mml_meta_step_learns_weights_through_the_inner_update():
     features = net.last_features
     weights = meta(features.detach())
     assert ((weights >= 0) & (weights <= 1)).all()
+    if hidden == 0:  # the paper's meta net starts from zero parameters: every weight 0.5
+        assert torch.equal(weights, torch.full_like(weights, 0.5))
     val_loss = mml.meta_step(net, meta, optimizer, outputs, features, targets, masks, val_images, val_targets,
                              masks, stats, inner_lr=0.1)
     assert torch.isfinite(val_loss)

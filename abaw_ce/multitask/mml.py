@@ -49,11 +49,17 @@ class MMLNet(nn.Module):
 
 
 class MetaWeightNet(nn.Module):
-    """Features -> (B, 2) per-sample weights (AU loss, alignment loss), each in [0, 1] (a sigmoid)."""
+    """Features -> (B, 2) per-sample weights (AU loss, alignment loss), each in [0, 1] (a sigmoid). With
+    ``hidden=0`` the paper's meta net: one linear layer whose parameters start at zero (every weight 0.5)."""
 
-    def __init__(self, width: int, hidden: int = 64):
+    def __init__(self, width: int, hidden: int = 0):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2))
+        if hidden > 0:
+            self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 2))
+        else:
+            self.mlp = nn.Sequential(nn.Linear(width, 2))
+            nn.init.zeros_(self.mlp[0].weight)
+            nn.init.zeros_(self.mlp[0].bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.mlp(features))
