@@ -27,8 +27,14 @@ class MelSettings:
     f_max: float | None = None  # None = Nyquist
 
 
-def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray | None:
-    """Mono float32 samples of the first audio stream at ``sample_rate``, or None when there is none."""
+@dataclass(frozen=True)
+class AudioTrack:
+    samples: np.ndarray  # mono float32
+    start: float  # container time (seconds) of the first sample: a track may start before or after the video
+
+
+def read_audio(path: str | Path, sample_rate: int = 16000) -> AudioTrack | None:
+    """The first audio stream, mono float32 at ``sample_rate``, and where it starts; None when there is none."""
     import av
 
     path = Path(path)
@@ -39,14 +45,45 @@ def read_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray | None:
     with container:
         if not container.streams.audio:
             return None
+        stream = container.streams.audio[0]
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
         resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
         chunks = []
-        for frame in container.decode(container.streams.audio[0]):
+        for i, frame in enumerate(container.decode(stream)):
+            if i == 0 and frame.time is not None:
+                start = float(frame.time)
             for out in resampler.resample(frame):
                 chunks.append(out.to_ndarray().reshape(-1))
         for out in resampler.resample(None):  # flush
             chunks.append(out.to_ndarray().reshape(-1))
-    return np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    return AudioTrack(samples, start)
+
+
+@dataclass(frozen=True)
+class FrameClock:
+    """Where each video frame falls in its video's audio track: seconds from the track's first sample, from the
+    frame's own timestamp (variable frame rates and late or early sound are honoured)."""
+    times: np.ndarray  # frame k (1-based) at times[k - 1]
+    fps: float  # nominal rate: frames past the last timestamp (a decoder may find one more) continue at it
+
+    @classmethod
+    def of(cls, video: str | Path, track: AudioTrack) -> FrameClock:
+        from abaw_ce.video import frame_times
+
+        times, fps = frame_times(video)
+        return cls(times - track.start, fps)
+
+    def seconds(self, frames: np.ndarray) -> np.ndarray:
+        """Times of 1-based ``frames``."""
+        frames = np.asarray(frames, np.int64)
+        step = 1.0 / self.fps if self.fps > 0 else 0.04
+        if len(self.times) == 0:
+            return (frames - 1) * step
+        out = self.times[np.clip(frames - 1, 0, len(self.times) - 1)].copy()
+        past = frames > len(self.times)
+        out[past] = self.times[-1] + (frames[past] - len(self.times)) * step
+        return out
 
 
 def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
@@ -91,33 +128,31 @@ def frame_windows(spectrogram: torch.Tensor, frame_times: np.ndarray, width: int
     return padded[:, index].permute(1, 0, 2).unsqueeze(1)
 
 
-def video_frame_windows(path: str | Path, fps: float, n_frames: int, width: int = 96,
+def video_frame_windows(path: str | Path, frames: np.ndarray, width: int = 96,
                         s: MelSettings = MelSettings()) -> torch.Tensor | None:
-    """Spectrogram windows for video frames 1..n_frames (frame k at time (k - 1) / fps), or None without audio."""
-    samples = read_audio(path, s.sample_rate)
-    if samples is None:
+    """Spectrogram windows centred on 1-based video ``frames`` (each at its timestamp), or None without audio."""
+    track = read_audio(path, s.sample_rate)
+    if track is None:
         return None
-    return frame_windows(log_mel(samples, s), np.arange(n_frames) / fps, width, s)
+    return frame_windows(log_mel(track.samples, s), FrameClock.of(path, track).seconds(frames), width, s)
 
 
 # --- training samples: one spectrogram window per labelled video frame ----------------------------------
 
 def video_spectrograms(videos: list[str], s: MelSettings = MelSettings(), progress: bool = True
-                       ) -> tuple[dict[str, torch.Tensor], dict[str, float], list[str]]:
-    """Log-mel spectrogram and frame rate of each video; the third value lists videos without audio."""
+                       ) -> tuple[dict[str, torch.Tensor], dict[str, FrameClock], list[str]]:
+    """Log-mel spectrogram and frame clock of each video; the third value lists videos without audio."""
     from tqdm.auto import tqdm
 
-    from abaw_ce.video import video_info
-
-    spectrograms, rates, silent = {}, {}, []
+    spectrograms, clocks, silent = {}, {}, []
     for video in tqdm(videos, desc="audio spectrograms", unit="video", disable=not progress):
-        samples = read_audio(video, s.sample_rate)
-        if samples is None:
+        track = read_audio(video, s.sample_rate)
+        if track is None:
             silent.append(video)
             continue
-        spectrograms[video] = log_mel(samples, s)
-        rates[video] = video_info(video).fps
-    return spectrograms, rates, silent
+        spectrograms[video] = log_mel(track.samples, s)
+        clocks[video] = FrameClock.of(video, track)
+    return spectrograms, clocks, silent
 
 
 class FrameAudioSamples(torch.utils.data.Dataset):
@@ -125,9 +160,10 @@ class FrameAudioSamples(torch.utils.data.Dataset):
     the frame's time, "target", "mask"}; ``SpectrogramTransform`` cuts the final ``width`` columns."""
 
     def __init__(self, table, targets: np.ndarray, mask: np.ndarray, spectrograms: dict[str, torch.Tensor],
-                 rates: dict[str, float], width: int, shift: int, s: MelSettings = MelSettings()):
+                 clocks: dict[str, FrameClock], width: int, shift: int, s: MelSettings = MelSettings()):
         self.paths = table["path"].astype(str).tolist()
-        self.times = [(int(f) - 1) / rates[p] for p, f in zip(self.paths, table["frame"].to_numpy(np.int64))]
+        frames = table["frame"].to_numpy(np.int64)
+        self.times = [float(clocks[p].seconds(np.array([f]))[0]) for p, f in zip(self.paths, frames)]
         self.targets = torch.as_tensor(np.asarray(targets, np.float32))
         self.mask = torch.as_tensor(np.asarray(mask, np.float32))
         self.spectrograms, self.span, self.settings = spectrograms, width + 2 * shift, s

@@ -1,10 +1,19 @@
-"""Errors that name the file and line of bad input and what was expected there."""
+"""The kit's user errors: what a user can fix (bad input files, options, settings). The command-line entry
+points report them in one line and exit 2; any other exception is a defect of the kit and shows its traceback."""
 from __future__ import annotations
 
 from pathlib import Path
 
 
-class InputError(ValueError):
+class UserError(ValueError):
+    """Something the user can fix; the message says what was expected."""
+
+
+class OptionError(UserError):
+    """A command-line option or configuration value the kit cannot use (no file to name)."""
+
+
+class InputError(UserError):
     """Bad user input. Its message reads `<file>:<line>: <problem>` so users can jump straight to it."""
 
     def __init__(self, path: str | Path, problem: str, line: int | None = None):

@@ -1,5 +1,5 @@
-"""From basic-emotion probabilities to the 7 challenge classes: ensembling, pairwise fusion, temporal
-smoothing and gap filling along a video.
+"""From basic-emotion probabilities to the 7 challenge classes: the common scale runs are averaged on, pairwise
+fusion, temporal smoothing and gap filling along a video.
 
 A compound's score comes from the probabilities of its two constituent basic emotions (``labels.
 CHALLENGE_PAIRS``); the predicted class is the best-scoring compound. ``sum`` is what the winning team used.
@@ -15,6 +15,7 @@ from scipy import ndimage
 from abaw_ce import labels
 
 FUSION_METHODS = ("sum", "mean", "product", "min", "weighted")
+SCALE_FLOOR = 1e-6  # a row of all-zero probabilities stays zero instead of dividing by zero
 SMOOTHING_METHODS = ("none", "box", "gaussian", "median")
 
 
@@ -34,7 +35,22 @@ class WeightedFusion:
 
     @classmethod
     def from_dict(cls, data: dict) -> WeightedFusion:
-        return cls(np.asarray(data["weights"], np.float64), np.asarray(data["biases"], np.float64))
+        fitted = cls(np.asarray(data["weights"], np.float64), np.asarray(data["biases"], np.float64))
+        n = len(labels.CHALLENGE_PAIRS)
+        if fitted.weights.shape != (n,) or fitted.biases.shape != (n,):
+            raise ValueError(f"weights and biases must hold {n} numbers each (one per challenge class)")
+        return fitted
+
+
+def common_scale(probs):
+    """Basic-emotion probabilities (numpy or torch, emotions on the last axis) divided by their sum per row.
+
+    Every model's output is put on this scale before runs are averaged: six sigmoids (two of them near 1 on a
+    compound face) and a softmax (two near 0.5) then both give a distribution over the six emotions, so each run
+    brings the same mass to every frame and a run weight w is a share w of what the pair fusion sees. For one
+    run alone the fused class of a frame does not change (a positive factor per row).
+    """
+    return probs / probs.sum(axis=-1, keepdims=True).clip(min=SCALE_FLOOR)
 
 
 def _check_probs(probs: np.ndarray) -> np.ndarray:
@@ -90,17 +106,6 @@ def fit_weighted_fusion(probs: np.ndarray, classes: np.ndarray, steps: int = 500
         weights -= lr * ((error * sums).sum(axis=0) + l2 * (weights - 1))
         biases -= lr * (error.sum(axis=0) + l2 * biases)
     return WeightedFusion(weights, biases)
-
-
-def ensemble(members: Sequence[np.ndarray], weights: Sequence[float] | None = None) -> np.ndarray:
-    """Weighted average of probability arrays of one shape (fold models, models, tracks)."""
-    if not members:
-        raise ValueError("nothing to ensemble")
-    stacked = np.stack([np.asarray(m, dtype=np.float64) for m in members])
-    w = np.ones(len(members)) if weights is None else np.asarray(weights, dtype=np.float64)
-    if w.shape != (len(members),) or np.any(w < 0) or w.sum() <= 0:
-        raise ValueError(f"ensemble weights must be {len(members)} non-negative numbers with a positive sum")
-    return np.tensordot(w / w.sum(), stacked, axes=1)
 
 
 def fill_missing(values: np.ndarray, present: np.ndarray) -> np.ndarray:

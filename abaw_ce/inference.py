@@ -1,9 +1,10 @@
 """Batched inference of fold models over the faces step's packed crops, saved per video.
 
 Every batch of crops goes through every model (optionally also mirrored). Their basic-emotion probabilities
-(sigmoid outputs of the emotion track, the expression softmax of a C-EXPR-NET) are averaged within each run,
-then over runs with optional weights. Frames without a face keep NaN rows so fusion settings can change later
-without running the models again (``probs/<video>.npz``: frames, face_found, probs).
+(sigmoid outputs of the emotion track, the expression softmax of a C-EXPR-NET) are put on one scale
+(``fusion.common_scale``: a distribution over the six emotions per frame), averaged within each run, then over
+runs with the shares ``RunShares`` decides once. Frames without a face keep NaN rows so fusion settings can change
+later without running the models again (``probs/<video>.npz``: frames, face_found, probs).
 """
 from __future__ import annotations
 
@@ -21,11 +22,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from abaw_ce import labels
+from abaw_ce.fusion import common_scale
 from abaw_ce.cexprnet import EXPORT_META_FILE as CEXPRNET_META_FILE
 from abaw_ce.data.packed import PackedFaces
 from abaw_ce.multitask import EXPORT_META_FILE as MULTITASK_META_FILE
-from abaw_ce.errors import InputError
+from abaw_ce.errors import InputError, OptionError
 from abaw_ce.models.export import META_FILE, load_classifier
+from abaw_ce.run_checks import is_export, is_finished
 
 PROBS_DIR = "probs"
 
@@ -43,8 +46,9 @@ class LoadedModel:
     audio: dict | None = None  # the audio model's input settings (n_mels, width, mean, std, sample_rate)
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's basic-emotion probabilities on the common scale (each row sums to 1)."""
         out = self.model(x).float()
-        return torch.sigmoid(out) if self.track == "emotion" else out
+        return common_scale(torch.sigmoid(out) if self.track == "emotion" else out)
 
 
 class CExprNetExpressions(nn.Module):
@@ -61,17 +65,18 @@ class CExprNetExpressions(nn.Module):
 
 
 def find_exports(run: str | Path) -> list[Path]:
-    """Model exports of a run: every finished ``fold_*/export`` of an emotion run, the ``export`` of a
-    C-EXPR-NET or multi-task run, or the folder itself if it is an export."""
+    """Model exports of a run: the ``export`` of every finished fold of an emotion run (an unfinished fold's
+    export is only its best epoch so far, and is left out), the ``export`` of a C-EXPR-NET or multi-task run,
+    or the folder itself if it is an export."""
     run = Path(run)
-    for meta_file in (META_FILE, CEXPRNET_META_FILE, MULTITASK_META_FILE):
-        if (run / meta_file).is_file():
-            return [run]
-        if (run / "export" / meta_file).is_file():
-            return [run / "export"]
-    exports = sorted(p.parent for p in run.glob("fold_*/export/" + META_FILE))
+    for folder in (run, run / "export"):
+        if is_export(folder):
+            return [folder]
+    folds = sorted(p.parent for p in run.glob(f"fold_*/export/{META_FILE}"))
+    exports = [e for e in folds if is_finished(e.parent)]
     if not exports:
-        raise InputError(run, "no model export here (expected fold_*/export folders of an emotion run, or an "
+        raise InputError(run, "no finished fold here (every fold_*/export belongs to an unfinished fold)" if folds
+                         else "no model export here (expected fold_*/export folders of an emotion run, or an "
                               "export folder)")
     return exports
 
@@ -128,32 +133,63 @@ def prepare_batch(batch: torch.Tensor, m: LoadedModel) -> torch.Tensor:
     return (x - mean) / std
 
 
-def model_shares(models: Sequence[LoadedModel], run_weights: Sequence[float] | None = None) -> list[float]:
-    """Each model's weight in the ensemble: its run's weight (equal by default) split evenly over the run's
-    models, so that a run of five fold models and a single-model run of another track count as the weights
-    say. Raises on weights that are not one non-negative number per run with a positive sum."""
-    n_runs = max(m.run for m in models) + 1
-    weights = np.ones(n_runs) if run_weights is None else np.asarray(run_weights, dtype=np.float64)
-    if weights.shape != (n_runs,) or np.any(weights < 0) or weights.sum() <= 0:
-        raise ValueError(f"run weights must be {n_runs} non-negative numbers (one per run) with a positive sum, "
-                         f"got {None if run_weights is None else list(run_weights)}")
-    sizes = Counter(m.run for m in models)
-    total = sum(weights[r] for r in sizes)
-    if total <= 0:
-        raise ValueError("the runs given models all have weight 0")
-    return [weights[m.run] / total / sizes[m.run] for m in models]
+@dataclass(frozen=True)
+class RunShares:
+    """Each requested run's share of the ensemble, decided once for every part of the submission.
+
+    A run's share is its weight over the sum of all runs' weights (equal by default), whatever its track or
+    modality. Inside a run the share is split evenly over its models (five folds count as one run). The visual
+    runs' models are averaged with these shares; the audio runs' total share is the late-fusion weight of the
+    audio track, so the final per-frame mixture gives every run exactly its share.
+    """
+    shares: tuple[float, ...]  # per requested run; they sum to 1
+    modalities: tuple[str, ...]  # per requested run: "visual" or "audio"
+
+    @classmethod
+    def of(cls, models: Sequence[LoadedModel], run_weights: Sequence[float] | None = None,
+           n_runs: int | None = None) -> RunShares:
+        """``n_runs`` requested runs (default: as many as the models name), ``run_weights`` one per run."""
+        n_runs = n_runs if n_runs is not None else max(m.run for m in models) + 1
+        weights = np.ones(n_runs) if run_weights is None else np.asarray(run_weights, dtype=np.float64)
+        if weights.shape != (n_runs,) or not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+            raise OptionError(f"--run-weights must be {n_runs} non-negative numbers (one per run) with a positive "
+                              f"sum, got {None if run_weights is None else list(run_weights)}")
+        modalities = []
+        for r in range(n_runs):
+            kinds = {m.modality for m in models if m.run == r}
+            if len(kinds) > 1:
+                raise ValueError(f"run {r} has models of modalities {sorted(kinds)}; expected one")
+            modalities.append(kinds.pop() if kinds else "none")  # none: a subset of the models was given
+        present = np.array([m != "none" for m in modalities]) * weights
+        if present.sum() <= 0:
+            raise OptionError(f"the runs given have weight 0 (run weights {list(weights)})")
+        return cls(tuple(float(w) for w in present / present.sum()), tuple(modalities))
+
+    def modality_share(self, modality: str) -> float:
+        """The total share of the runs of one modality (the audio late-fusion weight for "audio")."""
+        return float(sum(s for s, m in zip(self.shares, self.modalities) if m == modality))
+
+    def model_weights(self, models: Sequence[LoadedModel]) -> list[float]:
+        """Each model's weight within its modality's average: its run's share over the modality's share, split
+        over the run's models (0 for a run of share 0, or a modality whose runs all have share 0)."""
+        sizes = Counter(m.run for m in models)
+        totals = {m.modality: self.modality_share(m.modality) for m in models}
+        return [self.shares[m.run] / totals[m.modality] / sizes[m.run] if totals[m.modality] > 0 else 0.0
+                for m in models]
 
 
 @torch.no_grad()
-def predict_crops(store_dir: str | Path, models: Sequence[LoadedModel], batch_size: int = 256,
-                  flip: bool = False, device: torch.device | str = "cpu", bf16: bool = False,
-                  progress: bool = True, run_weights: Sequence[float] | None = None,
-                  n_outputs: int = len(labels.BASIC_EMOTIONS)) -> np.ndarray:
+def predict_crops(store_dir: str | Path, models: Sequence[LoadedModel], shares: RunShares | None = None,
+                  batch_size: int = 256, flip: bool = False, device: torch.device | str = "cpu", bf16: bool = False,
+                  progress: bool = True, n_outputs: int = len(labels.BASIC_EMOTIONS)) -> np.ndarray:
     """(N, 6) probabilities for every crop of a store: the mean over each run's models (and mirrored crops
-    with ``flip``), then the ``run_weights``-weighted mean over runs (see ``model_shares``). Audio models
-    are not given crops (``predict_audio``)."""
+    with ``flip``), then the mean over runs with their ``shares`` (default: equal). Audio models are not given
+    crops (``predict_audio``), nor models whose run has share 0."""
+    shares = shares if shares is not None else RunShares.of(models)
     models = [m for m in models if m.modality == "visual"]
-    per_model = model_shares(models, run_weights)
+    weighted = [(m, w) for m, w in zip(models, shares.model_weights(models)) if w > 0]
+    if not weighted:
+        raise ValueError("no visual model has a positive share")
     faces = PackedFaces(store_dir)
     out = np.zeros((len(faces), n_outputs), dtype=np.float32)
     device = torch.device(device)
@@ -164,7 +200,7 @@ def predict_crops(store_dir: str | Path, models: Sequence[LoadedModel], batch_si
         rows = np.arange(start, min(start + batch_size, len(faces)))
         crops = faces.get_batch(rows).to(device, non_blocking=True)
         total = torch.zeros(len(rows), n_outputs, device=device)
-        for m, share in zip(models, per_model):
+        for m, share in weighted:
             x = prepare_batch(crops, m)
             for mirrored in views:
                 with autocast:
@@ -206,40 +242,30 @@ def read_video_probs(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarr
         return data["frames"], data["face_found"], data["probs"]
 
 
-def audio_share(models: Sequence[LoadedModel], run_weights: Sequence[float] | None = None) -> float:
-    """The audio runs' part of the run weights: the late-fusion weight of the audio track (0 without any)."""
-    n_runs = max(m.run for m in models) + 1
-    weights = np.ones(n_runs) if run_weights is None else np.asarray(run_weights, dtype=np.float64)
-    present = sorted({m.run for m in models})
-    audio = sorted({m.run for m in models if m.modality == "audio"})
-    total = float(sum(weights[r] for r in present))
-    return float(sum(weights[r] for r in audio)) / total if total > 0 else 0.0
-
-
 @torch.no_grad()
-def predict_audio(video: str | Path, frames: np.ndarray, models: Sequence[LoadedModel],
-                  run_weights: Sequence[float] | None = None, device: torch.device | str = "cpu",
-                  batch_size: int = 256) -> np.ndarray | None:
-    """(N, 6) probabilities of the audio models for 1-based ``frames`` of a video (each run's models
-    averaged, then the runs with their weights), or None when the video has no audio track."""
-    from abaw_ce.audio import MelSettings, frame_windows, log_mel, read_audio
-    from abaw_ce.video import video_info
+def predict_audio(video: str | Path, frames: np.ndarray, models: Sequence[LoadedModel], shares: RunShares,
+                  device: torch.device | str = "cpu", batch_size: int = 256) -> np.ndarray | None:
+    """(N, 6) probabilities of the audio models for 1-based ``frames`` of a video, each frame heard at its own
+    timestamp (each run's models averaged, then the runs with their shares), or None when the video has no
+    audio track."""
+    from abaw_ce.audio import FrameClock, MelSettings, frame_windows, log_mel, read_audio
 
     models = [m for m in models if m.modality == "audio"]
-    shares = model_shares(models, run_weights)
-    fps = video_info(video).fps
-    times = (np.asarray(frames, np.int64) - 1) / fps
-    out = np.zeros((len(times), len(labels.BASIC_EMOTIONS)), dtype=np.float32)
-    samples: dict[int, np.ndarray | None] = {}
-    for m, share in zip(models, shares):
+    out = np.zeros((len(frames), len(labels.BASIC_EMOTIONS)), dtype=np.float32)
+    tracks: dict[tuple[int, int], tuple[torch.Tensor, np.ndarray] | None] = {}  # (rate, mels) -> (mel, times)
+    for m, share in zip(models, shares.model_weights(models)):
         a = m.audio
-        rate = int(a["sample_rate"])
-        if rate not in samples:
-            samples[rate] = read_audio(video, rate)
-        if samples[rate] is None:
+        settings = MelSettings(sample_rate=int(a["sample_rate"]), n_mels=int(a["n_mels"]))
+        key = (settings.sample_rate, settings.n_mels)
+        if key not in tracks:
+            track = read_audio(video, settings.sample_rate)
+            tracks[key] = None if track is None else (log_mel(track.samples, settings),
+                                                      FrameClock.of(video, track).seconds(frames))
+        if tracks[key] is None:
             return None
-        settings = MelSettings(sample_rate=rate, n_mels=int(a["n_mels"]))
-        spectrogram = log_mel(samples[rate], settings)
+        spectrogram, times = tracks[key]
+        if share == 0:
+            continue
         for start in range(0, len(times), batch_size):
             part = slice(start, start + batch_size)
             x = (frame_windows(spectrogram, times[part], int(a["width"]), settings) - a["mean"]) / a["std"]

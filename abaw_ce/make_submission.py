@@ -5,8 +5,8 @@ a video without any face takes the mean probabilities of all faces found, and wh
 is given its rows are exactly the file's rows (frames past the decoded end repeat the last label, decoded
 frames it does not list are dropped), each case reported per video; a damaged video that still decodes in
 part keeps its decoded frames, with a note. Nothing is written unless every video the file must hold can be
-read (without a template: every video in the folder), and an existing file is never replaced without
-``overwrite``.
+read (without a template: every video in the folder) and every run passes the run checks of
+``submit/validate.py`` (unless ``allow_partial``), and an existing file is never replaced without ``overwrite``.
 """
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 
 from abaw_ce import fusion, labels, submission
-from abaw_ce.errors import InputError
-from abaw_ce.inference import (PROBS_DIR, audio_share, load_models, model_shares, predict_audio, predict_crops,
-                               read_video_probs, save_video_probs)
+from abaw_ce.errors import InputError, OptionError, UserError, read_text_lines
+from abaw_ce.inference import (PROBS_DIR, RunShares, load_models, predict_audio, predict_crops, read_video_probs,
+                               save_video_probs)
+from abaw_ce.run_checks import check_runs, is_finished
 from abaw_ce.video import VIDEO_SUFFIXES
 
 
@@ -99,13 +100,13 @@ TRACKS = ("auto", "emotion", "cexprnet", "multitask")
 def check_track(models: Sequence, track: str) -> None:
     """With an explicit ``track``, every model must belong to it (the track is read from each export)."""
     if track not in TRACKS:
-        raise ValueError(f"track must be one of {TRACKS}, got {track!r}")
+        raise OptionError(f"track must be one of {TRACKS}, got {track!r}")
     if track == "auto":
         return
     other = [f"{m.path} ({m.track})" for m in models if m.track != track]
     if other:
-        raise ValueError(f"--track {track}: these exports belong to another track: {', '.join(other[:5])}; "
-                         f"drop --track (auto) to ensemble tracks")
+        raise OptionError(f"--track {track}: these exports belong to another track: {', '.join(other[:5])}; "
+                          f"drop --track (auto) to ensemble tracks")
 
 
 def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | Path,
@@ -114,9 +115,12 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
                     weights: fusion.WeightedFusion | None = None, smoothing: str = "gaussian", window: int = 9,
                     flip: bool = False, batch_size: int = 256, device: str | None = None,
                     overwrite: bool = False, progress: bool = True,
-                    run_weights: Sequence[float] | None = None, track: str = "auto") -> dict[str, Any]:
+                    run_weights: Sequence[float] | None = None, track: str = "auto",
+                    allow_partial: bool = False) -> dict[str, Any]:
     """Write the challenge file for every video under ``videos``; returns the summary (also saved as JSON).
-    ``track`` other than "auto" requires every run to be of that track (emotion or cexprnet)."""
+    ``track`` other than "auto" requires every run to be of that track (emotion or cexprnet). Runs that fail the
+    run checks (a fold missing or unfinished, a broken fold) are refused unless ``allow_partial``: then the
+    finished folds are used and the summary lists what was left out."""
     import torch
 
     from abaw_ce.faces.pipeline import STORE_DIR, entry_names, file_kind, list_inputs, run_faces
@@ -126,9 +130,14 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
         raise FileExistsError(f"{out} exists; refusing to overwrite it (pass --overwrite to replace it)")
     template_rows = submission.read_template(template) if template is not None else None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    models = load_models(runs, device)  # fails early on a bad run, before any decoding
+    checked = check_runs(runs)  # fails early on a bad run, before any decoding
+    if not checked.ok and not allow_partial:
+        raise UserError("the runs fail their checks (as submit/validate.py checks them):\n  "
+                        + "\n  ".join(checked.problems) + "\nnothing was written (pass --allow-partial to go on "
+                                                           "with the finished folds only)")
+    models = load_models(runs, device)
     check_track(models, track)
-    model_shares(models, run_weights)  # and on bad --run-weights
+    shares = RunShares.of(models, run_weights, n_runs=len(runs))  # every part below weighs runs with these
     work = Path(work_dir) if work_dir is not None else out.with_name(out.stem + "_work")
     videos = Path(videos)
     if not videos.is_dir():
@@ -164,29 +173,30 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     left_out = [f"{f.path}: not a video: left out" for f in faces.files if f.kind != "video"]
     left_out += [f"{unreadable[v].path}: could not be read ({unreadable[v].reason}); not in the template: left out"
                  for v in sorted(unreadable)]
-    if any(m.modality == "visual" for m in models):
-        probs = predict_crops(faces_dir / STORE_DIR, models, batch_size=batch_size, flip=flip, device=device,
-                              bf16=device.startswith("cuda"), progress=progress, run_weights=run_weights)
-    else:  # audio models only: the crops are not looked at
+    audio_weight = shares.modality_share("audio")
+    if audio_weight < 1.0:
+        probs = predict_crops(faces_dir / STORE_DIR, models, shares, batch_size=batch_size, flip=flip,
+                              device=device, bf16=device.startswith("cuda"), progress=progress)
+    else:  # the audio runs carry every share: the crops are not looked at
         from abaw_ce.data.packed import PackedFaces
 
         probs = np.full((len(PackedFaces(faces_dir / STORE_DIR)), len(labels.BASIC_EMOTIONS)), np.nan, np.float32)
     per_video = save_video_probs(faces_dir, probs, work / PROBS_DIR)
     if not per_video:
         raise InputError(Path(videos), "no video could be decoded here")
-    audio_weight = audio_share(models, run_weights)
     audio_of: dict[str, np.ndarray | None] = {}
     if audio_weight > 0:
         file_of = {n: videos / path for path, n in name_of.items()}
         for video, path in per_video.items():
-            audio_of[video] = predict_audio(file_of[video], read_video_probs(path)[0], models, run_weights,
-                                            device, batch_size)
+            audio_of[video] = predict_audio(file_of[video], read_video_probs(path)[0], models, shares, device,
+                                            batch_size)
     if audio_weight >= 1.0:
         heard = [a for a in audio_of.values() if a is not None]
         fallback = (np.concatenate(heard).mean(axis=0) if heard
                     else np.full(len(labels.BASIC_EMOTIONS), 1.0 / len(labels.BASIC_EMOTIONS)))
     else:
-        fallback = probs.mean(axis=0) if len(probs) else np.full(len(labels.BASIC_EMOTIONS), 0.5)
+        n_basic = len(labels.BASIC_EMOTIONS)
+        fallback = probs.mean(axis=0) if len(probs) else np.full(n_basic, 1.0 / n_basic)
 
     if template_rows is not None:
         missing = sorted(set(template_rows["video"]) - set(per_video))
@@ -215,12 +225,15 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
         reports.append(VideoReport(video, len(frames), int(face_found.sum()), notes,
                                    np.bincount(classes, minlength=7).tolist()))
     rows = pd.concat(parts, ignore_index=True)
-    if template_rows is not None:  # the template's order, exactly
+    if template_rows is not None:  # the template's rows in the template's order, exactly
         rows = template_rows.merge(rows, on=["video", "frame"], how="left")
-    written = submission.write_submission(out, rows, overwrite=overwrite)
+    written = submission.write_submission(out, rows, overwrite=overwrite, keep_order=template_rows is not None)
     summary = _summary(reports, rows, runs, models, method, smoothing, window, written, left_out)
     summary["run_weights"] = [float(w) for w in run_weights] if run_weights is not None else [1.0] * len(runs)
+    summary["run_shares"] = list(shares.shares)
     summary["audio_weight"] = audio_weight
+    summary["run_problems"] = checked.problems  # empty unless allow_partial let them through
+    summary["unfinished"] = checked.unfinished
     summary["videos_without_audio"] = sorted(v for v, a in audio_of.items() if a is None)
     submission.atomic_write_text(out.with_name(out.stem + "_summary.json"), json.dumps(summary, indent=2) + "\n",
                                  overwrite=True)
@@ -267,16 +280,28 @@ def _timelines(faces_of: dict[str, tuple[np.ndarray, np.ndarray]], rows: pd.Data
 
 
 def newest_finished_run(root: Path = Path("runs")) -> Path:
-    """The most recently modified run folder under ``root`` holding at least one finished fold export."""
+    """The emotion run under ``root`` whose last fold finished most recently, among the runs whose every fold
+    (as many as their config.yaml says) has finished."""
+    from omegaconf import OmegaConf
+
     candidates = []
-    for run in root.glob("*"):
-        finished = [s for s in run.glob("fold_*/status.json")
-                    if json.loads(s.read_text(encoding="utf-8")).get("state") == "finished"]
-        if finished and any(run.glob("fold_*/export")):
-            candidates.append((max(s.stat().st_mtime for s in finished), run))
+    for config in root.glob("*/config.yaml"):
+        run = config.parent
+        folds = [run / f"fold_{k}" for k in range(int(OmegaConf.load(config).data.get("folds", 0) or 0))]
+        if folds and all(is_finished(f) and (f / "export").is_dir() for f in folds):
+            candidates.append((max((f / "status.json").stat().st_mtime for f in folds), str(run)))
     if not candidates:
-        raise InputError(root, "no finished emotion run found here; pass --models RUN [RUN ...]")
-    return max(candidates)[1]
+        raise InputError(root, "no emotion run with every fold finished here; pass --models RUN [RUN ...]")
+    return Path(max(candidates)[1])
+
+
+def read_fusion_weights(path: Path) -> fusion.WeightedFusion:
+    """A fitted weighted fusion (``tune_fusion``'s JSON); InputError names the file when it is not one."""
+    try:
+        return fusion.WeightedFusion.from_dict(json.loads("\n".join(read_text_lines(path))))
+    except (ValueError, KeyError, TypeError) as err:
+        raise InputError(path, f"not a fitted weighted fusion (expected JSON with weights and biases: "
+                               f"{type(err).__name__}: {err})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--track", default="auto", choices=list(TRACKS),
                         help="require every --models run to be of this track (default: any; each export says "
                              "which it is, and tracks are ensembled)")
+    parser.add_argument("--allow-partial", action="store_true",
+                        help="go on when a run fails its checks (a fold missing or unfinished): its finished folds "
+                             "are used and the summary names the rest")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
@@ -312,14 +340,15 @@ def main(argv: list[str] | None = None) -> int:
         weights = None
         method = args.fusion
         if args.fusion_weights is not None:
-            weights = fusion.WeightedFusion.from_dict(json.loads(args.fusion_weights.read_text(encoding="utf-8")))
+            weights = read_fusion_weights(args.fusion_weights)
             method = "weighted"
         summary = make_submission(args.videos, runs, args.out, template=args.template, work_dir=args.work_dir,
                                   detector=args.detector, crop_size=args.crop_size, method=method,
                                   weights=weights, smoothing=args.smoothing, window=args.window, flip=args.flip,
                                   batch_size=args.batch_size, overwrite=args.overwrite,
-                                  run_weights=args.run_weights, track=args.track)
-    except (InputError, FileExistsError, ValueError) as err:
+                                  run_weights=args.run_weights, track=args.track,
+                                  allow_partial=args.allow_partial)
+    except (UserError, FileExistsError) as err:  # anything else is a defect of the kit: its traceback shows
         print(f"error: {err}", file=sys.stderr)
         return 2
     for report in summary["per_video"]:
@@ -327,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{report['video']}: {note}")
     for line in summary["left_out"]:
         print(line)
+    for problem in summary["run_problems"]:
+        print(f"--allow-partial: {problem}")
     print(f"models: {', '.join(summary['models'])}")
     print(f"wrote {summary['frames']} frames of {summary['videos']} videos ({summary['faces_found']} with a face) "
           f"to {summary['submission']}")

@@ -1,4 +1,6 @@
-"""Checks on trained fold runs before their models go into a submission (``submit/validate.py RUN ...``)."""
+"""Checks on trained runs before their models go into a submission (``submit/validate.py RUN ...``, and
+``make_submission`` before it decodes anything): fold runs of the emotion stage, one-model runs (C-EXPR-NET,
+multi-task) and export folders given directly."""
 from __future__ import annotations
 
 import json
@@ -10,8 +12,13 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from abaw_ce import labels
+from abaw_ce.cexprnet import EXPORT_META_FILE as CEXPRNET_META_FILE
 from abaw_ce.errors import InputError
-from abaw_ce.models.export import input_signature, read_encoder_meta
+from abaw_ce.models.export import META_FILE, input_signature, read_encoder_meta
+from abaw_ce.multitask import EXPORT_META_FILE as MULTITASK_META_FILE
+
+EXPORT_META_FILES = (META_FILE, CEXPRNET_META_FILE, MULTITASK_META_FILE)
+STATUS_FILE = "status.json"
 
 
 @dataclass
@@ -19,6 +26,11 @@ class RunCheck:
     problems: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
+    unfinished: list[str] = field(default_factory=list)  # folds or runs missing or not finished (also problems)
+
+    def not_finished(self, where: str, problem: str) -> None:
+        self.unfinished.append(where)
+        self.problems.append(problem)
 
     @property
     def ok(self) -> bool:
@@ -39,12 +51,35 @@ def _json(path: Path) -> dict:
         return {}
 
 
+def is_export(path: Path) -> bool:
+    return any((path / name).is_file() for name in EXPORT_META_FILES)
+
+
+def is_finished(run_or_fold: Path) -> bool:
+    return _json(run_or_fold / STATUS_FILE).get("state") == "finished"
+
+
+def _check_export_folder(export: Path, check: RunCheck) -> None:
+    """An export: the run (or fold) it sits in, when it has a status, must have finished."""
+    owner = export.parent
+    if not (owner / STATUS_FILE).is_file():
+        check.warnings.append(f"{export}: no {STATUS_FILE} beside it; cannot tell whether its training finished")
+    elif not is_finished(owner):
+        check.not_finished(str(owner), f"{owner}: not finished (state "
+                                       f"{_json(owner / STATUS_FILE).get('state', 'unknown')!r}; its export is "
+                                       f"only the best epoch so far: resume it with --resume {owner})")
+
+
 def check_runs(runs: Sequence[str | Path], f1_band: float = 0.15) -> RunCheck:
-    """Every fold present and finished; one label order and one input preprocessing across all models; each
-    fold's validation F1 within ``f1_band`` of the median of its run's folds."""
+    """Fold runs: every fold present and finished, one label order and one input preprocessing across all their
+    models, each fold's validation F1 within ``f1_band`` of the median of its run's folds. One-model runs and
+    exports: finished."""
     check = RunCheck()
     inputs: dict[tuple, list[str]] = {}
     for run in map(Path, runs):
+        if is_export(run) or is_export(run / "export"):  # an export, or a one-model run's folder
+            _check_export_folder(run if is_export(run) else run / "export", check)
+            continue
         config_path = run / "config.yaml"
         if not config_path.is_file():
             raise InputError(config_path, "not a run folder (config.yaml missing)")
@@ -54,11 +89,11 @@ def check_runs(runs: Sequence[str | Path], f1_band: float = 0.15) -> RunCheck:
             fold = run / f"fold_{k}"
             status = _json(fold / "status.json")
             if not fold.is_dir():
-                check.problems.append(f"{run}: fold_{k} (fold-{k + 1} in the tables) is missing "
-                                      f"(train it with --resume {run} --folds {k})")
+                check.not_finished(str(fold), f"{run}: fold_{k} (fold-{k + 1} in the tables) is missing "
+                                              f"(train it with --resume {run} --folds {k})")
                 continue
             if status.get("state") != "finished":
-                check.problems.append(f"{fold}: not finished (state {status.get('state', 'unknown')!r})")
+                check.not_finished(str(fold), f"{fold}: not finished (state {status.get('state', 'unknown')!r})")
                 continue
             try:
                 meta = read_encoder_meta(fold / "export")

@@ -1,8 +1,9 @@
 """The challenge file (shared/DESIGN.md section 6): write, read, validate and score.
 
 Line 1 is exactly ``SUBMISSION_HEADER``; then one ``<video>/<k:05d>.jpg,<class 0-6>`` line per frame, k from
-1, videos in sorted order. An organisers' template (same header, rows with or without a label) defines the
-rows exactly when given; otherwise decoded frame counts do.
+1. An organisers' template (same header, rows with or without a label) defines the rows and their order
+exactly when given, whatever order its videos are in; otherwise decoded frame counts define the rows, videos
+in sorted order.
 """
 from __future__ import annotations
 
@@ -31,8 +32,10 @@ def frame_location(video: str, frame: int) -> str:
 
 # --- write -------------------------------------------------------------------------------------------
 
-def predictions_frame(predictions: Mapping[str, Sequence[int]] | pd.DataFrame) -> pd.DataFrame:
-    """(video, frame, label) rows from {video: labels of frames 1..n} or a frame with those columns."""
+def predictions_frame(predictions: Mapping[str, Sequence[int]] | pd.DataFrame, keep_order: bool = False
+                      ) -> pd.DataFrame:
+    """(video, frame, label) rows from {video: labels of frames 1..n} or a frame with those columns, sorted by
+    video and frame unless ``keep_order`` (a template's order)."""
     if isinstance(predictions, pd.DataFrame):
         missing = {"video", "frame", "label"} - set(predictions.columns)
         if missing:
@@ -44,6 +47,8 @@ def predictions_frame(predictions: Mapping[str, Sequence[int]] | pd.DataFrame) -
         rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["video", "frame", "label"])
     rows["frame"] = rows["frame"].astype(np.int64)
     rows["label"] = rows["label"].astype(np.int64)
+    if keep_order:
+        return rows.reset_index(drop=True)
     return rows.sort_values(["video", "frame"], kind="stable").reset_index(drop=True)
 
 
@@ -65,9 +70,10 @@ def atomic_write_text(path: str | Path, text: str, overwrite: bool = False) -> P
 
 
 def write_submission(path: str | Path, predictions: Mapping[str, Sequence[int]] | pd.DataFrame,
-                     overwrite: bool = False) -> Path:
-    """Write the challenge file atomically; labels must be 0..6 and each (video, frame) appear once."""
-    rows = predictions_frame(predictions)
+                     overwrite: bool = False, keep_order: bool = False) -> Path:
+    """Write the challenge file atomically; labels must be 0..6 and each (video, frame) appear once. Rows are
+    sorted by video and frame, or kept in the order given with ``keep_order`` (a template's)."""
+    rows = predictions_frame(predictions, keep_order)
     bad = rows[(rows["label"] < 0) | (rows["label"] >= N_CLASSES)]
     if len(bad):
         r = bad.iloc[0]
@@ -175,8 +181,9 @@ def validate_submission(path: str | Path, template: str | Path | None = None,
                         frame_tolerance: int = 0) -> ValidationReport:
     """Check a challenge file: header, rows, labels, duplicates, order and coverage.
 
-    Coverage is checked against the template when given (rows must equal it exactly, in its order);
-    otherwise against ``frame_counts`` (frames 1..n of each video; a difference of at most
+    Coverage and order are checked against the template when given (rows must equal it exactly, in its order,
+    whatever that order is); otherwise rows must be sorted by video and frame, and coverage is checked against
+    ``frame_counts`` (frames 1..n of each video; a difference of at most
     ``frame_tolerance`` frames is a warning, as decoders and the organisers can disagree by a frame);
     otherwise each video's frames must run from 1 without gaps.
     """
@@ -192,9 +199,6 @@ def validate_submission(path: str | Path, template: str | Path | None = None,
     if len(rows):
         report.stats["class_histogram"] = np.bincount(rows["label"], minlength=N_CLASSES).tolist()
     order = list(zip(rows["video"], rows["frame"]))
-    if order != sorted(order):
-        report.errors.append("rows are not sorted by video name and then frame number")
-
     if template is not None:
         expected = read_template(template)
         want = set(zip(expected["video"], expected["frame"]))
@@ -209,6 +213,9 @@ def validate_submission(path: str | Path, template: str | Path | None = None,
             report.errors.append("rows are in a different order from the template")
         report.stats["template_frames"] = len(want)
         return report
+
+    if order != sorted(order):
+        report.errors.append("rows are not sorted by video name and then frame number")
 
     per_video = rows.groupby("video")["frame"]
     if frame_counts is not None:

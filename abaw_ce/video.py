@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
+
 from abaw_ce.errors import InputError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
@@ -44,3 +46,25 @@ def video_info(path: str | Path) -> VideoInfo:
         raise
     except (av.error.FFmpegError, UnicodeDecodeError) as err:
         raise InputError(path, f"cannot read video ({err.__class__.__name__}: {err})") from None
+
+
+def frame_times(path: str | Path) -> tuple[np.ndarray, float]:
+    """Presentation time in seconds (the container's clock) of every frame of the first video stream, in
+    display order, read from the packets without decoding pixels; and the stream's nominal frame rate.
+    Frames of a variable-frame-rate video keep their real times."""
+    import av
+
+    path = Path(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(path, "no video stream in this file")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+            stamps = [p.pts for p in container.demux(stream) if p.size > 0 and p.pts is not None]
+            base = float(stream.time_base)
+    except InputError:
+        raise
+    except (av.error.FFmpegError, UnicodeDecodeError) as err:
+        raise InputError(path, f"cannot read video ({err.__class__.__name__}: {err})") from None
+    return np.sort(np.asarray(stamps, np.float64)) * base, float(Fraction(rate)) if rate else 0.0

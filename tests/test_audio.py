@@ -20,15 +20,15 @@ def test_tone_change_is_found_at_the_right_frames(tmp_path):
     audio = 0.5 * np.sin(2 * np.pi * np.where(t < 1.0, 300.0, 1200.0) * t)
     frames = [np.full((64, 64, 3), 128, np.uint8)] * (2 * fps)
     write_video(tmp_path / "tone.mp4", frames, fps, 64, 64, audio, sr)
-    samples = read_audio(tmp_path / "tone.mp4")
-    assert abs(len(samples) - 2 * sr) < 0.05 * sr and np.abs(samples).max() > 0.3
-    windows = video_frame_windows(tmp_path / "tone.mp4", fps, 2 * fps, width=32)
+    track = read_audio(tmp_path / "tone.mp4")
+    assert abs(len(track.samples) - 2 * sr) < 0.1 * sr and np.abs(track.samples).max() > 0.3
+    windows = video_frame_windows(tmp_path / "tone.mp4", np.arange(1, 2 * fps + 1), width=32)
     assert windows.shape == (50, 1, 64, 32)
     assert abs(peak_hz(windows[10]) - 300) < 60 and abs(peak_hz(windows[40]) - 1200) < 150
     # a video without audio: the branch abstains
     write_video(tmp_path / "silent.mp4", frames[:5], fps, 64, 64, None)
     assert read_audio(tmp_path / "silent.mp4") is None
-    assert video_frame_windows(tmp_path / "silent.mp4", fps, 5) is None
+    assert video_frame_windows(tmp_path / "silent.mp4", np.arange(1, 6)) is None
 
 
 def test_windows_past_the_ends_are_padded_with_the_floor():
@@ -51,7 +51,7 @@ def test_synthetic_test_videos_carry_their_class_in_the_audio(tiny_world):
     import av
     with av.open(str(tiny_world / "test" / "test001.mp4")) as c:
         fps = float(c.streams.video[0].average_rate)
-    windows = video_frame_windows(tiny_world / "test" / "test001.mp4", fps, len(part), width=16)
+    windows = video_frame_windows(tiny_world / "test" / "test001.mp4", part["frame"].to_numpy(), width=16)
     # the middle frame of each segment: its audio pitch is its class tone
     segment = (part["label"] != part["label"].shift()).cumsum()
     for _, rows in part.groupby(segment):
@@ -66,12 +66,13 @@ def test_frame_audio_samples_cut_shifted_windows_and_standardise():
     import pandas as pd
     import torch
 
-    from abaw_ce.audio import FrameAudioSamples, SpectrogramTransform, spectrogram_stats
+    from abaw_ce.audio import FrameAudioSamples, FrameClock, SpectrogramTransform, spectrogram_stats
 
     s = MelSettings(n_mels=16)
     spectrogram = torch.arange(16 * 300, dtype=torch.float32).reshape(16, 300)
     table = pd.DataFrame({"path": ["v.mp4", "v.mp4"], "frame": [1, 26]})
-    samples = FrameAudioSamples(table, np.eye(2, 6), np.ones((2, 6)), {"v.mp4": spectrogram}, {"v.mp4": 25.0},
+    clock = FrameClock(np.arange(50) / 25.0, 25.0)
+    samples = FrameAudioSamples(table, np.eye(2, 6), np.ones((2, 6)), {"v.mp4": spectrogram}, {"v.mp4": clock},
                                 width=10, shift=3, s=s)
     item = samples[1]  # frame 26 = 1.0 s = column 100
     assert item["image"].shape == (1, 16, 16) and item["target"][1] == 1
@@ -89,3 +90,28 @@ def test_frame_audio_samples_cut_shifted_windows_and_standardise():
     masked = SpectrogramTransform(10, 0.0, 1.0, train=True, freq_mask=16)
     assert any((masked(item["image"])["image"] == 0).all(dim=-1).any() for _ in range(10))
     assert np.isclose(samples[0]["image"][0, 0, 0].item(), np.log(LOG_FLOOR))  # frame 1: starts before 0 s
+
+
+def test_frames_are_heard_at_their_timestamps_in_variable_rate_video_with_late_sound(tmp_path):
+    """Frames 20 ms apart, then 100 ms apart; the sound starts 0.5 s in, at 300 Hz, and turns to 1200 Hz at
+    1.2 s. A frame's window must hold what was heard at its own timestamp, not at (k - 1) / fps."""
+    sr = 16000
+    times = np.concatenate([np.arange(20) * 0.02, 0.48 + np.arange(20) * 0.1])
+    heard = np.arange(2 * sr) / sr  # the sound's own clock: it plays from 0.5 s to 2.5 s of the video
+    sound = 0.5 * np.sin(2 * np.pi * np.where(heard + 0.5 < 1.2, 300.0, 1200.0) * heard)
+    frames = [np.full((64, 64, 3), 128, np.uint8)] * len(times)
+    write_video(tmp_path / "vfr.mp4", frames, 25, 64, 64, sound, sr, frame_times=times, audio_start=0.5)
+    from abaw_ce.video import frame_times
+
+    stamps, _ = frame_times(tmp_path / "vfr.mp4")
+    np.testing.assert_allclose(stamps, times, atol=1e-3)
+    windows = video_frame_windows(tmp_path / "vfr.mp4", np.arange(1, len(times) + 1), width=8)
+    floor = float(np.log(LOG_FLOOR))
+    for k, t in enumerate(times):
+        centre = windows[k, 0, :, 4]
+        if t < 0.45:  # before the sound starts
+            assert float(centre.max()) < floor + 8, (k, t)
+        elif 0.6 <= t <= 1.1:
+            assert abs(peak_hz(windows[k]) - 300) < 60, (k, t)
+        elif t >= 1.3:
+            assert abs(peak_hz(windows[k]) - 1200) < 150, (k, t)

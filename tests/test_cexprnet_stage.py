@@ -103,7 +103,7 @@ def test_runs_are_averaged_first_then_weighted(tmp_path):
     import pytest
 
     from abaw_ce.data.packed import PackedWriter
-    from abaw_ce.inference import load_models, predict_crops
+    from abaw_ce.inference import RunShares, load_models, predict_crops
     from tests.test_make_submission import fake_fold_run
 
     with PackedWriter(tmp_path / "store", 32, 32) as writer:
@@ -116,10 +116,10 @@ def test_runs_are_averaged_first_then_weighted(tmp_path):
     per_run = [predict_crops(tmp_path / "store", [m for m in models if m.run == r], progress=False) for r in (0, 1)]
     both = predict_crops(tmp_path / "store", models, progress=False)
     np.testing.assert_allclose(both, (per_run[0] + per_run[1]) / 2, rtol=1e-5)
-    weighted = predict_crops(tmp_path / "store", models, progress=False, run_weights=[1, 3])
+    weighted = predict_crops(tmp_path / "store", models, RunShares.of(models, [1, 3]), progress=False)
     np.testing.assert_allclose(weighted, 0.25 * per_run[0] + 0.75 * per_run[1], rtol=1e-5)
     with pytest.raises(ValueError, match="one per run"):
-        predict_crops(tmp_path / "store", models, progress=False, run_weights=[1])
+        RunShares.of(models, [1])
 
 
 def strip_audio(src, dst):
@@ -141,7 +141,7 @@ def test_audio_track_trains_on_video_frames_and_late_fuses(tiny_world, tmp_path,
 
     from abaw_ce import submission
     from abaw_ce.cexprnet.train import build, save_export
-    from abaw_ce.inference import audio_share, load_models
+    from abaw_ce.inference import RunShares, load_models
     from abaw_ce.make_submission import make_submission
     from abaw_ce.train import runs
     from tests.test_make_submission import videos_folder
@@ -165,7 +165,8 @@ def test_audio_track_trains_on_video_frames_and_late_fuses(tiny_world, tmp_path,
     visual, tokenizer, vmeta = build(config)
     save_export(tmp_path / "visual" / "export", visual.eval(), vmeta, tokenizer)
     models = load_models([tmp_path / "visual", audio_run])
-    assert [m.modality for m in models] == ["visual", "audio"] and audio_share(models, [1, 3]) == 0.75
+    assert [m.modality for m in models] == ["visual", "audio"]
+    assert RunShares.of(models, [1, 3]).modality_share("audio") == 0.75
 
     videos, template = videos_folder(tiny_world, tmp_path / "videos", names=("test000", "test001"))
     strip_audio(tiny_world / "test" / "test001.mp4", videos / "test001.mp4")

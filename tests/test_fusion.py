@@ -1,9 +1,9 @@
-"""Pairwise fusion, ensembling, gap filling and temporal smoothing."""
+"""Pairwise fusion, the common scale of probabilities, gap filling and temporal smoothing."""
 import numpy as np
 import pytest
 
 from abaw_ce import labels
-from abaw_ce.fusion import (WeightedFusion, ensemble, fill_missing, fit_weighted_fusion, fuse, pair_scores,
+from abaw_ce.fusion import (WeightedFusion, common_scale, fill_missing, fit_weighted_fusion, fuse, pair_scores,
                             smooth)
 
 
@@ -55,16 +55,24 @@ def test_weighted_fusion_learns_a_class_bias():
     weighted = (fuse(rows, "weighted", fitted) == classes).mean()
     assert weighted > plain + 0.02
     assert WeightedFusion.from_dict(fitted.to_dict()).weights.tolist() == fitted.weights.tolist()
+    with pytest.raises(ValueError, match="7 numbers each"):
+        WeightedFusion.from_dict({"weights": [1.0] * 6, "biases": [0.0] * 7})
     with pytest.raises(ValueError, match="weighted fusion needs"):
         fuse(rows, "weighted")
 
 
-def test_ensemble_is_a_weighted_mean():
-    a, b = np.zeros((2, 6)), np.ones((2, 6))
-    assert np.allclose(ensemble([a, b]), 0.5)
-    assert np.allclose(ensemble([a, b], [1, 3]), 0.75)
-    with pytest.raises(ValueError):
-        ensemble([a, b], [1, -1])
+def test_the_common_scale_keeps_each_row_s_fused_class():
+    sigmoids = np.stack([probs_for("fear", "surprise", high=0.99, low=0.01), probs_for("happiness"),
+                         np.full(6, 0.02), np.zeros(6)])
+    scaled = common_scale(sigmoids)
+    np.testing.assert_allclose(scaled[:3].sum(axis=1), 1.0)
+    np.testing.assert_allclose(scaled[0], sigmoids[0] / 2.02)
+    assert (scaled[3] == 0).all()  # nothing to share: stays zero instead of dividing by zero
+    for method in ("sum", "mean", "product", "min"):
+        assert (fuse(scaled[:3], method) == fuse(sigmoids[:3], method)).all()
+    import torch
+
+    torch.testing.assert_close(common_scale(torch.as_tensor(sigmoids)), torch.as_tensor(scaled))
 
 
 def test_missing_frames_are_interpolated_and_edges_take_the_nearest():

@@ -1,14 +1,17 @@
 """Test videos to a challenge file: faces, every fold model, fusion, smoothing, template alignment."""
 import json
 import shutil
+from pathlib import Path
 
 import av
 import numpy as np
+import pandas as pd
 import pytest
+import scipy.stats
 import torch
 
 from abaw_ce import labels, submission
-from abaw_ce.errors import InputError
+from abaw_ce.errors import InputError, UserError
 from abaw_ce.make_submission import align_to_template, main, make_submission, video_labels
 from abaw_ce.models.export import save_encoder
 from abaw_ce.models.vit import VitArch, build_vit
@@ -18,12 +21,16 @@ ARCH = VitArch(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
 
 def fake_fold_run(root, folds=2, names=labels.BASIC_EMOTIONS):
+    """An emotion run as the stage leaves it: config.yaml, and per fold an export, status and validation."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "config.yaml").write_text(f"data:\n  folds: {folds}\n")
     for k in range(folds):
         torch.manual_seed(k)
         model = build_vit(ARCH, num_classes=6)
         save_encoder(root / f"fold_{k}" / "export", model.state_dict(), ARCH, [0.5] * 3, [0.25] * 3,
                      source={"stage": "emotion"}, head={"task": "emotion", "labels": list(names)})
         (root / f"fold_{k}" / "status.json").write_text(json.dumps({"state": "finished"}))
+        (root / f"fold_{k}" / "validation.json").write_text(json.dumps({"mean_f1": 0.5}))
     return root
 
 
@@ -62,7 +69,10 @@ def test_make_submission_follows_the_template_and_reports(tiny_world, tmp_path, 
     assert written[["video", "frame"]].equals(submission.read_template(template))
     summary = json.loads((tmp_path / "sub_summary.json").read_text())
     assert summary["frames"] == len(written) and len(summary["models"]) == 2
-    assert sum(summary["class_histogram"].values()) == len(written) and summary["kl_to_cexpr_prior"] >= 0
+    assert sum(summary["class_histogram"].values()) == len(written)
+    share = np.array(list(summary["class_histogram"].values())) / len(written)
+    prior = np.array([labels.CEXPR_FRAME_COUNTS[c] for c in labels.CHALLENGE_COMPOUNDS], dtype=float)
+    assert summary["kl_to_cexpr_prior"] == pytest.approx(scipy.stats.entropy(share, prior / prior.sum()))
     assert (tmp_path / "sub_timelines.png").is_file()
     npz = sorted((tmp_path / "sub_work" / "probs").glob("*.npz"))
     assert len(npz) == len(set(written["video"]))
@@ -79,12 +89,12 @@ def test_bad_requests_write_nothing(tiny_world, tmp_path):
     bad_template.write_text(submission.SUBMISSION_HEADER + "\n" + "".join(
         f"{submission.frame_location('no_such_video', int(f))}\n" for f in rows["frame"]))
     out = tmp_path / "sub.txt"
-    with pytest.raises(Exception, match="no_such_video"):
+    with pytest.raises(InputError, match=r"template.txt: lists 1 video\(s\) not found in .*\['no_such_video'\]"):
         make_submission(tiny_world / "test", [run], out, template=bad_template, detector="opencv", crop_size=48,
                         progress=False)
     assert not out.exists()
     reversed_run = fake_fold_run(tmp_path / "reversed", folds=1, names=tuple(reversed(labels.BASIC_EMOTIONS)))
-    with pytest.raises(Exception, match="refusing to mix label orders"):
+    with pytest.raises(UserError, match=r"reversed/fold_0: outputs \['anger', .* not the basic emotions in the kit's order"):
         make_submission(tiny_world / "test", [run, reversed_run], out, detector="opencv", progress=False)
     assert not out.exists()
 
@@ -208,3 +218,55 @@ def test_a_folder_without_videos_writes_nothing(tmp_path):
     with pytest.raises(InputError, match="no video files here .1 other file.s., e.g. notes.txt"):
         make_submission(empty, [run], out, detector="opencv", crop_size=48, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "run"]  # no file, no work folder
+
+
+def test_rows_follow_a_template_whose_videos_are_not_in_sorted_order(tiny_world, tmp_path):
+    videos, sorted_template = videos_folder(tiny_world, tmp_path / "videos")
+    rows = submission.read_template(sorted_template)
+    unsorted = pd.concat([rows[rows["video"] == "test001"], rows[rows["video"] == "test000"]])
+    template = tmp_path / "organisers_order.txt"
+    template.write_text(submission.SUBMISSION_HEADER + "\n" + "".join(
+        f"{submission.frame_location(v, int(f))}\n" for v, f in zip(unsorted["video"], unsorted["frame"])))
+    out = tmp_path / "sub.txt"
+    make_submission(videos, [fake_fold_run(tmp_path / "run", folds=1)], out, template=template,
+                    detector="opencv", crop_size=48, progress=False)
+    written = submission.read_submission(out)
+    assert written[["video", "frame"]].reset_index(drop=True).equals(unsorted.reset_index(drop=True))
+    report = submission.validate_submission(out, template=template)
+    assert report.ok, report.format()
+    # against the sorted template the same rows are out of order
+    assert "rows are in a different order from the template" in submission.validate_submission(
+        out, template=sorted_template).errors
+
+
+def test_unfinished_folds_are_refused_unless_partial_runs_are_allowed(tiny_world, tmp_path, capsys):
+    videos, template = videos_folder(tiny_world, tmp_path / "videos", names=("test001",))
+    run = fake_fold_run(tmp_path / "runs" / "emotion-a", folds=3)
+    (run / "fold_1" / "status.json").write_text(json.dumps({"state": "running"}))  # stopped mid-training
+    shutil.rmtree(run / "fold_2")
+    out = tmp_path / "sub.txt"
+    args = ["--videos", str(videos), "--models", str(run), "--out", str(out), "--template", str(template),
+            "--detector", "opencv", "--crop-size", "48"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"{run / 'fold_1'}: not finished (state 'running')" in err
+    assert f"{run}: fold_2 (fold-3 in the tables) is missing" in err and "--allow-partial" in err
+    assert not out.exists() and not (tmp_path / "sub_work").exists()  # refused before any decoding
+    assert main(args + ["--allow-partial"]) == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "sub_summary.json").read_text())
+    assert summary["models"] == [str(run / "fold_0" / "export")]
+    assert summary["unfinished"] == [str(run / "fold_1"), str(run / "fold_2")]
+    assert "--allow-partial:" in capsys.readouterr().out
+
+
+def test_the_default_run_is_the_newest_whose_every_fold_finished(tmp_path, monkeypatch):
+    from abaw_ce.make_submission import newest_finished_run
+
+    complete = fake_fold_run(tmp_path / "runs" / "emotion-old", folds=2)
+    newer = fake_fold_run(tmp_path / "runs" / "emotion-new", folds=2)
+    (newer / "fold_1" / "status.json").write_text(json.dumps({"state": "running"}))
+    monkeypatch.chdir(tmp_path)
+    assert newest_finished_run() == Path("runs") / "emotion-old"
+    assert complete.is_dir()
+    (newer / "fold_1" / "status.json").write_text(json.dumps({"state": "finished"}))
+    assert newest_finished_run() == Path("runs") / "emotion-new"

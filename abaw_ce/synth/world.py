@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import cv2
@@ -214,9 +215,17 @@ def _segments(names: list[str | None], fps: float) -> list[tuple[float, float, s
     return out
 
 
+VFR_TIME_BASE = Fraction(1, 1000)  # millisecond timestamps for variable-frame-rate videos
+
+
 def write_video(path: Path, frames, fps: int, width: int, height: int, audio: np.ndarray | None,
-                sample_rate: int = 16000, crf: int = 23) -> None:
-    """H.264 mp4 (and an AAC track when ``audio`` is given) with PyAV, frame by frame."""
+                sample_rate: int = 16000, crf: int = 23, frame_times: np.ndarray | None = None,
+                audio_start: float = 0.0) -> None:
+    """H.264 mp4 (and an AAC track when ``audio`` is given) with PyAV, frame by frame.
+
+    ``frame_times`` (seconds, one per frame) makes a variable-frame-rate video; ``audio_start`` (seconds) makes
+    the sound begin after the first frame, as in recordings whose audio stream starts late.
+    """
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,21 +235,26 @@ def write_video(path: Path, frames, fps: int, width: int, height: int, audio: np
         # Multi-threaded x264 output varies from run to run; one thread keeps videos (near) identical.
         stream.options = {"crf": str(crf), "preset": "veryfast"}
         stream.codec_context.thread_count = 1
+        if frame_times is not None:
+            stream.codec_context.time_base = stream.time_base = VFR_TIME_BASE
         astream = None
         if audio is not None:
             astream = out.add_stream("aac", rate=sample_rate)
             astream.layout = "mono"
-        for frame in frames:
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        for k, frame in enumerate(frames):
+            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+            if frame_times is not None:
+                picture.pts, picture.time_base = int(round(frame_times[k] / VFR_TIME_BASE)), VFR_TIME_BASE
+            out.mux(stream.encode(picture))
         out.mux(stream.encode())
         if astream is not None:
             samples = np.clip(audio, -1, 1).astype(np.float32)
-            chunk = 1024
+            chunk, first = 1024, int(round(audio_start * sample_rate))
             for i in range(0, len(samples), chunk):
                 piece = samples[i:i + chunk][None, :]
                 af = av.AudioFrame.from_ndarray(piece, format="flt", layout="mono")
                 af.sample_rate = sample_rate
-                af.pts = i
+                af.pts = first + i
                 out.mux(astream.encode(af))
             out.mux(astream.encode())
 
