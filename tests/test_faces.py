@@ -9,8 +9,12 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from PIL import Image
 
 import insightface
+from abaw_ce import labels
+from abaw_ce.data.images import read_rgb
 from abaw_ce.data.packed import PackedFaces, read_index
 from abaw_ce.faces import (Detection, DetectorUnavailable, FaceEntry, MainFaceTracker, align_face,
                            align_face_with_matrix, arcface_template, main_face_index, make_detector, run_faces,
@@ -19,6 +23,7 @@ from abaw_ce.faces import pipeline
 from abaw_ce.faces.cli import main as faces_main
 from abaw_ce.faces.detectors import OpenCVDetector, WholeImageDetector
 from abaw_ce.faces.pipeline import load_image
+from abaw_ce.synth.face import MARGIN, Identity, composite, render_face
 
 PHOTOS = Path(insightface.__file__).parent / "data" / "images"
 # Face centres in t1.jpg (1280x886, six people), marked by hand, left to right.
@@ -340,6 +345,45 @@ def test_bad_inputs_are_reported_and_the_run_goes_on(tmp_path, tom):
     assert {f["path"]: f["status"] for f in saved["files"]} == {p: f.status for p, f in by_name.items()}
     frames = pd.read_csv(tmp_path / "out" / "frames.csv")
     assert frames["video"].tolist() == ["cut"] * cut.frames + ["nobody"] * 5 and not frames["face_found"].any()
+
+
+def _synthetic_face_gray() -> np.ndarray:
+    """A rendered face (abaw_ce.synth, seed 0: the Haar cascade finds it) centred on a grey 320x240 backdrop."""
+    render = render_face(Identity.random(np.random.default_rng(0)), np.zeros(len(labels.CEXPR_AUS), np.float32),
+                         unit=120)
+    centre = render.unit * (0.5 + MARGIN)
+    to_middle = np.float32([[1, 0, 160 - centre], [0, 1, 120 - centre]])
+    image = composite(render, np.full((240, 320, 3), 128, np.uint8), to_middle)
+    return cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+
+
+def test_16_bit_png_gives_the_face_of_its_8_bit_twin(tmp_path):
+    gray = _synthetic_face_gray()
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cv2.imwrite(str(inputs / "face8.png"), gray)
+    cv2.imwrite(str(inputs / "face16.png"), gray.astype(np.uint16) * 257)  # the same picture in 16 bits
+    with Image.open(inputs / "face16.png") as image:
+        assert image.mode == "I;16"
+
+    report = run_faces(inputs, tmp_path / "out", detector="opencv", size=112, progress=False)
+    assert {f.path: (f.status, f.faces_found) for f in report.files} == {"face16.png": ("ok", 1),
+                                                                         "face8.png": ("ok", 1)}
+    index = read_index(tmp_path / "out" / "crops")
+    crops = PackedFaces(tmp_path / "out" / "crops")
+    by_file = {path: crops[row] for row, path in enumerate(index["path"])}
+    assert torch.equal(by_file["face16.png"], by_file["face8.png"])
+
+
+def test_images_are_read_upright_by_their_exif_orientation(tmp_path):
+    upright = np.repeat(_synthetic_face_gray()[:, :, None], 3, axis=2)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the stored pixels must be turned 90 degrees clockwise to view
+    Image.fromarray(np.rot90(upright, k=1)).save(tmp_path / "sideways.jpg", exif=exif, quality=100)
+    shown = load_image(tmp_path / "sideways.jpg")
+    assert shown.shape == upright.shape
+    assert np.abs(shown.astype(int) - upright.astype(int)).mean() < 2  # JPEG noise only
+    assert np.array_equal(read_rgb(tmp_path / "sideways.jpg").permute(1, 2, 0).numpy(), shown)  # one reader
 
 
 def test_cli(tmp_path, tom, capsys):

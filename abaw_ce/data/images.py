@@ -3,6 +3,9 @@
 Everything is served as ``torch.uint8`` (3, H, W) RGB, whatever the file's mode (grayscale, palette, RGBA,
 CMYK, 16-bit). Files are read when asked for, so an image that turns out truncated or corrupt mid-epoch is
 reported by raising ``UnreadableImage`` and the caller decides to skip it.
+
+``read_rgb_array`` is the kit's one reader of user image files: the faces step and the packer use it too, so
+a file decodes to the same pixels at every stage.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import ConcatDataset, Dataset
 
 from abaw_ce.data import packed
@@ -43,11 +46,14 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
-def read_rgb(path: str | Path) -> torch.Tensor:
-    """One image file as uint8 (3, H, W); raises UnreadableImage when it cannot be decoded."""
+def read_rgb_array(path: str | Path) -> np.ndarray:
+    """One image file as (H, W, 3) uint8 RGB, EXIF rotation applied; raises UnreadableImage when it cannot be
+    decoded."""
     try:
         with Image.open(path) as image:
             image.load()
+            # Phones store pictures sideways plus an orientation tag: show the face the way the camera meant.
+            ImageOps.exif_transpose(image, in_place=True)
             array = to_rgb_array(image)
     except FileNotFoundError:
         raise UnreadableImage(path, "file not found") from None
@@ -55,7 +61,12 @@ def read_rgb(path: str | Path) -> torch.Tensor:
         raise UnreadableImage(path, f"cannot decode ({err})") from None
     if array.shape[0] < 1 or array.shape[1] < 1:
         raise UnreadableImage(path, "image has no pixels")
-    return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    return array
+
+
+def read_rgb(path: str | Path) -> torch.Tensor:
+    """One image file as uint8 (3, H, W); raises UnreadableImage when it cannot be decoded."""
+    return torch.from_numpy(np.ascontiguousarray(read_rgb_array(path).transpose(2, 0, 1)))
 
 
 class ImageFiles(Dataset):

@@ -415,16 +415,16 @@ class PackedFaces(Dataset):
 
 
 def _read_image(path: Path, height: int, width: int) -> np.ndarray:
+    # The kit's one image reader (16-bit, alpha, EXIF rotation); imported here because images imports packed.
+    from abaw_ce.data.images import UnreadableImage, read_rgb_array
+
     try:
-        with Image.open(path) as image:
-            image = image.convert("RGB")
-            if image.size != (width, height):
-                image = image.resize((width, height), Image.Resampling.BILINEAR)
-            return np.asarray(image, dtype=np.uint8)
-    except FileNotFoundError:
-        raise InputError(path, "image file not found") from None
-    except (OSError, ValueError, Image.DecompressionBombError, SyntaxError) as err:
-        raise InputError(path, f"cannot read image ({err})") from None
+        array = read_rgb_array(path)
+    except UnreadableImage as err:
+        raise InputError(path, f"cannot read image: {err.reason}") from None
+    if array.shape[:2] != (height, width):
+        array = np.asarray(Image.fromarray(array).resize((width, height), Image.Resampling.BILINEAR))
+    return array
 
 
 def pack_image_files(paths: Sequence[str | Path], out_dir: str | Path, height: int, width: int,

@@ -41,6 +41,10 @@ class DetectorUnavailable(RuntimeError):
     """The requested detector cannot run here (model file missing, cascade unreadable, ...)."""
 
 
+class DetectorModelNotFound(DetectorUnavailable):
+    """No detector model file where the kit looked (as opposed to a file that is there but unusable)."""
+
+
 @dataclass(eq=False)
 class Detection:
     """One face: box (x1, y1, x2, y2), score, and (5, 2) float32 landmarks, all in image pixels."""
@@ -122,12 +126,53 @@ def find_insightface_model(model_dir: str | Path | None = None) -> Path:
         if candidates:
             return candidates[0]
     state = "is empty of detector models" if directory.is_dir() else "does not exist"
-    raise DetectorUnavailable(
+    raise DetectorModelNotFound(
         f"insightface face detector model not found: searched {directory} (from {origin}; it {state}) for "
         f"{INSIGHTFACE_MODEL_FILE} or *.onnx files named det_* / scrfd*. Nothing is downloaded: get "
         f"buffalo_l.zip from the insightface model zoo (https://github.com/deepinsight/insightface/tree/master/"
         f"model_zoo), put its {INSIGHTFACE_MODEL_FILE} into {directory} (or into a folder named by "
         f"${INSIGHTFACE_DIR_ENV} or the model_dir option), or use --detector opencv.")
+
+
+# What insightface's SCRFD decoder reads from each stride's outputs: one row per anchor of these values.
+SCRFD_OUTPUT_KINDS = (("scores", 1), ("box distances", 4), ("keypoints", 10))
+
+
+def _probe_size(model: Any, input_size: tuple[int, int]) -> tuple[int, int]:
+    """(width, height) the model will run at: its own when the file fixes it, else the detector's option."""
+    shape = model.session.get_inputs()[0].shape
+    fixed = [dim for dim in shape[2:4] if isinstance(dim, int) and dim > 0]
+    return (shape[3], shape[2]) if len(shape) == 4 and len(fixed) == 2 else input_size
+
+
+def check_scrfd_outputs(model: Any, model_path: Path, input_size: tuple[int, int]) -> None:
+    """DetectorUnavailable naming the file unless its outputs are what insightface's SCRFD decoder reads.
+
+    The model runs once on a blank input: a foreign file otherwise loads fine and fails deep inside insightface
+    at the first frame, once per input file. Uses the decoder's own table (strides, anchors per location).
+    """
+    if not hasattr(model, "fmc"):  # insightface leaves its stride table unset for other output counts
+        raise DetectorUnavailable(
+            f"{model_path} has {len(model.session.get_outputs())} outputs; insightface's SCRFD decodes 6, 9, 10 "
+            f"or 15 (scores, box distances and optionally 5 keypoints, at 3 or 5 strides)")
+    width, height = _probe_size(model, input_size)
+    blank = np.zeros((1, 3, height, width), dtype=getattr(model, "input_dtype", np.float32))
+    try:
+        values = model.session.run(None, {model.input_name: blank})
+    except Exception as err:  # onnxruntime's errors have no common base class
+        raise DetectorUnavailable(f"cannot run the insightface detector {model_path} on a 1x3x{height}x{width} "
+                                  f"input: {type(err).__name__}: {err}") from err
+    for index, (output, value) in enumerate(zip(model.session.get_outputs(), values)):
+        kind, per_anchor = SCRFD_OUTPUT_KINDS[index // model.fmc]
+        stride = model._feat_stride_fpn[index % model.fmc]
+        rows = (height // stride) * (width // stride) * model._num_anchors
+        shape = tuple(np.shape(value[0] if model.batched else value))
+        if shape != (rows, per_anchor):
+            raise DetectorUnavailable(
+                f"{model_path}: output {index} ({output.name!r}, {kind} at stride {stride}) has shape {shape}; "
+                f"insightface's SCRFD expected ({rows}, {per_anchor}) for a {width}x{height} input: {per_anchor} "
+                f"value(s) for each of {model._num_anchors} anchors at each of its "
+                f"{height // stride}x{width // stride} locations")
 
 
 class InsightFaceDetector(FaceDetector):
@@ -140,6 +185,7 @@ class InsightFaceDetector(FaceDetector):
         self.model_path = find_insightface_model(model_dir)
         import onnxruntime
         from insightface.model_zoo import get_model
+        from insightface.model_zoo.scrfd import SCRFD
 
         if ctx_id is None:  # first GPU when onnxruntime can use one, else CPU
             ctx_id = 0 if "CUDAExecutionProvider" in onnxruntime.get_available_providers() else -1
@@ -158,6 +204,8 @@ class InsightFaceDetector(FaceDetector):
             raise DetectorUnavailable(f"{self.model_path} is not a face detection model (expected SCRFD or "
                                       f"RetinaFace, e.g. buffalo_l's {INSIGHTFACE_MODEL_FILE})")
         model.prepare(ctx_id=self.ctx_id, input_size=self.input_size, det_thresh=self.det_thresh)
+        if isinstance(model, SCRFD):  # what insightface's model zoo makes of every detector file it routes
+            check_scrfd_outputs(model, self.model_path, self.input_size)
         self.model = model
 
     @property
@@ -358,7 +406,8 @@ def _accepted(cls: type, options: dict[str, Any]) -> dict[str, Any]:
 
 def make_detector(name: str = "auto", **opts: Any) -> FaceDetector:
     """A detector by name: "insightface", "opencv", "none", or "auto" (insightface when its model file is
-    found, else opencv). ``opts`` go to the detector's constructor; "auto" passes each one the options it takes.
+    found and usable, else opencv, with a warning when a model file is there but unusable). ``opts`` go to the
+    detector's constructor; "auto" passes each one the options it takes.
     """
     key = str(name).strip().lower()
     if key == "insightface":
@@ -375,9 +424,12 @@ def make_detector(name: str = "auto", **opts: Any) -> FaceDetector:
             raise TypeError(f"unknown detector options: {', '.join(sorted(unknown))}")
         try:
             detector = InsightFaceDetector(**_accepted(InsightFaceDetector, opts))
-        except DetectorUnavailable as err:
+        except DetectorModelNotFound as err:
             first_sentence = str(err).split(". ")[0]
             log.info("face detector: opencv Haar cascades (%s)", first_sentence)
+            return OpenCVDetector(**_accepted(OpenCVDetector, opts))
+        except DetectorUnavailable as err:  # a model file is there but unusable: its owner wants to know
+            log.warning("face detector: opencv Haar cascades, because %s", err)
             return OpenCVDetector(**_accepted(OpenCVDetector, opts))
         log.info("face detector: insightface (%s)", detector.model_path)
         return detector

@@ -48,17 +48,17 @@ def _check_file(path: Path, what: str) -> None:
 
 
 def load_image(path: str | Path) -> np.ndarray:
-    """An image file as HxWx3 uint8 RGB (EXIF rotation applied); InputError when it cannot be read."""
-    from PIL import Image, ImageOps
+    """An image file as HxWx3 uint8 RGB through the kit's one image reader (any mode, 16-bit included; EXIF
+    rotation applied); InputError names the file when it cannot be read."""
+    # Imported here: abaw_ce.data.images pulls in torch, which detection alone does not need.
+    from abaw_ce.data.images import UnreadableImage, read_rgb_array
 
     path = Path(path)
     _check_file(path, "image")
     try:
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise InputError(path, f"cannot read image ({type(err).__name__}: {err})") from None
+        return read_rgb_array(path)
+    except UnreadableImage as err:
+        raise InputError(path, f"cannot read image: {err.reason}") from None
 
 
 class VideoReader:
