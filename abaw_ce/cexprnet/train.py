@@ -2,9 +2,10 @@
 
 Rows with a basic or compound expression get a KL target (one-hot, or 0.5 on each emotion of the pair);
 rows with AU labels get them over the 17 C-EXPR-DB AUs (unlabelled AUs masked); images without any AU label
-can be labelled by an AU teacher (``loss.au_teacher``: an AU-stage export), as the paper does. The engine sees
-one (B, E + 17) output: expression logits, then sigmoid AU logits. The best (EMA) weights are exported to
-``<run>/export``: ``model.safetensors``, ``cexprnet.json`` and the AU description tokenizer.
+can be labelled by an AU teacher (``loss.au_teacher``: an AU-stage export), as the paper does: the processes
+share those rows on their devices, and the teacher's outputs are kept in ``<run>/au_teacher`` for resumes. The
+engine sees one (B, E + 17) output: expression logits, then sigmoid AU logits. The best (EMA) weights are
+exported to ``<run>/export``: ``model.safetensors``, ``cexprnet.json`` and the AU description tokenizer.
 
 ``model.modality=visual`` reads face images; rows of C-EXPR-DB videos (one per labelled frame) become face
 crops first (``abaw_ce.data.video_frames``). ``model.modality=audio`` (C-EXPR-NET-A) reads, for the same
@@ -12,8 +13,11 @@ frame rows, a log-mel window of the video's audio centred at the frame; videos w
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +25,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
-from accelerate.utils import set_seed
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
 
 from abaw_ce import audio, fusion, labels
 from abaw_ce.cexprnet import EXPORT_META_FILE
@@ -33,8 +39,9 @@ from abaw_ce.cexprnet.model import (CExprNet, LossWeights, build_backbone, cexpr
 from abaw_ce.cexprnet.modules import kl_targets
 from abaw_ce.data.labelled import FaceTransform, TableSamples
 from abaw_ce.data.table import au_arrays
-from abaw_ce.data.video_frames import crop_frame_rows, is_frame_row
+from abaw_ce.data.video_frames import crop_frame_rows, finished_record, fresh_partial, is_frame_row, publish_cache
 from abaw_ce.errors import InputError
+from abaw_ce.models import export as exports
 from abaw_ce.train import engine, runs
 from abaw_ce.train.finetune import _fold_assignment, _resume_point, load_tables, run_single
 from abaw_ce.train.metrics import multilabel_f1
@@ -48,6 +55,7 @@ N_COMPOUNDS = len(labels.CEXPR_COMPOUNDS)
 # A softmax emotion counts as shown at >= 0.25: half of the 0.5 a compound's target gives each of its pair.
 EXPRESSION_THRESHOLD = 0.25
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+TEACHER_DIR, TEACHER_PROBS_FILE = "au_teacher", "probs.npy"  # <run>/au_teacher: the AU teacher's outputs
 
 
 class FlatOutputs(nn.Module):
@@ -127,36 +135,122 @@ def compound_f1(scores: np.ndarray, truth: np.ndarray, classes: int) -> float | 
     return float(f1_score(truth[keep], predicted, labels=present, average="macro", zero_division=0))
 
 
-def teacher_au_labels(table: pd.DataFrame, values: np.ndarray, mask: np.ndarray, teacher: str | Path,
-                      batch_size: int = 64) -> tuple[np.ndarray, np.ndarray, int]:
-    """Fill the AUs an AU-stage export predicts, for rows without any AU label (thresholds of its export,
-    else 0.5). Returns new values, mask and the number of rows labelled."""
-    from abaw_ce.models.export import load_classifier
+@dataclass
+class TeacherReport:
+    """What ``teacher_au_labels`` did: how many rows it labelled, and whether the cached outputs served."""
+    labelled: int = 0
+    reused: bool = False
 
-    model, meta = load_classifier(teacher)
-    head = meta.get("head") or {}
-    if head.get("task") != "au":
-        raise InputError(Path(teacher), f"loss.au_teacher must be an AU-stage export; this one's head is "
-                                        f"{head.get('task')!r}")
+
+def teacher_au_labels(table: pd.DataFrame, values: np.ndarray, mask: np.ndarray, teacher: str | Path,
+                      cache_dir: str | Path, batch_size: int = 64, num_workers: int = 0, progress: bool = True
+                      ) -> tuple[np.ndarray, np.ndarray, TeacherReport]:
+    """Fill the AUs an AU-stage export predicts, for rows without any AU label (thresholds of its export,
+    else 0.5). The teacher's probabilities come from ``cache_dir`` when it was made from the same export and
+    images, else the launched processes compute them (each its share) and the main process caches them.
+    Returns new values, mask and what was done."""
+    teacher = Path(teacher)
+    head = _teacher_head(teacher)
     columns = [(j, AU_NAMES.index(name)) for j, name in enumerate(head["labels"]) if name in AU_NAMES]
     cuts = np.array([float(head.get("thresholds", {}).get(name, 0.5)) for name in head["labels"]])
     rows = np.flatnonzero(~mask.any(axis=1))
     values, mask = values.copy(), mask.copy()
     if len(rows) == 0 or not columns:
-        return values, mask, 0
-    transform = FaceTransform(meta["arch"].img_size, meta["mean"], meta["std"], train=False)
-    samples = SeededSamples(TableSamples(table.iloc[rows], np.zeros((len(rows), 1))), transform, seed=0)
-    loader = torch.utils.data.DataLoader(samples, batch_size=batch_size, shuffle=False)
-    model.eval()
-    probs = []
-    with torch.no_grad():
-        for batch in loader:
-            probs.append(torch.sigmoid(model(batch["image"])).numpy())
-    on = np.concatenate(probs) >= cuts
+        return values, mask, TeacherReport()
+    probs, reused = _cached_teacher_probs(table.iloc[rows], teacher, Path(cache_dir), batch_size, num_workers,
+                                          progress)
+    on = probs >= cuts
     for j, col in columns:
         values[rows, col] = on[:, j]
         mask[rows, col] = True
-    return values, mask, len(rows)
+    return values, mask, TeacherReport(len(rows), reused)
+
+
+def _export_folder(teacher: Path) -> Path:
+    """``loss.au_teacher`` names the export folder or one of its files."""
+    return teacher.parent if teacher.is_file() else teacher
+
+
+def _teacher_head(teacher: Path) -> dict[str, Any]:
+    """The export's head, read from its metadata alone (cached outputs need no weights)."""
+    head = exports.read_encoder_meta(_export_folder(teacher)).get("head") or {}
+    if head.get("task") != "au":
+        raise InputError(teacher, f"loss.au_teacher must be an AU-stage export; this one's head is "
+                                  f"{head.get('task')!r}")
+    return head
+
+
+def _file_signature(path: str | Path) -> list[int]:
+    """[bytes, mtime_ns] of a file, [] when it is missing: a rewritten file changes the stamp."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return []
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _teacher_stamp(teacher: Path, paths: Sequence[str]) -> dict[str, Any]:
+    """What the teacher's outputs are made from: the export's files and the rows' images, in order."""
+    images = hashlib.blake2b(digest_size=16)
+    for path in paths:
+        images.update(json.dumps([path, *_file_signature(path)]).encode())
+    files = [_export_folder(teacher) / name for name in (exports.WEIGHTS_FILE, exports.META_FILE)]
+    return {"teacher": {str(f.resolve()): _file_signature(f) for f in files},
+            "rows": len(paths), "images": images.hexdigest()}
+
+
+def _main_process_value(value: Any) -> Any:
+    """The main process's ``value``, on every process (so that all take the same branch)."""
+    if runs.process_state().num_processes == 1:
+        return value
+    shared = [value]
+    broadcast_object_list(shared)
+    return shared[0]
+
+
+def _cached_teacher_probs(rows: pd.DataFrame, teacher: Path, cache_dir: Path, batch_size: int, num_workers: int,
+                          progress: bool) -> tuple[np.ndarray, bool]:
+    """(rows, teacher labels) probabilities and whether they were read from ``cache_dir``. The main process
+    checks the stamp and writes the folder; the others follow its decision and read what it wrote."""
+    state = runs.process_state()
+    stamp = _teacher_stamp(teacher, rows["path"].astype(str).tolist()) if state.is_main_process else None
+    if _main_process_value(stamp is not None and finished_record(cache_dir, stamp) is not None):
+        return np.load(cache_dir / TEACHER_PROBS_FILE), True
+    probs, shares = _label_shares(rows, teacher, batch_size, num_workers, progress)
+    if state.is_main_process:
+        partial = fresh_partial(cache_dir)
+        np.save(partial / TEACHER_PROBS_FILE, probs)
+        publish_cache(partial, cache_dir, {"stamp": stamp, "teacher": str(teacher), "rows_per_process": shares})
+    state.wait_for_everyone()
+    return probs, False
+
+
+def _label_shares(rows: pd.DataFrame, teacher: Path, batch_size: int, num_workers: int, progress: bool
+                  ) -> tuple[np.ndarray, list[int]]:
+    """Every process runs the teacher on its contiguous share of the rows, on its device; the shares are
+    gathered in process order, which is row order. Returns the probabilities and each process's row count."""
+    state = runs.process_state()
+    model, meta = exports.load_classifier(teacher)
+    transform = FaceTransform(meta["arch"].img_size, meta["mean"], meta["std"], train=False)
+    # one dataset over all the rows: an unreadable image is replaced as it is under a single process
+    samples = SeededSamples(TableSamples(rows, np.zeros((len(rows), 1))), transform, seed=0)
+    with state.split_between_processes(list(range(len(samples)))) as share:
+        probs = _teacher_probs(model.to(state.device), Subset(samples, share), state.device, batch_size,
+                               num_workers, progress and state.is_main_process)
+    parts = gather_object([probs])
+    return np.concatenate(parts), [len(part) for part in parts]
+
+
+def _teacher_probs(model: nn.Module, samples: Dataset, device: torch.device, batch_size: int, num_workers: int,
+                   progress: bool) -> np.ndarray:
+    """Sigmoid outputs in float32 (the labels are thresholds on them; no reduced precision)."""
+    loader = DataLoader(samples, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    model.eval()
+    probs = [np.zeros((0, model.num_classes), dtype=np.float32)]  # a process without rows gathers an empty part
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="AU teacher", unit="batch", disable=not progress, dynamic_ncols=True):
+            probs.append(torch.sigmoid(model(batch["image"].to(device)).float()).cpu().numpy())
+    return np.concatenate(probs)
 
 
 def evaluate(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray, head: str = "kl") -> dict[str, Any]:
@@ -266,6 +360,19 @@ def _audio_rows(config: DictConfig, table: pd.DataFrame
     return table.iloc[rows].reset_index(drop=True), rows, spectrograms, rates
 
 
+def _teach_aus(config: DictConfig, table: pd.DataFrame, values: np.ndarray, mask: np.ndarray, cache_dir: Path
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``teacher_au_labels`` with the stage's settings, its outcome printed once."""
+    teacher, t = config.loss.au_teacher, config.train
+    values, mask, report = teacher_au_labels(table, values, mask, teacher, cache_dir, int(t.eval_batch_size),
+                                             int(t.num_workers))
+    if runs.process_state().is_main_process:
+        reused = f" (its outputs reused from {cache_dir})" if report.reused else ""
+        print(f"{STAGE}: the AU teacher {teacher} labelled the AUs of {report.labelled} image(s) without AU "
+              f"labels{reused}")
+    return values, mask
+
+
 ROW_CHOICES = ("all", "expression", "compound")
 
 
@@ -303,8 +410,7 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
     expr_y, expr_has = expression_targets(table, head)
     au_values, au_mask = au_arrays(table, "cexpr")
     if lw.au_teacher:
-        au_values, au_mask, taught = teacher_au_labels(table, au_values, au_mask, lw.au_teacher, t.eval_batch_size)
-        print(f"{STAGE}: the AU teacher {lw.au_teacher} labelled the AUs of {taught} image(s) without AU labels")
+        au_values, au_mask = _teach_aus(config, table, au_values, au_mask, run_dir / TEACHER_DIR)
     if weights.au > 0 and not au_mask.any():
         raise ValueError("no image in data.datasets has an AU label; give an AU teacher "
                          "(loss.au_teacher=runs/au-.../export) or switch the AU term off (loss.au=0)")

@@ -4,7 +4,8 @@ The training datasets read image files; a frame row (``path`` a video, ``frame``
 of its frame's main face, found by the faces pipeline (detection, tracking, alignment) and saved as a PNG
 under ``<out_dir>/<video>-<hash>/<frame>.png``. A video is decoded once; a finished video folder (its
 ``done.json`` names the video's size, modification time, detector and crop size) is reused by later runs.
-Frame rows whose frame shows no face are dropped and counted.
+Frame rows whose frame shows no face are dropped and counted. Other caches (the C-EXPR-NET AU teacher's
+labels) use the same stamped-folder helpers: ``finished_record``, ``fresh_partial``, ``publish_cache``.
 """
 from __future__ import annotations
 
@@ -54,6 +55,32 @@ def _stamp(video: Path, detector: str, size: int) -> dict:
             "detector": detector, "size": int(size)}
 
 
+def finished_record(folder: Path, stamp: dict) -> dict | None:
+    """The ``done.json`` record of a finished cache folder made from ``stamp`` (JSON types only); None when the
+    folder is unfinished, absent or made from something else."""
+    done = folder / DONE_FILE
+    if not done.is_file():
+        return None
+    saved = json.loads(done.read_text(encoding="utf-8"))
+    return saved if saved.get("stamp") == stamp else None
+
+
+def fresh_partial(folder: Path) -> Path:
+    """An empty ``<folder>.partial`` to build a cache folder in (what a crashed attempt left is removed)."""
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    return partial
+
+
+def publish_cache(partial: Path, folder: Path, record: dict) -> None:
+    """Write ``partial``'s ``done.json`` (``record`` holds its ``stamp``) last, then put it in place of
+    ``folder``: a folder with a ``done.json`` is always complete."""
+    (partial / DONE_FILE).write_text(json.dumps(record) + "\n", encoding="utf-8")
+    shutil.rmtree(folder, ignore_errors=True)
+    partial.rename(folder)
+
+
 def extract_video_crops(video: Path, folder: Path, detector, detector_name: str, size: int
                         ) -> tuple[set[int], bool]:
     """Save every frame's face crop of one video; returns the frames that have one and whether an earlier
@@ -62,22 +89,16 @@ def extract_video_crops(video: Path, folder: Path, detector, detector_name: str,
     from abaw_ce.faces.pipeline import process_video
 
     stamp = _stamp(video, detector_name, size)
-    done = folder / DONE_FILE
-    if done.is_file():
-        saved = json.loads(done.read_text(encoding="utf-8"))
-        if saved.get("stamp") == stamp:
-            return set(saved["frames"]), True
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    saved = finished_record(folder, stamp)
+    if saved is not None:
+        return set(saved["frames"]), True
+    partial = fresh_partial(folder)
     found = []
     for face in process_video(video, detector, size=size):
         if face.face_found:
             save_image(partial / f"{face.frame:06d}.png", face.crop)
             found.append(face.frame)
-    (partial / DONE_FILE).write_text(json.dumps({"stamp": stamp, "frames": found}) + "\n", encoding="utf-8")
-    shutil.rmtree(folder, ignore_errors=True)
-    partial.rename(folder)
+    publish_cache(partial, folder, {"stamp": stamp, "frames": found})
     return set(found), False
 
 
