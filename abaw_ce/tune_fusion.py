@@ -52,7 +52,8 @@ def labelled_video_frames(root: str | Path) -> pd.DataFrame:
 
 
 def oof_compound_probs(runs: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold probabilities and challenge classes of the runs' two-emotion (compound) rows.
+    """Out-of-fold probabilities (on the common scale make_submission ensembles on) and challenge classes of
+    the runs' two-emotion (compound) rows.
 
     Rows whose emotion pair is not a challenge compound are left out; runs without ``oof.csv`` add nothing.
     """
@@ -65,7 +66,7 @@ def oof_compound_probs(runs: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarr
             continue
         table = pd.read_csv(path)
         found = labels.challenge_classes(table[y_cols].to_numpy(np.float64))
-        probs.append(table[p_cols].to_numpy(np.float64)[found >= 0])
+        probs.append(fusion.common_scale(table[p_cols].to_numpy(np.float64)[found >= 0]))  # make_submission's scale
         classes.append(found[found >= 0])
     if not probs:
         return np.zeros((0, len(labels.BASIC_EMOTIONS))), np.zeros(0, np.int64)
