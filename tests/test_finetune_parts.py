@@ -1,13 +1,14 @@
 """Engine parts: EMA rate, multi-label mixup, distillation, equation (1), early stopping, schedule, metrics."""
 import logging
-import math
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from abaw_ce.train import runs
 from abaw_ce.train.engine import EarlyStopping, make_ema, restart_schedule
+from abaw_ce.train.loop import LossMonitor, make_accelerator, train_step
 from abaw_ce.train.losses import (binary_kl, inverse_frequency_weights, masked_bce_pos_weight, mixup, pos_weights,
                                   weighted_bce)
 from abaw_ce.train.metrics import evaluate_multilabel, multilabel_f1, tune_thresholds
@@ -128,5 +129,39 @@ def test_f1_metrics_and_tuned_thresholds():
     assert thresholds[1] <= 0.3
     full = evaluate_multilabel(probs, truth, ["a", "b"])
     assert full["score"] == 0.5 and full["mean_f1_tuned"] == 1.0
-    masked = multilabel_f1(probs, truth, ["a", "b"], mask=np.array([[1, 1], [1, 1], [1, 0], [1, 1]]))
-    assert not math.isnan(masked["mean"])
+    # row 2 predicts a (0.7, truth 0): a false positive, F1(a) = 2*2 / (2*2 + 1) = 0.8, unless the mask hides it:
+    # then F1(a) = 2*2 / (2*2) = 1. b predicts nothing >= 0.5: F1(b) = 0 either way.
+    probs[2, 0] = 0.7
+    assert multilabel_f1(probs, truth, ["a", "b"])["mean"] == pytest.approx(0.4)
+    masked = multilabel_f1(probs, truth, ["a", "b"], mask=np.array([[1, 1], [1, 1], [0, 1], [1, 1]]))
+    assert masked["per_class"] == {"a": 1.0, "b": 0.0} and masked["mean"] == 0.5
+
+
+def test_an_fp16_overflow_step_is_no_update(tmp_path):
+    """When the GradScaler finds inf gradients it skips the optimizer step: the weights, the update counter
+    and the schedule stay, and train_step says no update happened (the engine updates the EMA only then)."""
+    accelerator = make_accelerator(tmp_path, "fp32", grad_accum=1)
+    # Accelerate makes no GradScaler on a CPU. A real one whose first scale (2**127) overflows float32 once,
+    # as fp16 gradients overflow on a GPU; it then backs off to 2**27 and the next step goes through.
+    accelerator.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 127, backoff_factor=2.0 ** -100)
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    model, optimizer = accelerator.prepare(model, torch.optim.AdamW(model.parameters(), lr=1e-2))
+    schedule = restart_schedule(optimizer, updates_per_epoch=4, epochs=1, warmup_epochs=0.5, restart_epochs=1,
+                                min_lr=1e-6)
+    progress = runs.Progress()
+    monitor = LossMonitor(accelerator, tmp_path, "test", keep_checkpoints=1)
+    x, y = torch.randn(8, 4), 100 * torch.randn(8, 2)  # a loss of ~1e4: times 2**127 it is inf
+
+    def step() -> bool:
+        return train_step(accelerator, model, optimizer, schedule, monitor, progress,
+                          lambda: nn.functional.mse_loss(model(x), y), None, torch.zeros((), dtype=torch.long), 8)
+
+    weights, lr = model.weight.detach().clone(), optimizer.param_groups[0]["lr"]
+    assert not step()
+    assert accelerator.optimizer_step_was_skipped and accelerator.scaler.get_scale() == 2.0 ** 27
+    assert torch.equal(model.weight, weights) and optimizer.param_groups[0]["lr"] == lr
+    assert (progress.update, progress.images, progress.batch_in_epoch) == (0, 0, 1)
+    assert step()
+    assert not torch.equal(model.weight, weights) and optimizer.param_groups[0]["lr"] > lr
+    assert (progress.update, progress.images, progress.batch_in_epoch) == (1, 8, 2)

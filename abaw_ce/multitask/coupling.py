@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from abaw_ce import labels
+from abaw_ce.train.losses import masked_mean
 
 
 def ccc(prediction: torch.Tensor, target: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -99,13 +100,10 @@ def soft_co_annotation(au_values: np.ndarray, au_mask: np.ndarray, au_ids: Seque
 
 def soft_target_cross_entropy(logits: torch.Tensor, soft_targets: torch.Tensor,
                               mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean over rows (``mask`` (N,) selects them) of -sum_k t_k log softmax(logits)_k."""
-    if mask is not None:
-        keep = mask.bool()
-        logits, soft_targets = logits[keep], soft_targets[keep]
-    if len(logits) == 0:
-        return logits.sum() * 0.0
-    return -(soft_targets.float() * F.log_softmax(logits.float(), dim=1)).sum(1).mean()
+    """Mean over rows (``mask`` (N,) selects them, over every process's batch) of
+    -sum_k t_k log softmax(logits)_k; 0 when no row is selected."""
+    per_row = -(soft_targets.float() * F.log_softmax(logits.float(), dim=1)).sum(1)
+    return per_row.mean() if mask is None else masked_mean(per_row, mask)
 
 
 def au_mixture(p_expr: torch.Tensor, prior: np.ndarray | torch.Tensor) -> torch.Tensor:

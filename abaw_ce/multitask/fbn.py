@@ -21,6 +21,7 @@ from abaw_ce.data.table import au_arrays, va_arrays
 from abaw_ce.multitask.coupling import (au_mixture, ccc, ccc_loss, co_annotated_aus, co_annotated_expression,
                                         distribution_matching, expression_au_prior, soft_co_annotation,
                                         soft_target_cross_entropy, zero_shot_compound_scores)
+from abaw_ce.train.losses import masked_mean
 
 EXPRESSIONS = labels.SEVEN_EXPRESSIONS
 AU_NAMES = tuple(f"AU{n}" for n in labels.CEXPR_AUS)
@@ -136,7 +137,7 @@ def fbn_loss(outputs: torch.Tensor, targets: torch.Tensor, masks: torch.Tensor, 
     total = soft_target_cross_entropy(outputs[:, EXPR], targets[:, EXPR], has_expr)
     au_weight = masks[:, AU].float()
     bce = F.binary_cross_entropy_with_logits(outputs[:, AU].float(), targets[:, AU].float(), reduction="none")
-    total = total + weights.au * ((bce * au_weight).sum() / au_weight.sum().clamp(min=1e-8))
+    total = total + weights.au * masked_mean(bce, au_weight, floor=1e-8)
     total = total + weights.va * ccc_loss(outputs[:, VA], targets[:, VA], masks[:, VA.start] > 0)
     if coupling.soft_co_annotation:
         total = total + weights.soft * soft_target_cross_entropy(outputs[:, EXPR], targets[:, SOFT],

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset, default_collate
 from abaw_ce import labels
 from abaw_ce.data.table import au_arrays
 from abaw_ce.multitask.alignment import au_statistics
+from abaw_ce.train.losses import masked_mean
 
 EXPRESSIONS = labels.SEVEN_EXPRESSIONS
 AU_NAMES = tuple(f"AU{n}" for n in labels.CEXPR_AUS)
@@ -141,7 +142,8 @@ def meta_step(net: MMLNet, meta_net: MetaWeightNet, meta_optimizer: torch.optim.
               inner_lr: float) -> torch.Tensor:
     """Steps (i) and (ii): the one-step update theta* under the meta network's weights, the expression loss
     of a meta-validation batch under theta*, and one update of the meta network through it. ``outputs`` and
-    ``features`` are the base network's, still in the graph of theta. Returns the meta-validation loss."""
+    ``features`` are the base network's, still in the graph of theta. Returns the meta-validation loss (with
+    several processes, this process's share: their mean is the loss of the global meta-validation batch)."""
     params = {name: p for name, p in net.named_parameters() if p.requires_grad}
     weights = meta_net(features.detach())
     inner = weighted_loss(outputs, targets, masks, stats, weights)
@@ -151,7 +153,7 @@ def meta_step(net: MMLNet, meta_net: MetaWeightNet, meta_optimizer: torch.optim.
     val_outputs = functional_call(net, updated, (val_images,))
     net.last_features = features  # the functional call overwrote them
     l_emo, _, _ = per_sample_losses(val_outputs, val_targets, val_masks, stats)
-    val_loss = l_emo.sum() / val_masks[:, EXPR.start].sum().clamp(min=1)
+    val_loss = masked_mean(l_emo, val_masks[:, EXPR.start])  # averaged over processes below
     meta_optimizer.zero_grad(set_to_none=True)
     val_loss.backward(inputs=list(meta_net.parameters()), retain_graph=True)
     average_over_processes(list(meta_net.parameters()))

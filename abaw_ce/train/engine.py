@@ -224,7 +224,7 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
             if not train_step(accelerator, model, optimizer, scheduler, monitor, progress,
                               lambda: loss_fn(model(batch["image"]), batch, teacher_probs), o.clip_grad,
                               batch["skipped"], images_per_update):
-                continue
+                continue  # a micro-batch or an fp16 overflow step: no update, so neither EMA nor log moves
             if ema is not None:
                 ema.update(unwrapped, step=progress.update)
             bar.update(1)

@@ -139,7 +139,11 @@ def train_step(accelerator: Accelerator, model: torch.nn.Module, optimizer: torc
                compute_loss: Callable[[], torch.Tensor], clip_grad: float | None, skipped: torch.Tensor,
                images_per_update: int) -> bool:
     """One micro-batch: loss, backward and (on accumulation boundaries) clipping, the optimizer step and the
-    per-update schedule; the bookkeeping in ``progress`` and ``monitor``. True when an update happened."""
+    per-update schedule; the bookkeeping in ``progress`` and ``monitor``. True when an update happened.
+
+    A step that fp16's GradScaler skipped (inf/NaN gradients; it lowers its scale instead) is no update: the
+    batch counts as consumed (``batch_in_epoch``, so a resumed run skips it too), but ``progress.update``, the
+    schedule (a function of it) and whatever the caller does on an update (the EMA) stay where they were."""
     with accelerator.accumulate(model):
         loss = compute_loss()
         accelerator.backward(loss)
@@ -149,7 +153,7 @@ def train_step(accelerator: Accelerator, model: torch.nn.Module, optimizer: torc
         optimizer.zero_grad(set_to_none=True)
     progress.batch_in_epoch += 1
     monitor.add(loss, skipped)
-    if not accelerator.sync_gradients:
+    if not accelerator.sync_gradients or accelerator.optimizer_step_was_skipped:
         return False
     progress.update += 1
     progress.images += images_per_update

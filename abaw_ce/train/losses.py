@@ -1,5 +1,5 @@
 """Losses of the fine-tuning stages: the seed paper's weighted BCE (eq. 1), masked AU BCE, multi-label
-mixup and the distillation term."""
+mixup and the distillation term; ``masked_mean``, the one normalisation every masked loss uses."""
 from __future__ import annotations
 
 import logging
@@ -34,6 +34,30 @@ def inverse_frequency_weights(targets: np.ndarray, names: Sequence[str], mask: n
     return weights
 
 
+def _processes() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, floor: float = 1.0) -> torch.Tensor:
+    """sum(values * mask) / sum(mask), where the count sums the masks of every process's batch.
+
+    DDP averages the gradients over its P processes; each process's batch has its own count of labelled
+    entries, so dividing by the local count would weight them unequally. Each process divides its sum by
+    (global count / P) instead: the DDP average then is the gradient of the masked mean of the global batch,
+    and the per-process losses average to it too. One process: the local masked mean. ``floor`` bounds the
+    global count from below (a batch with no labelled entry gives 0). Every process must call this on every
+    step (the count is all-reduced).
+    """
+    mask = mask.to(values)
+    total = (values * mask).sum()
+    count = mask.detach().sum()
+    processes = _processes()
+    if processes > 1:
+        torch.distributed.all_reduce(count)
+    return total / (count.clamp(min=floor) / processes)
+
+
 def weighted_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None,
                  mask: torch.Tensor | None = None) -> torch.Tensor:
     """Equation (1) of the seed paper: -(1/C) sum_j W_j [y_j log p_j + (1 - y_j) log(1 - p_j)], batch mean.
@@ -45,8 +69,7 @@ def weighted_bce(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Ten
         per_entry = per_entry * weights.to(per_entry)
     if mask is None:
         return per_entry.mean()
-    mask = mask.to(per_entry)
-    return (per_entry * mask).sum() / mask.sum().clamp(min=1.0)
+    return masked_mean(per_entry, mask)
 
 
 def masked_bce_pos_weight(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
@@ -54,8 +77,7 @@ def masked_bce_pos_weight(logits: torch.Tensor, targets: torch.Tensor, mask: tor
     """AU loss: BCE with per-AU positive weights, unlabelled (-1 / NaN) entries masked out."""
     per_entry = F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="none",
                                                    pos_weight=None if pos_weight is None else pos_weight.to(logits.device).float())
-    mask = mask.to(per_entry)
-    return (per_entry * mask).sum() / mask.sum().clamp(min=1.0)
+    return masked_mean(per_entry, mask)
 
 
 def pos_weights(targets: np.ndarray, mask: np.ndarray, cap: float = 20.0) -> np.ndarray:

@@ -212,6 +212,8 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
             if t.vis_every and progress.update % t.vis_every == 0:
                 visualise_now()
         if progress.batch_in_epoch >= batches_per_epoch:
+            # also when fp16 skipped every step of the epoch (no update, so no log checked the loss)
+            monitor.check_finite(progress.update)
             progress.epoch += 1
             progress.batch_in_epoch = 0
     bar.close()
