@@ -1,5 +1,6 @@
 """C-EXPR-NET model: timm CNN and our ViT as backbones, output shapes, masked losses, a short overfit run."""
 import numpy as np
+import pytest
 import torch
 
 from abaw_ce import labels
@@ -81,3 +82,48 @@ def test_a_short_run_fits_a_small_batch():
         predicted = net(images)["expr_logits"].softmax(-1)
     top = predicted.argmax(-1)
     assert all(expr_target[i, top[i]] > 0 for i in range(8))  # each image's top emotion is one of its labels
+
+
+def _half_batch_loss(rank: int, world: int, port: int, head: str, results) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                                         world_size=world)
+    outputs, targets = _unequal_batch(head)
+    rows = slice(rank * 4, rank * 4 + 4)
+    local = {k: v[rows].detach().requires_grad_() for k, v in outputs.items()}
+    total, _ = cexprnet_loss(local, *(t[rows] for t in targets), PRIOR, head=head)
+    total.backward()
+    results[rank] = (total.item(), local["expr_logits"].grad, local["au_logits"].grad)
+    torch.distributed.destroy_process_group()
+
+
+def _unequal_batch(head: str):
+    """8 rows whose first half has 3 expression labels and 30 AU labels, the second half 1 and 4."""
+    g = torch.Generator().manual_seed(0)
+    outputs = {"expr_logits": torch.randn(8, 6, generator=g), "au_logits": torch.randn(8, 17, generator=g)}
+    expr_target = torch.softmax(torch.randn(8, 6, generator=g), dim=1)
+    expr_mask = torch.tensor([1, 1, 1, 0, 0, 1, 0, 0], dtype=torch.float32)
+    au_target = (torch.rand(8, 17, generator=g) > 0.5).float()
+    au_mask = torch.zeros(8, 17)
+    au_mask[:2, :15] = 1
+    au_mask[5, :4] = 1
+    return outputs, (expr_target, expr_mask, au_target, au_mask)
+
+
+@pytest.mark.parametrize("head", ["kl", "sigmoid"])
+def test_two_processes_take_the_masked_means_of_the_whole_batch(head):
+    """Data parallelism averages the processes' gradients: with unequal label counts per half, that average
+    must be the gradient of the masked means over all 8 rows, as one process computes it."""
+    import torch.multiprocessing as mp
+
+    outputs, targets = _unequal_batch(head)
+    whole = {k: v.detach().requires_grad_() for k, v in outputs.items()}
+    total, _ = cexprnet_loss(whole, *targets, PRIOR, head=head)
+    total.backward()
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_half_batch_loss, args=(2, 29553 + (head == "sigmoid"), head, results), nprocs=2)
+        halves = [results[0], results[1]]
+    assert (halves[0][0] + halves[1][0]) / 2 == pytest.approx(total.item(), rel=1e-5)
+    for key, index in (("expr_logits", 1), ("au_logits", 2)):
+        averaged = torch.cat([halves[0][index], halves[1][index]]) / 2
+        torch.testing.assert_close(averaged, whole[key].grad)

@@ -19,6 +19,7 @@ from abaw_ce import labels
 from abaw_ce.cexprnet.au_text import EncodedDescriptions
 from abaw_ce.cexprnet.modules import (AUSemanticEncoder, CrossModalityAUHead, au_from_expressions,
                                       distribution_matching_loss, expression_kl_loss)
+from abaw_ce.train.losses import masked_mean
 
 
 class ResidualBlock(nn.Module):
@@ -159,20 +160,20 @@ def cexprnet_loss(outputs: dict[str, torch.Tensor], expr_target: torch.Tensor, e
     only). Returns (total, detached per-term values; tensors, so that logging decides when to sync)."""
     logits = outputs["expr_logits"]
     zero = logits.sum() * 0.0
-    has_expr = expr_mask.bool()
-    if not has_expr.any():
-        l_expr = zero
-    elif head == "kl":
-        l_expr = expression_kl_loss(logits[has_expr], expr_target[has_expr])
+    # Every term is a mean over labelled rows or entries counted over all processes (losses.masked_mean), and
+    # every process reaches each count's all-reduce on every step, labelled rows or not.
+    has_expr = expr_mask.float()
+    if head == "kl":
+        l_expr = expression_kl_loss(logits, expr_target, has_expr)
     elif head == "sigmoid":
-        l_expr = F.binary_cross_entropy_with_logits(logits[has_expr].float(), expr_target[has_expr].float())
+        per_row = F.binary_cross_entropy_with_logits(logits.float(), expr_target.float(), reduction="none")
+        l_expr = masked_mean(per_row.mean(dim=1), has_expr)
     elif head == "multiclass":
-        l_expr = F.cross_entropy(logits[has_expr].float(), expr_target[has_expr].float())
+        l_expr = masked_mean(F.cross_entropy(logits.float(), expr_target.float(), reduction="none"), has_expr)
     else:
         raise ValueError(f"unknown expression head {head!r}; expected one of {EXPR_HEADS}")
-    labelled = au_mask.float()
     bce = F.binary_cross_entropy_with_logits(outputs["au_logits"].float(), au_target.float(), reduction="none")
-    l_au = (bce * labelled).sum() / labelled.sum() if labelled.sum() > 0 else zero
+    l_au = masked_mean(bce, au_mask.float())
     if weights.dist > 0:
         q_au = au_from_expressions(basic_probabilities(logits, head), prior)
         l_dist = distribution_matching_loss(torch.sigmoid(outputs["au_logits"].float()), q_au)

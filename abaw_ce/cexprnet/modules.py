@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from abaw_ce import labels
+from abaw_ce.train.losses import masked_mean
 
 
 class AUSemanticEncoder(nn.Module):
@@ -86,10 +87,13 @@ def kl_targets(names: Sequence[str]) -> np.ndarray:
     return out
 
 
-def expression_kl_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Eq. 1: mean over images of KL(y || softmax(logits)), with 0 log 0 = 0."""
+def expression_kl_loss(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+    """Eq. 1: mean over images of KL(y || softmax(logits)), with 0 log 0 = 0; with ``mask`` (B,), over the
+    images it marks, counted over every process (``losses.masked_mean``)."""
     log_p = F.log_softmax(logits.float(), dim=-1)
-    return F.kl_div(log_p, targets.float(), reduction="batchmean")
+    per_image = F.kl_div(log_p, targets.float(), reduction="none").sum(dim=-1)
+    return per_image.mean() if mask is None else masked_mean(per_image, mask)
 
 
 def au_from_expressions(p_expr: torch.Tensor, prior: np.ndarray | torch.Tensor) -> torch.Tensor:
