@@ -61,3 +61,14 @@ def test_save_and_reload(tmp_path):
     extra = pd.concat([table, table.iloc[:1].assign(path="new.jpg")], ignore_index=True)
     with pytest.raises(ValueError, match="1 sample\\(s\\) have no saved fold, e.g. new.jpg"):
         F.load_folds(extra, tmp_path / "folds.csv")
+
+
+def test_a_frame_in_two_sources_reloads_with_each_source_s_fold(tmp_path):
+    """Aff-Wild2's EXPR, AU and VA sets list the same frames: each source is split on its own, and a reload
+    (a resumed run, or a second process) must give every row its own source's fold, one row each."""
+    videos = make_table([f"a/{i}.jpg" for i in range(600)], "videos", [f"v{i % 40}" for i in range(600)],
+                        ["happiness"] * 600, frame=list(range(1, 601)))
+    table = pd.concat([videos, videos.assign(source="videos_au", expression="")], ignore_index=True)
+    folds = F.assign_folds(table, 5, seed=2)
+    F.save_folds(table, folds, tmp_path, 5, 2)
+    np.testing.assert_array_equal(F.load_folds(table, tmp_path / "folds.csv"), folds)

@@ -94,7 +94,7 @@ def test_bad_requests_write_nothing(tiny_world, tmp_path):
                         progress=False)
     assert not out.exists()
     reversed_run = fake_fold_run(tmp_path / "reversed", folds=1, names=tuple(reversed(labels.BASIC_EMOTIONS)))
-    with pytest.raises(UserError, match=r"reversed/fold_0: outputs \['anger', .* not the basic emotions in the kit's order"):
+    with pytest.raises(UserError, match=r"reversed/fold_0: outputs \['anger', .* not the basic emotions in the kit"):
         make_submission(tiny_world / "test", [run, reversed_run], out, detector="opencv", progress=False)
     assert not out.exists()
 

@@ -80,8 +80,11 @@ def save_folds(table: pd.DataFrame, folds: np.ndarray, out_dir: str | Path, n_fo
 def load_folds(table: pd.DataFrame, path: str | Path) -> np.ndarray:
     """Fold of every row of ``table`` from a saved ``folds.csv``; an error names rows it does not cover."""
     saved = pd.read_csv(path, dtype={"path": str, "group": str, "source": str})
-    key = ["path", "frame"]
-    merged = table[key].merge(saved[key + ["fold"]], on=key, how="left")
+    # Each source is split on its own, so one frame can sit in two sources (Aff-Wild2 EXPR, AU and VA) with a
+    # fold in each: the source is part of the key, and a sample listed twice in a source is one sample.
+    key = ["source", "path", "frame"]
+    saved = saved.drop_duplicates(key)
+    merged = table[key].astype({"source": str}).merge(saved[key + ["fold"]], on=key, how="left")
     if merged["fold"].isna().any():
         first = merged[merged["fold"].isna()].iloc[0]
         raise ValueError(f"{path}: {int(merged['fold'].isna().sum())} sample(s) have no saved fold, "
