@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from abaw_ce.errors import InputError
+from abaw_ce.errors import InputError, run_command
 
 
 def _frame_counts(video_dir: Path) -> dict[str, int]:
@@ -22,9 +22,6 @@ def _frame_counts(video_dir: Path) -> dict[str, int]:
 def validate_main(argv: list[str] | None = None) -> int:
     """Validate fold runs (every fold finished, one label order and preprocessing, no fold far below the
     others) and/or a challenge file (format, coverage), scoring it against ground truth when given."""
-    from abaw_ce import submission
-    from abaw_ce.run_checks import check_runs
-
     parser = argparse.ArgumentParser(prog="validate", description=validate_main.__doc__)
     parser.add_argument("runs", nargs="*", type=Path, metavar="RUN", help="emotion run folders to check")
     parser.add_argument("--f1-band", type=float, default=0.15,
@@ -39,28 +36,32 @@ def validate_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.runs and args.submission is None:
         parser.error("give run folders to check, --submission FILE, or both")
-    ok = True
-    try:
-        if args.runs:
-            checked = check_runs(args.runs, f1_band=args.f1_band)
-            print(checked.format())
-            ok = checked.ok
-        if args.submission is None:
-            return 0 if ok else 1
-        counts = _frame_counts(args.videos) if args.videos else None
-        report = submission.validate_submission(args.submission, template=args.template, frame_counts=counts,
-                                                frame_tolerance=args.frame_tolerance)
-        print(report.format())
-        if args.ground_truth and report.ok:
-            scored = submission.score(submission.read_submission(args.submission),
-                                      submission.read_submission(args.ground_truth))
-            print(scored.format())
-            png = args.confusion_png or args.submission.with_name(args.submission.stem + "_confusion.png")
-            print(f"confusion matrix: {submission.plot_confusion(scored.confusion, png)}")
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0 if report.ok and ok else 1
+    return run_command(lambda: _validate(args))
+
+
+def _validate(args: argparse.Namespace) -> int:
+    """0 when every check passes, 1 when one fails (the reports say which)."""
+    from abaw_ce import submission
+    from abaw_ce.run_checks import check_runs
+
+    runs_ok = True
+    if args.runs:
+        checked = check_runs(args.runs, f1_band=args.f1_band)
+        print(checked.format())
+        runs_ok = checked.ok
+    if args.submission is None:
+        return 0 if runs_ok else 1
+    counts = _frame_counts(args.videos) if args.videos else None
+    report = submission.validate_submission(args.submission, template=args.template, frame_counts=counts,
+                                            frame_tolerance=args.frame_tolerance)
+    print(report.format())
+    if args.ground_truth and report.ok:
+        scored = submission.score(submission.read_submission(args.submission),
+                                  submission.read_submission(args.ground_truth))
+        print(scored.format())
+        png = args.confusion_png or args.submission.with_name(args.submission.stem + "_confusion.png")
+        print(f"confusion matrix: {submission.plot_confusion(scored.confusion, png)}")
+    return 0 if report.ok and runs_ok else 1
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -141,11 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         from abaw_ce.faces.cli import main as faces_main
         return faces_main(argv[1:], prog="abaw-ce faces")
     args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except (InputError, FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(lambda: args.func(args))
 
 
 if __name__ == "__main__":

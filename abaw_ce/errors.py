@@ -2,6 +2,8 @@
 points report them in one line and exit 2; any other exception is a defect of the kit and shows its traceback."""
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 
@@ -39,3 +41,35 @@ def read_text_lines(path: str | Path) -> list[str]:
         raise InputError(path, f"byte 0x{data[err.start]:02x} is not valid UTF-8 (expected a UTF-8 text file)",
                          line) from None
     return text.splitlines()
+
+
+def run_command(command: Callable[[], int | None], hint: Callable[[Exception], str | None] | None = None,
+                other_failures: Mapping[type[Exception], int] | None = None) -> int:
+    """Run one command-line command and return its exit status; every entry point of the kit goes through here.
+
+    The command's own status is returned (None counts as 0). A user error, a refusal to overwrite
+    (FileExistsError) or a required setting left unset prints `error: <message>` on stderr (and `hint: ...`
+    when ``hint(err)`` gives one) and returns 2; ``other_failures`` maps further expected failures to their
+    status the same way (e.g. a training whose loss stopped being finite: 3). Anything else is a defect of the
+    kit, not of the user's input: it propagates with its traceback, and Python exits with status 1.
+    """
+    from omegaconf.errors import MissingMandatoryValue  # imported here: every module imports this one
+
+    expected = tuple(other_failures or {})
+    try:
+        status = command()
+    except MissingMandatoryValue as err:  # model.encoder is the one setting the packaged configs leave unset
+        key = getattr(err, "full_key", "") or str(err)
+        print(f"error: {key} is required (e.g. model.encoder=runs/mae-.../export, or none for a random "
+              f"initialisation)", file=sys.stderr)
+        return 2
+    except (UserError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        extra = hint(err) if hint is not None else None
+        if extra:
+            print(f"hint: {extra}", file=sys.stderr)
+        return 2
+    except expected as err:
+        print(f"error: {err}", file=sys.stderr)
+        return next(code for kind, code in other_failures.items() if isinstance(err, kind))
+    return 0 if status is None else int(status)

@@ -13,6 +13,7 @@ import numpy as np
 from scipy import ndimage
 
 from abaw_ce import labels
+from abaw_ce.errors import OptionError
 
 FUSION_METHODS = ("sum", "mean", "product", "min", "weighted")
 SCALE_FLOOR = 1e-6  # a row of all-zero probabilities stays zero instead of dividing by zero
@@ -79,7 +80,7 @@ def pair_scores(probs: np.ndarray, method: str = "sum", fusion: WeightedFusion |
         if fusion is None:
             raise ValueError("weighted fusion needs fitted weights (fit_weighted_fusion)")
         return (a + b) * fusion.weights + fusion.biases
-    raise ValueError(f"fusion method must be one of {FUSION_METHODS}, got {method!r}")
+    raise OptionError(f"fusion method must be one of {FUSION_METHODS}, got {method!r}")
 
 
 def fuse(probs: np.ndarray, method: str = "sum", fusion: WeightedFusion | None = None) -> np.ndarray:
@@ -135,4 +136,4 @@ def smooth(values: np.ndarray, method: str = "gaussian", window: int = 5) -> np.
         return ndimage.gaussian_filter1d(values, sigma=window / 4.0, axis=0, mode="nearest")
     if method == "median":
         return ndimage.median_filter(values, size=(window, 1), mode="nearest")
-    raise ValueError(f"smoothing method must be one of {SMOOTHING_METHODS}, got {method!r}")
+    raise OptionError(f"smoothing method must be one of {SMOOTHING_METHODS}, got {method!r}")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from abaw_ce.errors import OptionError
+
 # --- basic emotions: the 6-way multi-label head's output order (RAF-DB order) -------------------------
 BASIC_EMOTIONS: tuple[str, ...] = ("surprise", "fear", "disgust", "happiness", "sadness", "anger")
 BASIC_INDEX: dict[str, int] = {name: i for i, name in enumerate(BASIC_EMOTIONS)}
@@ -195,7 +197,7 @@ _OBSERVATIONAL_MODES = ("weighted", "ones", "none")
 def _prior_weight(weight: float, observational: str) -> float:
     """A prior weight under an observational mode: prototypical (1) stays; observational is kept, 1 or 0."""
     if observational not in _OBSERVATIONAL_MODES:
-        raise ValueError(f"observational must be one of {_OBSERVATIONAL_MODES}, got {observational!r}")
+        raise OptionError(f"observational must be one of {_OBSERVATIONAL_MODES}, got {observational!r}")
     if weight >= 1.0:
         return 1.0
     return {"weighted": weight, "ones": 1.0, "none": 0.0}[observational]

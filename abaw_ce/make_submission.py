@@ -10,6 +10,7 @@ read (without a template: every video in the folder) and every run passes the ru
 """
 from __future__ import annotations
 
+import argparse
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from abaw_ce import fusion, labels, submission
-from abaw_ce.errors import InputError, OptionError, UserError, read_text_lines
+from abaw_ce.errors import InputError, OptionError, UserError, read_text_lines, run_command
 from abaw_ce.inference import (PROBS_DIR, RunShares, load_models, predict_audio, predict_crops, read_video_probs,
                                save_video_probs)
 from abaw_ce.run_checks import check_runs, is_finished
@@ -297,17 +298,15 @@ def newest_finished_run(root: Path = Path("runs")) -> Path:
 
 def read_fusion_weights(path: Path) -> fusion.WeightedFusion:
     """A fitted weighted fusion (``tune_fusion``'s JSON); InputError names the file when it is not one."""
+    text = "\n".join(read_text_lines(path))  # its own InputError for a missing, empty or non-UTF-8 file
     try:
-        return fusion.WeightedFusion.from_dict(json.loads("\n".join(read_text_lines(path))))
+        return fusion.WeightedFusion.from_dict(json.loads(text))
     except (ValueError, KeyError, TypeError) as err:
         raise InputError(path, f"not a fitted weighted fusion (expected JSON with weights and biases: "
                                f"{type(err).__name__}: {err})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-    import sys
-
     parser = argparse.ArgumentParser(prog="submit/make_submission.py",
                                      description="Write the challenge file for a folder of test videos.")
     parser.add_argument("--videos", required=True, type=Path, help="folder of test videos")
@@ -335,22 +334,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        runs = args.models or [newest_finished_run()]
-        weights = None
-        method = args.fusion
-        if args.fusion_weights is not None:
-            weights = read_fusion_weights(args.fusion_weights)
-            method = "weighted"
-        summary = make_submission(args.videos, runs, args.out, template=args.template, work_dir=args.work_dir,
-                                  detector=args.detector, crop_size=args.crop_size, method=method,
-                                  weights=weights, smoothing=args.smoothing, window=args.window, flip=args.flip,
-                                  batch_size=args.batch_size, overwrite=args.overwrite,
-                                  run_weights=args.run_weights, track=args.track,
-                                  allow_partial=args.allow_partial)
-    except (UserError, FileExistsError) as err:  # anything else is a defect of the kit: its traceback shows
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(lambda: _submit(args))
+
+
+def _submit(args: argparse.Namespace) -> None:
+    """make_submission for the parsed command line, and what it did, printed."""
+    runs = args.models or [newest_finished_run()]
+    weights = None
+    method = args.fusion
+    if args.fusion_weights is not None:
+        weights = read_fusion_weights(args.fusion_weights)
+        method = "weighted"
+    summary = make_submission(args.videos, runs, args.out, template=args.template, work_dir=args.work_dir,
+                              detector=args.detector, crop_size=args.crop_size, method=method,
+                              weights=weights, smoothing=args.smoothing, window=args.window, flip=args.flip,
+                              batch_size=args.batch_size, overwrite=args.overwrite,
+                              run_weights=args.run_weights, track=args.track,
+                              allow_partial=args.allow_partial)
     for report in summary["per_video"]:
         for note in report["notes"]:
             print(f"{report['video']}: {note}")
@@ -361,4 +361,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"models: {', '.join(summary['models'])}")
     print(f"wrote {summary['frames']} frames of {summary['videos']} videos ({summary['faces_found']} with a face) "
           f"to {summary['submission']}")
-    return 0

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from abaw_ce import fusion, labels, submission
-from abaw_ce.errors import InputError
+from abaw_ce.errors import InputError, OptionError, run_command
 
 DEFAULT_WINDOWS = (1, 3, 5, 9, 15, 25, 41)
 GRID_METHODS = ("sum", "mean", "product", "min", "weighted")
@@ -143,7 +143,7 @@ def tune_fusion(videos_root: str | Path, runs: Sequence[str | Path], out_dir: st
 
     audio = [str(m.path) for m in load_models(runs) if m.modality == "audio"]
     if audio:
-        raise ValueError(f"tune_fusion scores the visual runs' probabilities; leave the audio run(s) out: "
+        raise OptionError(f"tune_fusion scores the visual runs' probabilities; leave the audio run(s) out: "
                          f"{', '.join(audio)}")
     truth = labelled_video_frames(videos_root)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -180,7 +180,6 @@ def tune_fusion(videos_root: str | Path, runs: Sequence[str | Path], out_dir: st
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(prog="submit/tune_fusion.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", required=True, type=Path,
@@ -193,17 +192,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flip", action="store_true")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        result = tune_fusion(args.videos, args.models, args.out, detector=args.detector,
-                             crop_size=args.crop_size, windows=args.windows, flip=args.flip,
-                             overwrite=args.overwrite)
-    except (InputError, FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    grid, choice = result["grid"], result["choice"]
-    print(grid.sort_values("macro_f1", ascending=False, kind="stable").head(10).to_string(index=False))
-    print(f"{choice['labelled_frames']} labelled frames of {len(choice['videos'])} videos; best macro F1 "
-          f"{choice['macro_f1']:.4f} (sum + gaussian 9: {choice['default_macro_f1']:.4f})")
-    print(f"make_submission flags: {' '.join(choice['make_submission_flags'])}")
-    print(f"wrote {args.out / 'grid.csv'}, {args.out / 'grid.png'}, {args.out / 'choice.json'}")
-    return 0
+
+    def tune() -> None:
+        result = tune_fusion(args.videos, args.models, args.out, detector=args.detector, crop_size=args.crop_size,
+                             windows=args.windows, flip=args.flip, overwrite=args.overwrite)
+        grid, choice = result["grid"], result["choice"]
+        print(grid.sort_values("macro_f1", ascending=False, kind="stable").head(10).to_string(index=False))
+        print(f"{choice['labelled_frames']} labelled frames of {len(choice['videos'])} videos; best macro F1 "
+              f"{choice['macro_f1']:.4f} (sum + gaussian 9: {choice['default_macro_f1']:.4f})")
+        print(f"make_submission flags: {' '.join(choice['make_submission_flags'])}")
+        print(f"wrote {args.out / 'grid.csv'}, {args.out / 'grid.png'}, {args.out / 'choice.json'}")
+
+    return run_command(tune)

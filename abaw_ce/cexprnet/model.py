@@ -19,6 +19,7 @@ from abaw_ce import labels
 from abaw_ce.cexprnet.au_text import EncodedDescriptions
 from abaw_ce.cexprnet.modules import (AUSemanticEncoder, CrossModalityAUHead, au_from_expressions,
                                       distribution_matching_loss, expression_kl_loss)
+from abaw_ce.errors import OptionError
 from abaw_ce.train.losses import masked_mean
 
 
@@ -68,7 +69,7 @@ EXPR_HEADS = ("kl", "sigmoid", "multiclass")
 def expression_outputs(head: str) -> int:
     """Width of the expression head: the 6 basic emotions, or the 13 C-EXPR-DB classes for ``multiclass``."""
     if head not in EXPR_HEADS:
-        raise ValueError(f"model.expr_head must be one of {EXPR_HEADS}, got {head!r}")
+        raise OptionError(f"model.expr_head must be one of {EXPR_HEADS}, got {head!r}")
     return len(labels.CEXPR_CLASSES) if head == "multiclass" else len(labels.BASIC_EMOTIONS)
 
 
@@ -93,8 +94,8 @@ def build_backbone(spec: str, img_size: int, in_chans: int = 3) -> tuple[nn.Modu
         model = timm.create_model(spec[5:], pretrained=False, num_classes=0, global_pool="", in_chans=in_chans)
         return TimmFeatureMap(model), {"kind": "timm", "name": spec[5:], "in_chans": int(in_chans)}
     if in_chans != 3:
-        raise ValueError(f"model.backbone={spec}: only a timm:<name> backbone takes {in_chans}-channel input "
-                         f"(the audio track); use e.g. model.backbone=timm:resnet18")
+        raise OptionError(f"model.backbone={spec}: only a timm:<name> backbone takes {in_chans}-channel input "
+                          f"(the audio track); use e.g. model.backbone=timm:resnet18")
     from abaw_ce.models.export import load_encoder
 
     vit, meta = load_encoder(Path(spec), img_size=img_size)

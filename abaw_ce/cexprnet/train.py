@@ -40,7 +40,7 @@ from abaw_ce.cexprnet.modules import kl_targets
 from abaw_ce.data.labelled import FaceTransform, TableSamples
 from abaw_ce.data.table import au_arrays
 from abaw_ce.data.video_frames import crop_frame_rows, finished_record, fresh_partial, is_frame_row, publish_cache
-from abaw_ce.errors import InputError
+from abaw_ce.errors import InputError, OptionError
 from abaw_ce.models import export as exports
 from abaw_ce.train import engine, runs
 from abaw_ce.train.finetune import _fold_assignment, _resume_point, load_tables, run_single
@@ -307,7 +307,7 @@ def build(config: DictConfig) -> tuple[CExprNet, Any, dict[str, Any]]:
     m, d = config.model, config.data
     modality, head = str(m.get("modality", "visual")), str(m.get("expr_head", "kl"))
     if modality not in MODALITIES:
-        raise ValueError(f"model.modality must be one of {MODALITIES}, got {modality!r}")
+        raise OptionError(f"model.modality must be one of {MODALITIES}, got {modality!r}")
     tokenizer = train_tokenizer(vocab_size=int(m.vocab_size))
     descriptions = encode(tokenizer)
     backbone, info = build_backbone(str(m.backbone), int(m.img_size), in_chans=1 if modality == "audio" else 3)
@@ -348,15 +348,15 @@ def _audio_rows(config: DictConfig, table: pd.DataFrame
     """Video-frame rows of videos with an audio track, their positions in ``table``, and the spectrograms."""
     rows = np.flatnonzero(is_frame_row(table))
     if len(rows) == 0:
-        raise ValueError("model.modality=audio needs video-frame rows (e.g. a {format: cexpr, root: ...} dataset); "
-                         "data.datasets has only still images")
+        raise OptionError("model.modality=audio needs video-frame rows (e.g. a {format: cexpr, root: ...} dataset); "
+                          "data.datasets has only still images")
     videos = sorted(set(table["path"].iloc[rows].astype(str)))
     spectrograms, rates, silent = audio.video_spectrograms(videos, mel_settings(config))
     if silent:
         print(f"{STAGE}: {len(silent)} video(s) without an audio track left out: {', '.join(silent[:5])}")
     rows = rows[np.isin(table["path"].iloc[rows].astype(str).to_numpy(), list(spectrograms))]
     if len(rows) == 0:
-        raise ValueError("no video of data.datasets has an audio track: nothing to train the audio track on")
+        raise OptionError("no video of data.datasets has an audio track: nothing to train the audio track on")
     return table.iloc[rows].reset_index(drop=True), rows, spectrograms, rates
 
 
@@ -388,7 +388,7 @@ def _kept_rows(table: pd.DataFrame, expr_has: np.ndarray, au_mask: np.ndarray, r
         compound = np.array([bool(e) and (labels.expression_kind(e) == "compound"
                                           or labels.normalise_name(e) == "other") for e in names], dtype=bool)
         return compound & expr_has  # Other rows have a target under the multi-class head only
-    raise ValueError(f"data.rows must be one of {ROW_CHOICES}, got {rows!r}")
+    raise OptionError(f"data.rows must be one of {ROW_CHOICES}, got {rows!r}")
 
 
 def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
@@ -397,13 +397,13 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
     expression_outputs(head)  # a clear error before any data is read
     weights = LossWeights(float(lw.expr), float(lw.au), float(lw.dist))
     if weights.dist > 0 and head == "multiclass":
-        raise ValueError("distribution matching (loss.dist) needs a basic-emotion head: model.expr_head=kl or "
-                         "sigmoid, or loss.dist=0")
+        raise OptionError("distribution matching (loss.dist) needs a basic-emotion head: model.expr_head=kl or "
+                          "sigmoid, or loss.dist=0")
     table = load_tables(d.datasets, non_basic="zero")
     if modality == "audio":
         if lw.au_teacher:
-            raise ValueError("loss.au_teacher labels face images; the audio track (model.modality=audio) takes "
-                             "none: leave it null")
+            raise OptionError("loss.au_teacher labels face images; the audio track (model.modality=audio) takes "
+                              "none: leave it null")
         table, _, spectrograms, rates = _audio_rows(config, table)
     else:
         table = crop_frame_rows(table, d.get("frame_crops"), run_dir / "frame_crops", STAGE)
@@ -412,11 +412,12 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
     if lw.au_teacher:
         au_values, au_mask = _teach_aus(config, table, au_values, au_mask, run_dir / TEACHER_DIR)
     if weights.au > 0 and not au_mask.any():
-        raise ValueError("no image in data.datasets has an AU label; give an AU teacher "
-                         "(loss.au_teacher=runs/au-.../export) or switch the AU term off (loss.au=0)")
+        raise OptionError("no image in data.datasets has an AU label; give an AU teacher "
+                          "(loss.au_teacher=runs/au-.../export) or switch the AU term off (loss.au=0)")
     keep = _kept_rows(table, expr_has, au_mask, str(d.get("rows", "all")))
     if not keep.any():
-        raise ValueError(f"data.datasets holds no image with an expression or AU label (data.rows={d.get('rows', 'all')})")
+        raise OptionError(f"data.datasets holds no image with an expression or AU label "
+                          f"(data.rows={d.get('rows', 'all')})")
     table, expr_y, expr_has = table[keep].reset_index(drop=True), expr_y[keep], expr_has[keep]
     au_values, au_mask = au_values[keep], au_mask[keep]
     n_expr = expr_y.shape[1]

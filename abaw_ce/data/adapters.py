@@ -7,11 +7,13 @@ counted in ``table.attrs['reports'][source]``.
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ import pandas as pd
 
 from abaw_ce import labels
 from abaw_ce.data.table import make_table
-from abaw_ce.errors import InputError, read_text_lines
+from abaw_ce.errors import InputError, OptionError, read_text_lines
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +197,7 @@ def load_rafdb(root: str | Path, kind: str = "basic", non_basic: NonBasic = "zer
                source: str | None = None) -> pd.DataFrame:
     """RAF-DB basic or compound: ``EmoLabel/list_patition_label.txt`` + ``Image/aligned/<name>_aligned.jpg``."""
     if kind not in ("basic", "compound"):
-        raise ValueError(f"RAF-DB kind must be 'basic' or 'compound', got {kind!r}")
+        raise OptionError(f"RAF-DB kind must be 'basic' or 'compound', got {kind!r}")
     root = Path(root)
     source = source or f"rafdb_{kind}"
     mapping = labels.RAFDB_BASIC if kind == "basic" else labels.RAFDB_COMPOUND
@@ -447,8 +449,8 @@ ADAPTERS = {
     "affwild2_expr": load_affwild2_expr,
     "affwild2_au": load_affwild2_au,
     "affwild2_va": load_affwild2_va,
-    "rafdb_basic": lambda root, **kw: load_rafdb(root, kind="basic", **kw),
-    "rafdb_compound": lambda root, **kw: load_rafdb(root, kind="compound", **kw),
+    "rafdb_basic": partial(load_rafdb, kind="basic"),
+    "rafdb_compound": partial(load_rafdb, kind="compound"),
     "affectnet": load_affectnet,
     "cexpr": load_cexpr,
     "manifest": load_manifest,
@@ -461,5 +463,12 @@ def load_dataset(spec: Mapping) -> pd.DataFrame:
     spec = dict(spec)
     fmt = spec.pop("format", None)
     if fmt not in ADAPTERS:
-        raise ValueError(f"dataset format must be one of {sorted(ADAPTERS)}, got {fmt!r}")
-    return ADAPTERS[fmt](**spec)
+        raise OptionError(f"dataset format must be one of {sorted(ADAPTERS)}, got {fmt!r}")
+    adapter = ADAPTERS[fmt]
+    accepted = inspect.signature(adapter)
+    try:
+        accepted.bind(**spec)
+    except TypeError as err:  # a key of the user's entry missing or misspelt, not a defect of the kit
+        raise OptionError(f"data.datasets entry of format {fmt}: {err}; it takes "
+                          f"{', '.join(accepted.parameters)}") from None
+    return adapter(**spec)

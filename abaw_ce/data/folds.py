@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+from abaw_ce.errors import InputError, OptionError
+
 FOLD_FILE_COLUMNS = ("path", "frame", "source", "group", "fold")
 
 
@@ -24,14 +26,14 @@ def _strata(table: pd.DataFrame) -> np.ndarray:
 def assign_folds(table: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> np.ndarray:
     """Fold index (0..n_folds-1) of every row: per source, StratifiedGroupKFold by group and label."""
     if n_folds < 2:
-        raise ValueError(f"n_folds must be at least 2, got {n_folds}")
+        raise OptionError(f"n_folds must be at least 2, got {n_folds}")
     folds = np.full(len(table), -1, dtype=np.int64)
     for source, rows in table.groupby("source", sort=True).indices.items():
         part = table.iloc[rows]
         n_groups = part["group"].nunique()
         if n_groups < n_folds:
-            raise ValueError(f"source {source!r} has {n_groups} group(s); {n_folds} folds need at least "
-                             f"{n_folds} distinct identities/videos")
+            raise OptionError(f"source {source!r} has {n_groups} group(s); {n_folds} folds need at least "
+                              f"{n_folds} distinct identities/videos")
         # One row per group (RAF-DB, AffectNet) makes grouping a no-op: the plain stratified split gives
         # the same guarantee and scales to a million rows.
         singletons = n_groups == len(part)
@@ -87,6 +89,6 @@ def load_folds(table: pd.DataFrame, path: str | Path) -> np.ndarray:
     merged = table[key].astype({"source": str}).merge(saved[key + ["fold"]], on=key, how="left")
     if merged["fold"].isna().any():
         first = merged[merged["fold"].isna()].iloc[0]
-        raise ValueError(f"{path}: {int(merged['fold'].isna().sum())} sample(s) have no saved fold, "
-                         f"e.g. {first['path']} frame {first['frame']}")
+        raise InputError(path, f"{int(merged['fold'].isna().sum())} sample(s) have no saved fold, "
+                               f"e.g. {first['path']} frame {first['frame']}")
     return merged["fold"].to_numpy(dtype=np.int64)

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from abaw_ce import labels
+from abaw_ce.errors import OptionError
 
 TARGET_COLUMNS: tuple[str, ...] = tuple(f"y_{e}" for e in labels.BASIC_EMOTIONS)
 BASE_COLUMNS: tuple[str, ...] = ("path", "frame", "source", "group", "split", "expression", "cexpr_class",
@@ -45,12 +46,12 @@ def resolve_non_basic(policy: str | Mapping[str, str]) -> dict[str, str]:
     for state in labels.NON_BASIC_STATES:
         choice = policy.get(state, "zero")
         if choice not in NON_BASIC_POLICIES:
-            raise ValueError(f"non_basic policy for {state!r} must be one of {NON_BASIC_POLICIES}, got {choice!r}")
+            raise OptionError(f"non_basic policy for {state!r} must be one of {NON_BASIC_POLICIES}, got {choice!r}")
         out[state] = choice
     unknown = set(policy) - set(labels.NON_BASIC_STATES)
     if unknown:
-        raise ValueError(f"non_basic policy names unknown states {sorted(unknown)}; "
-                         f"expected {labels.NON_BASIC_STATES}")
+        raise OptionError(f"non_basic policy names unknown states {sorted(unknown)}; "
+                          f"expected {labels.NON_BASIC_STATES}")
     return out
 
 

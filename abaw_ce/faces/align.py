@@ -6,6 +6,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from abaw_ce.errors import OptionError
+
 # The ArcFace template is defined on a 112x112 crop; other crop sizes scale it by size / 112.
 TEMPLATE_SIZE = 112
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "left_mouth", "right_mouth")
@@ -29,7 +31,7 @@ def arcface_template(size: int = TEMPLATE_SIZE) -> np.ndarray:
 
 def _check_size(size: int) -> int:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
-        raise ValueError(f"crop size must be a positive integer, got {size!r}")
+        raise OptionError(f"crop size must be a positive integer, got {size!r}")
     return int(size)
 
 

@@ -19,6 +19,8 @@ from typing import Iterator
 
 import numpy as np
 
+from abaw_ce.errors import InputError
+
 # Bump when the entry layout or the meaning of its arrays changes: old entries then simply miss.
 CACHE_FORMAT_VERSION = 1
 _HASH_CHUNK = 1 << 20
@@ -118,35 +120,35 @@ class FaceEntry:
                            else np.lib.format.read_array_header_2_0)
             shape, _fortran, dtype = read_header(member)
             if dtype != np.uint8 or tuple(shape[1:]) != (self.size, self.size, 3):
-                raise ValueError(f"{self.path}: crops are {dtype} {shape}, expected uint8 (K, {self.size}, "
-                                 f"{self.size}, 3)")
+                raise InputError(self.path, f"crops are {dtype} {shape}, expected uint8 (K, {self.size}, "
+                                            f"{self.size}, 3)")
             remaining = shape[0]
             while remaining:
                 count = min(chunk, remaining)
                 data = member.read(count * crop_bytes)
                 if len(data) != count * crop_bytes:
-                    raise ValueError(f"{self.path}: crops end early; the cache entry is damaged")
+                    raise InputError(self.path, "crops end early; the cache entry is damaged")
                 yield np.frombuffer(data, dtype=np.uint8).reshape(count, self.size, self.size, 3)
                 remaining -= count
 
     @classmethod
     def load(cls, path: str | Path) -> FaceEntry:
-        """Read an entry's metadata (crops stay on disk until ``iter_crops``); ValueError when damaged."""
+        """Read an entry's metadata (crops stay on disk until ``iter_crops``); InputError when damaged."""
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as archive:
                 missing = [name for name in (*_METADATA, _CROPS) if name not in archive.files]
                 if missing:
-                    raise ValueError(f"{path}: not a face cache entry (missing {', '.join(missing)})")
+                    raise InputError(path, f"not a face cache entry (missing {', '.join(missing)})")
                 values = {name: archive[name] for name in _METADATA}
         except (OSError, zipfile.BadZipFile, EOFError) as err:
-            raise ValueError(f"{path}: unreadable cache entry ({err})") from None
+            raise InputError(path, f"unreadable cache entry ({err})") from None
         entry = cls(values["frames"], values["face_found"], values["boxes"], values["scores"],
                     values["landmarks"], size=int(values["size"]), fps=float(values["fps"]),
                     settings=str(values["settings"]), error=str(values["error"]), path=path)
         if not (len(entry.face_found) == len(entry.boxes) == len(entry.scores) == len(entry.landmarks)
                 == entry.frame_count):
-            raise ValueError(f"{path}: arrays of different lengths; the cache entry is damaged")
+            raise InputError(path, "arrays of different lengths; the cache entry is damaged")
         return entry
 
     def save(self, path: str | Path) -> Path:

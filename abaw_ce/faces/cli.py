@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
-from abaw_ce.errors import InputError
-from abaw_ce.faces.detectors import DETECTOR_NAMES, DetectorUnavailable
+from abaw_ce.errors import run_command
+from abaw_ce.faces.detectors import DETECTOR_NAMES
 from abaw_ce.faces.pipeline import DEFAULT_BATCH, run_faces
 
 
@@ -48,13 +47,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    try:
+    def faces() -> int:
         with logging_redirect_tqdm():  # log lines above the progress bar, not through it
             report = run_faces(args.input, args.out, detector=args.detector, size=args.size, cache_dir=args.cache,
-                               overwrite=args.overwrite, batch_size=args.batch_size,
-                               progress=not args.no_progress)
-    except (InputError, DetectorUnavailable, FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(report.summary())
-    return 0 if report.totals["faces_found"] > 0 else 1
+                               overwrite=args.overwrite, batch_size=args.batch_size, progress=not args.no_progress)
+        print(report.summary())
+        return 0 if report.totals["faces_found"] > 0 else 1
+
+    return run_command(faces)

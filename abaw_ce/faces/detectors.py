@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from abaw_ce.errors import OptionError
 from abaw_ce.faces.align import TEMPLATE_SIZE, arcface_template
 
 log = logging.getLogger(__name__)
@@ -37,8 +38,9 @@ HAAR_TEMPLATE_SCALE = 1.08
 HAAR_TEMPLATE_SHIFT_Y = -0.11
 
 
-class DetectorUnavailable(RuntimeError):
-    """The requested detector cannot run here (model file missing, cascade unreadable, ...)."""
+class DetectorUnavailable(OptionError, RuntimeError):
+    """The requested detector cannot run here (model file missing, cascade unreadable, ...): the user fixes it
+    by installing the model or choosing another --detector. Still a RuntimeError for code that catches one."""
 
 
 class DetectorModelNotFound(DetectorUnavailable):
@@ -433,4 +435,4 @@ def make_detector(name: str = "auto", **opts: Any) -> FaceDetector:
             return OpenCVDetector(**_accepted(OpenCVDetector, opts))
         log.info("face detector: insightface (%s)", detector.model_path)
         return detector
-    raise ValueError(f"unknown face detector {name!r}; expected one of {', '.join(DETECTOR_NAMES)}")
+    raise OptionError(f"unknown face detector {name!r}; expected one of {', '.join(DETECTOR_NAMES)}")

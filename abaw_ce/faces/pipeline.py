@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from abaw_ce.errors import InputError
+from abaw_ce.errors import InputError, OptionError
 from abaw_ce.faces.align import align_face
 from abaw_ce.faces.cache import EntryBuilder, FaceEntry, FrameFaces, cache_key, file_digest
 from abaw_ce.faces.detectors import Detection, FaceDetector, make_detector
@@ -441,7 +441,7 @@ def run_faces(input_dir: str | Path, out_dir: str | Path, detector: str | FaceDe
     input_path = Path(input_dir)
     out_dir = Path(out_dir)
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
-        raise ValueError(f"crop size must be a positive integer, got {size!r}")
+        raise OptionError(f"crop size must be a positive integer, got {size!r}")
     size = int(size)
     if not input_path.exists():
         raise InputError(input_path, "input folder not found")

@@ -13,6 +13,7 @@ from einops import rearrange
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from abaw_ce.errors import OptionError
 from abaw_ce.models.vit import LAYER_NORM_EPS, VitArch, build_vit, sincos_2d
 
 
@@ -25,10 +26,10 @@ class DecoderArch:
 
     def __post_init__(self) -> None:
         if self.embed_dim % self.num_heads or self.embed_dim % 4:
-            raise ValueError(f"decoder embed_dim {self.embed_dim} must be divisible by num_heads "
-                             f"{self.num_heads} and by 4")
+            raise OptionError(f"decoder embed_dim {self.embed_dim} must be divisible by num_heads "
+                              f"{self.num_heads} and by 4")
         if self.depth < 1:
-            raise ValueError(f"decoder depth must be at least 1, got {self.depth}")
+            raise OptionError(f"decoder depth must be at least 1, got {self.depth}")
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
@@ -65,12 +66,12 @@ class MaskedAutoencoder(nn.Module):
                  norm_pix_loss: bool = True):
         super().__init__()
         if not 0.0 <= mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
+            raise OptionError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
         self.arch, self.decoder_arch = arch, decoder
         self.mask_ratio, self.norm_pix_loss = float(mask_ratio), bool(norm_pix_loss)
         self.num_keep = int(arch.num_patches * (1 - mask_ratio))
         if self.num_keep < 1:
-            raise ValueError(f"mask_ratio {mask_ratio} leaves no visible patch of {arch.num_patches}")
+            raise OptionError(f"mask_ratio {mask_ratio} leaves no visible patch of {arch.num_patches}")
         self.encoder = build_vit(arch, pooled_norm=False)
         self.decoder_embed = nn.Linear(arch.embed_dim, decoder.embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder.embed_dim))

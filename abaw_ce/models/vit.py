@@ -15,6 +15,8 @@ import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from abaw_ce.errors import OptionError
+
 VIT_SIZES: dict[str, dict[str, int]] = {
     "tiny": {"embed_dim": 192, "depth": 12, "num_heads": 3},
     "small": {"embed_dim": 384, "depth": 12, "num_heads": 6},
@@ -40,13 +42,13 @@ class VitArch:
         for name in ("img_size", "patch_size", "embed_dim", "depth", "num_heads"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"ViT {name} must be a positive integer, got {value!r}")
+                raise OptionError(f"ViT {name} must be a positive integer, got {value!r}")
         if self.img_size % self.patch_size:
-            raise ValueError(f"image size {self.img_size} is not a multiple of the patch size {self.patch_size}")
+            raise OptionError(f"image size {self.img_size} is not a multiple of the patch size {self.patch_size}")
         if self.embed_dim % self.num_heads:
-            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+            raise OptionError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.embed_dim % 4:
-            raise ValueError(f"embed_dim {self.embed_dim} must be a multiple of 4 for the 2D sin-cos table")
+            raise OptionError(f"embed_dim {self.embed_dim} must be a multiple of 4 for the 2D sin-cos table")
 
     @property
     def grid(self) -> int:
@@ -71,7 +73,7 @@ class VitArch:
 def vit_arch(size: str = "base", img_size: int = 224, patch_size: int = 16, **overrides: Any) -> VitArch:
     """A named size with optional overrides (``None`` values keep the size's default)."""
     if size not in VIT_SIZES:
-        raise ValueError(f"ViT size must be one of {sorted(VIT_SIZES)}, got {size!r}")
+        raise OptionError(f"ViT size must be one of {sorted(VIT_SIZES)}, got {size!r}")
     params: dict[str, Any] = {**VIT_SIZES[size], "img_size": img_size, "patch_size": patch_size}
     params.update({k: v for k, v in overrides.items() if v is not None})
     return VitArch(**params)

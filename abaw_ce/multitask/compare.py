@@ -18,6 +18,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from abaw_ce import submission
+from abaw_ce.errors import OptionError
 from abaw_ce.train import runs
 from abaw_ce.train.loop import read_status
 from abaw_ce.train.reports import table_cell
@@ -57,7 +58,7 @@ def check_overrides(user: Sequence[str], demo: bool) -> None:
     unknown = [item for item in user if "=" not in item
                or not any(_has_key(c, item.split("=", 1)[0]) for c in stages)]
     if unknown:
-        raise ValueError(f"overrides {unknown} name no key of the multitask, cexprnet or emotion settings")
+        raise OptionError(f"overrides {unknown} name no key of the multitask, cexprnet or emotion settings")
 
 
 def run_comparison(datasets: Any, out_dir: Path, videos: Path, ground_truth: Path, template: Path | None = None,
@@ -111,7 +112,9 @@ def run_comparison(datasets: Any, out_dir: Path, videos: Path, ground_truth: Pat
             timings[name] = (time.perf_counter() - started) / trained
             runs.atomic_write_json(timings_path, timings)
         out = run_dir / "submission.txt"
-        make_submission(videos, [run_dir], out, template=template, work_dir=out_dir / "eval_work",
+        # the emotion run trains fold 0 alone: its export is given, not the run, whose other folds are missing
+        model = run_dir if stage != "emotion" else status_dir / "export"
+        make_submission(videos, [model], out, template=template, work_dir=out_dir / "eval_work",
                         detector=detector, crop_size=crop_size, overwrite=True, progress=False)
         scored = submission.score(submission.read_submission(out), truth)
         validation = json.loads((status_dir / "validation.json").read_text(encoding="utf-8"))

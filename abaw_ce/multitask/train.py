@@ -34,7 +34,7 @@ from abaw_ce.cexprnet.train import IMAGENET_MEAN, IMAGENET_STD, compound_f1, com
 from abaw_ce.data.labelled import FaceTransform, TableSamples
 from abaw_ce.data.table import au_arrays
 from abaw_ce.data.video_frames import crop_frame_rows
-from abaw_ce.errors import InputError
+from abaw_ce.errors import InputError, OptionError
 from abaw_ce.multitask import EXPORT_META_FILE, fbn, mml
 from abaw_ce.multitask.coupling import selective_bce
 from abaw_ce.train import engine, runs
@@ -162,7 +162,7 @@ def _meta_validation_rows(table: pd.DataFrame, masks: np.ndarray, train: np.ndar
     group): MML's meta-validation batches, kept out of the base network's training."""
     candidates = np.flatnonzero(train & (masks[:, 0] > 0))
     if len(candidates) == 0:
-        raise ValueError("MML needs expression-labelled training images for its meta-validation batches")
+        raise OptionError("MML needs expression-labelled training images for its meta-validation batches")
     groups = np.array(sorted(set(table["group"].iloc[candidates])))
     chosen = np.random.default_rng(seed).permutation(groups)[: max(1, int(round(fraction * len(groups))))]
     return candidates[np.isin(table["group"].iloc[candidates].to_numpy(), chosen)]
@@ -184,7 +184,7 @@ def load_multitask(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def train_multitask(config: DictConfig, resume: str | None = None, overrides: Sequence[str] = ()) -> Path:
     if str(config.model.method) not in METHODS:
-        raise ValueError(f"model.method must be one of {METHODS}, got {config.model.method!r}")
+        raise OptionError(f"model.method must be one of {METHODS}, got {config.model.method!r}")
     run_dir, trained = run_single(STAGE, config, resume, overrides, _train)
     if not trained:
         return run_dir
@@ -211,7 +211,7 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
                       "mml": lambda: mml.mml_targets(table)}[method]()
     keep = masks.any(axis=1)
     if not keep.any():
-        raise ValueError("data.datasets holds no image with an expression, AU or valence-arousal label")
+        raise OptionError("data.datasets holds no image with an expression, AU or valence-arousal label")
     table, targets, masks = table[keep].reset_index(drop=True), targets[keep], masks[keep]
     val = _fold_assignment(table, run_dir, d.folds, d.fold_seed) == d.val_fold
     train = ~val

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from abaw_ce import labels, submission
 from abaw_ce.data import writers
+from abaw_ce.errors import OptionError
 from abaw_ce.synth.face import MARGIN, Identity, Pose, aligned_matrix, composite, render_face
 
 AU_ON = 0.4  # an AU intensity at or above this is labelled present
@@ -340,7 +341,7 @@ def contact_sheet(path: str | Path, seed: int = 0, identities: int = 5, size: in
 def generate_world(out: str | Path, seed: int = 0, scale: str | Scale = "tiny", overwrite: bool = False) -> dict:
     """Write the synthetic world under ``out``; deterministic for (seed, scale)."""
     if isinstance(scale, str) and scale not in SCALES:
-        raise ValueError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
+        raise OptionError(f"scale must be one of {sorted(SCALES)}, got {scale!r}")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} is not empty; choose another --out or pass --overwrite")

@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from abaw_ce.errors import OptionError
 from abaw_ce.train import runs
 from abaw_ce.train.loop import (STATUS_FILE, LossMonitor, NonFiniteLoss, TrainLog, epoch_batches,
                                 make_accelerator, restore, train_step,
@@ -135,10 +136,10 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
     accelerator = make_accelerator(run_dir, t.precision, t.grad_accum)
     set_seed(t.seed)
     if len(train_set) < t.batch_size * accelerator.num_processes:
-        raise ValueError(f"{stage}: only {len(train_set)} training samples, fewer than one global batch "
-                         f"({t.batch_size} x {accelerator.num_processes}); lower train.batch_size")
+        raise OptionError(f"{stage}: only {len(train_set)} training samples, fewer than one global batch "
+                          f"({t.batch_size} x {accelerator.num_processes}); lower train.batch_size")
     if len(val_set) == 0:
-        raise ValueError(f"{stage}: the validation set is empty")
+        raise OptionError(f"{stage}: the validation set is empty")
     sampler = train_order if train_order is not None else EpochSampler(len(train_set), seed=t.seed)
     train_loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, drop_last=True,
                               num_workers=t.num_workers, pin_memory=torch.cuda.is_available())
@@ -154,7 +155,7 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
     batches_per_epoch = (len(train_loader) // t.grad_accum) * t.grad_accum
     updates_per_epoch = batches_per_epoch // t.grad_accum
     if updates_per_epoch < 1:
-        raise ValueError(f"{stage}: an epoch of {len(train_loader)} batches is shorter than train.grad_accum")
+        raise OptionError(f"{stage}: an epoch of {len(train_loader)} batches is shorter than train.grad_accum")
     scheduler = restart_schedule(optimizer, updates_per_epoch, t.epochs, o.warmup_epochs, o.restart_epochs,
                                  o.min_lr)
     progress = runs.Progress()

@@ -21,7 +21,7 @@ from abaw_ce.data.adapters import load_dataset
 from abaw_ce.data.labelled import FaceTransform, TableSamples
 from abaw_ce.data.table import au_arrays, concat_tables, targets as table_targets
 from abaw_ce.data.video_frames import crop_frame_rows
-from abaw_ce.errors import InputError
+from abaw_ce.errors import InputError, OptionError
 from abaw_ce.models.export import (export_meta_summary, input_signature, load_classifier, load_encoder,
                                    save_encoder)
 from abaw_ce.models.vit import build_vit, vit_arch
@@ -63,14 +63,14 @@ def build_backbone(config: DictConfig, num_classes: int) -> tuple[nn.Module, dic
     _, probe = load_encoder(encoder_path)  # reads metadata and checks the weights once
     native = probe["arch"].img_size
     if m.img_size is not None and m.img_size != native and not m.resize_pos_embed:
-        raise ValueError(f"encoder {encoder_path} was trained at {native} px but model.img_size is {m.img_size}; "
-                         f"set model.img_size={native}, or model.resize_pos_embed=true to resize its "
-                         f"position table")
+        raise OptionError(f"encoder {encoder_path} was trained at {native} px but model.img_size is {m.img_size}; "
+                          f"set model.img_size={native}, or model.resize_pos_embed=true to resize its "
+                          f"position table")
     for key in ("mean", "std"):
         wanted = d[key]
         if wanted is not None and [round(float(x), 6) for x in wanted] != [round(float(x), 6) for x in probe[key]]:
-            raise ValueError(f"data.{key} {list(wanted)} differs from the normalisation the encoder {encoder_path} "
-                             f"was trained with ({probe[key]}); leave data.{key} null to use the encoder's")
+            raise OptionError(f"data.{key} {list(wanted)} differs from the normalisation the encoder {encoder_path} "
+                              f"was trained with ({probe[key]}); leave data.{key} null to use the encoder's")
     model, meta = load_encoder(encoder_path, img_size=m.img_size, num_classes=num_classes,
                                drop_path_rate=m.drop_path)
     if m.img_size is not None and m.img_size != native:
@@ -88,8 +88,8 @@ def _transforms(config: DictConfig, img_size: int, mean: list[float], std: list[
 
 def load_tables(specs: Sequence[Any], non_basic: str | None = None) -> pd.DataFrame:
     if not specs:
-        raise ValueError("data.datasets is empty; list the labelled sets, e.g. "
-                         "data.datasets=[{format:rafdb_basic,root:data/RAF-DB/basic}]")
+        raise OptionError("data.datasets is empty; list the labelled sets, e.g. "
+                          "data.datasets=[{format:rafdb_basic,root:data/RAF-DB/basic}]")
     tables = []
     for spec in specs:
         spec = dict(OmegaConf.to_container(spec, resolve=True)) if isinstance(spec, DictConfig) else dict(spec)
@@ -213,8 +213,8 @@ def _class_weights(setting: Any, y_train: np.ndarray, names: Sequence[str]) -> n
         return inverse_frequency_weights(y_train >= 0.5, names)
     values = np.asarray(list(setting), dtype=np.float64)
     if values.shape != (len(names),) or not np.all(np.isfinite(values)) or np.any(values < 0):
-        raise ValueError(f"loss.class_weights must be inverse_frequency, none, or {len(names)} non-negative "
-                         f"numbers in the order {list(names)}; got {setting!r}")
+        raise OptionError(f"loss.class_weights must be inverse_frequency, none, or {len(names)} non-negative "
+                          f"numbers in the order {list(names)}; got {setting!r}")
     return values
 
 
@@ -250,12 +250,12 @@ def _train_emotion_folds(config: DictConfig, run_dir: Path, resuming: bool, fold
     table = table[table["has_target"]].reset_index(drop=True)
     table = crop_frame_rows(table, d.get("frame_crops"), run_dir / "frame_crops", "emotion")
     if table.empty:
-        raise ValueError("no labelled sample in data.datasets (after the non-basic policy)")
+        raise OptionError("no labelled sample in data.datasets (after the non-basic policy)")
     assignment = _fold_assignment(table, run_dir, d.folds, d.fold_seed)
     wanted = list(range(d.folds)) if folds is None else sorted(set(folds))
     outside = [k for k in wanted if not 0 <= k < d.folds]
     if outside:
-        raise ValueError(f"--folds {outside} outside 0..{d.folds - 1}")
+        raise OptionError(f"--folds {outside} outside 0..{d.folds - 1}")
     names = labels.BASIC_EMOTIONS
     for k in wanted:
         fold_dir = run_dir / f"{FOLD_PREFIX}{k}"
@@ -316,12 +316,14 @@ def train_au(config: DictConfig, resume: str | None = None, overrides: Sequence[
 
 def _train_au(config: DictConfig, run_dir: Path, resuming: bool) -> None:
     d, t = config.data, config.train
+    if d.au_set not in labels.AU_SETS:
+        raise OptionError(f"data.au_set must be one of {sorted(labels.AU_SETS)}, got {d.au_set!r}")
     names = [f"AU{n}" for n in labels.AU_SETS[d.au_set]]
     table = load_tables(d.datasets)
     values, mask = au_arrays(table, d.au_set)
     labelled = mask.any(axis=1)
     if not labelled.any():
-        raise ValueError(f"no sample in data.datasets carries any of the {d.au_set} AUs {names}")
+        raise OptionError(f"no sample in data.datasets carries any of the {d.au_set} AUs {names}")
     table, values, mask = table[labelled].reset_index(drop=True), values[labelled], mask[labelled]
     assignment = _fold_assignment(table, run_dir, d.folds, d.fold_seed)
     val = assignment == d.val_fold

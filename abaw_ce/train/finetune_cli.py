@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
-from omegaconf.errors import MissingMandatoryValue
 
-from abaw_ce.errors import InputError
+from abaw_ce.errors import run_command
 from abaw_ce.train import runs
 
 
@@ -33,29 +31,17 @@ def _config(stage: str, args: argparse.Namespace):
 
 
 def guarded(call, hint=None) -> int:
-    """Run a stage; known failures become a one-line error and exit status 2 (bad input) or 3 (NaN loss).
-    ``hint(err)`` may add a second line for an input error."""
+    """Run a stage through ``run_command`` (user errors: one line, exit 2; a loss that stopped being finite:
+    exit 3; any other exception shows its traceback), then leave the process group."""
     from abaw_ce.train.loop import NonFiniteLoss
 
-    try:
+    def stage() -> None:  # a stage returns its run folder, not an exit status
         call()
-    except MissingMandatoryValue as err:
-        key = getattr(err, "full_key", "") or str(err)
-        print(f"error: {key} is required (e.g. model.encoder=runs/mae-.../export, or none for a random "
-              f"initialisation)", file=sys.stderr)
-        return 2
-    except (InputError, FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        extra = hint(err) if hint is not None else None
-        if extra:
-            print(f"hint: {extra}", file=sys.stderr)
-        return 2
-    except NonFiniteLoss as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
+
+    try:
+        return run_command(stage, hint, other_failures={NonFiniteLoss: 3})
     finally:
         runs.end_process_group()
-    return 0
 
 
 def main_au(argv: list[str] | None = None) -> int:

@@ -12,7 +12,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
 
-from abaw_ce.errors import InputError
+from abaw_ce.errors import InputError, OptionError
 from abaw_ce.train import runs
 
 STATUS_FILE = "status.json"
@@ -29,7 +29,7 @@ def resolve_precision(choice: str | bool) -> str:
     if choice == "auto":
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
     if choice not in ("bf16", "fp16", "no"):
-        raise ValueError(f"train.precision must be auto, bf16, fp16 or fp32, got {choice!r}")
+        raise OptionError(f"train.precision must be auto, bf16, fp16 or fp32, got {choice!r}")
     return choice
 
 

@@ -16,6 +16,7 @@ from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from abaw_ce.data.images import FaceImages
+from abaw_ce.errors import OptionError
 from abaw_ce.models.export import encoder_state_from_pretraining, save_encoder
 from abaw_ce.models.mae import DecoderArch, MaskedAutoencoder
 from abaw_ce.models.vit import VitArch, vit_arch
@@ -69,8 +70,8 @@ def _check_settings(config: DictConfig) -> None:
     runs.check_positive_ints(config.train, "train", ("epochs", "batch_size", "grad_accum", "log_every",
                                                      "checkpoint_every", "keep_checkpoints"))
     if not config.data.sources:
-        raise ValueError("data.sources is empty; give at least one image folder, packed store or manifest "
-                         "(e.g. data.sources=[data/faces])")
+        raise OptionError("data.sources is empty; give at least one image folder, packed store or manifest "
+                          "(e.g. data.sources=[data/faces])")
 
 
 def _resolve_run(config: DictConfig, resume: str | None, overrides: list[str]
@@ -137,8 +138,8 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
     samples = SeededSamples(dataset, maker, seed=t.seed)
     global_batch = t.batch_size * accelerator.num_processes
     if len(samples) < global_batch:
-        raise ValueError(f"only {len(samples)} images in data.sources, fewer than one global batch "
-                         f"({t.batch_size} x {accelerator.num_processes} processes); lower train.batch_size")
+        raise OptionError(f"only {len(samples)} images in data.sources, fewer than one global batch "
+                          f"({t.batch_size} x {accelerator.num_processes} processes); lower train.batch_size")
     sampler = EpochSampler(len(samples), seed=t.seed)
     loader = DataLoader(samples, batch_size=t.batch_size, sampler=sampler, drop_last=True,
                         num_workers=config.data.num_workers, pin_memory=torch.cuda.is_available(),
@@ -151,8 +152,8 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
     batches_per_epoch = (len(loader) // t.grad_accum) * t.grad_accum  # whole updates only
     updates_per_epoch = batches_per_epoch // t.grad_accum
     if updates_per_epoch < 1:
-        raise ValueError(f"an epoch of {len(loader)} batches per process is shorter than train.grad_accum "
-                         f"({t.grad_accum}); lower grad_accum or batch_size")
+        raise OptionError(f"an epoch of {len(loader)} batches per process is shorter than train.grad_accum "
+                          f"({t.grad_accum}); lower grad_accum or batch_size")
     total_updates = updates_per_epoch * t.epochs
     warmup = min(int(round(o.warmup_epochs * updates_per_epoch)), total_updates - 1)
     scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total_updates - warmup), lr_min=o.min_lr,

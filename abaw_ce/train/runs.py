@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
-from abaw_ce.errors import InputError
+from abaw_ce.errors import InputError, OptionError
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -75,20 +75,20 @@ def load_config(default: str, config_paths: Sequence[str | Path] = (), overrides
             raise InputError(config_path, f"not a valid YAML config ({err})") from None
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value (e.g. train.epochs=10)")
+            raise OptionError(f"override {item!r} must look like key=value (e.g. train.epochs=10)")
         try:
             layers.append((f"override {item!r}", OmegaConf.from_dotlist([item])))
         except OmegaConfBaseException as err:
-            raise ValueError(f"override {item!r} cannot be parsed ({err})") from None
+            raise OptionError(f"override {item!r} cannot be parsed ({err})") from None
     for origin, layer in layers:
         try:
             base = OmegaConf.merge(base, layer)
         except ConfigKeyError as err:
             key = getattr(err, "full_key", None) or str(err).splitlines()[0]
-            raise ValueError(f"{origin}: unknown config key {key!r}; the known keys are in "
-                             f"{packaged_config(default)}") from None
+            raise OptionError(f"{origin}: unknown config key {key!r}; the known keys are in "
+                              f"{packaged_config(default)}") from None
         except OmegaConfBaseException as err:
-            raise ValueError(f"{origin}: {str(err).splitlines()[0]}") from None
+            raise OptionError(f"{origin}: {str(err).splitlines()[0]}") from None
     return base
 
 
@@ -275,7 +275,7 @@ def check_positive_ints(section: Any, name: str, keys: Sequence[str]) -> None:
     for key in keys:
         value = section[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}.{key} must be a positive integer, got {value!r}")
+            raise OptionError(f"{name}.{key} must be a positive integer, got {value!r}")
 
 
 def resumed_config(run_dir: Path, overrides: Sequence[str], frozen: Sequence[str]) -> DictConfig:
@@ -290,5 +290,5 @@ def resumed_config(run_dir: Path, overrides: Sequence[str], frozen: Sequence[str
     changed = [f"{k}: checkpoint {a.get(k)!r}, now {b.get(k)!r}" for k in sorted(set(a) | set(b))
                if k.startswith(tuple(frozen)) and a.get(k) != b.get(k)]
     if changed:
-        raise ValueError(f"cannot resume {run_dir} with changed settings: " + "; ".join(changed))
+        raise OptionError(f"cannot resume {run_dir} with changed settings: " + "; ".join(changed))
     return merged

@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from abaw_ce.data.images import UnreadableImage
+from abaw_ce.errors import OptionError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class GroupedBatchOrder(Sampler):
         if not self.groups or any(len(g) == 0 for g in self.groups):
             raise ValueError("every group of a grouped batch order needs at least one item")
         if batch_size < len(self.groups):
-            raise ValueError(f"a batch of {batch_size} cannot hold one item of each of {len(self.groups)} groups")
+            raise OptionError(f"a batch of {batch_size} cannot hold one item of each of {len(self.groups)} groups")
         self.batch_size, self.seed, self.epoch = int(batch_size), int(seed), 0
         self.shares = self._shares()
         self.batches = max(int(np.ceil(len(g) / k)) for g, k in zip(self.groups, self.shares))
@@ -142,5 +143,5 @@ class SeededSamples(Dataset):
             sample["skipped"] = torch.tensor(skipped)
             sample["index"] = torch.tensor(item)
             return sample
-        raise RuntimeError(f"{min(MAX_REPLACEMENTS, size)} images in a row from item {index} could not be read; "
-                           f"the data looks broken (see the warnings above)")
+        raise UserError(f"{min(MAX_REPLACEMENTS, size)} images in a row from item {index} could not be read; "
+                        f"the data looks broken (see the warnings above)")
