@@ -23,7 +23,8 @@ def validate_main(argv: list[str] | None = None) -> int:
     """Validate fold runs (every fold finished, one label order and preprocessing, no fold far below the
     others) and/or a challenge file (format, coverage), scoring it against ground truth when given."""
     parser = argparse.ArgumentParser(prog="validate", description=validate_main.__doc__)
-    parser.add_argument("runs", nargs="*", type=Path, metavar="RUN", help="emotion run folders to check")
+    parser.add_argument("runs", nargs="*", type=Path, metavar="RUN",
+                        help="runs or exports to check (emotion fold runs, C-EXPR-NET or multi-task runs)")
     parser.add_argument("--f1-band", type=float, default=0.15,
                         help="a fold whose validation F1 is this far below its run's median fails")
     parser.add_argument("--submission", type=Path, help="the challenge file to check")

@@ -1,4 +1,4 @@
-"""Validate before upload: `python submit/validate.py [RUN ...] [--submission FILE] [--template FILE]
+"""Validate before upload: `python submit/validate.py [RUN or EXPORT ...] [--submission FILE] [--template FILE]
 [--videos DIR] [--ground-truth FILE]`. Exit status 0 only when every run and the file are valid."""
 import sys
 
