@@ -1,9 +1,12 @@
-"""Video metadata through PyAV (frame rate and frame count without decoding pixels)."""
+"""Video metadata through PyAV (frame rate, frame count and frame timestamps, without decoding pixels)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -21,50 +24,50 @@ class VideoInfo:
     height: int
 
 
-def video_info(path: str | Path) -> VideoInfo:
-    """Frame rate, frame count and size of a video; an InputError names the file when it cannot be read."""
+@contextmanager
+def _first_video_stream(path: Path) -> Iterator[tuple[Any, Any]]:
+    """The open container and its first video stream; an InputError names the file when it cannot be read
+    (while opening or while the caller demuxes)."""
     import av
 
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise InputError(path, "no video stream in this file")
+            yield container, container.streams.video[0]
+    except InputError:
+        raise
+    except (av.error.FFmpegError, UnicodeDecodeError) as err:
+        raise InputError(path, f"cannot read video ({err.__class__.__name__}: {err})") from None
+
+
+def _nominal_rate(stream: Any) -> Fraction | None:
+    return stream.average_rate or stream.guessed_rate or stream.base_rate
+
+
+def video_info(path: str | Path) -> VideoInfo:
+    """Frame rate, frame count and size of a video; an InputError names the file when it cannot be read."""
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "video file not found")
     if path.stat().st_size == 0:
         raise InputError(path, "video file is empty (0 bytes)")
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise InputError(path, "no video stream in this file")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            if not rate:
-                raise InputError(path, "the video stream has no frame rate")
-            frames = stream.frames
-            if frames <= 0:  # some containers do not store the count: count packets, decoding nothing
-                frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
-            return VideoInfo(str(path), float(Fraction(rate)), int(frames), stream.width, stream.height)
-    except InputError:
-        raise
-    except (av.error.FFmpegError, UnicodeDecodeError) as err:
-        raise InputError(path, f"cannot read video ({err.__class__.__name__}: {err})") from None
+    with _first_video_stream(path) as (container, stream):
+        rate = _nominal_rate(stream)
+        if not rate:
+            raise InputError(path, "the video stream has no frame rate")
+        frames = stream.frames
+        if frames <= 0:  # some containers do not store the count: count packets, decoding nothing
+            frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
+        return VideoInfo(str(path), float(Fraction(rate)), int(frames), stream.width, stream.height)
 
 
 def frame_times(path: str | Path) -> tuple[np.ndarray, float]:
     """Presentation time in seconds (the container's clock) of every frame of the first video stream, in
     display order, read from the packets without decoding pixels; and the stream's nominal frame rate.
     Frames of a variable-frame-rate video keep their real times."""
-    import av
-
-    path = Path(path)
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise InputError(path, "no video stream in this file")
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-            stamps = [p.pts for p in container.demux(stream) if p.size > 0 and p.pts is not None]
-            base = float(stream.time_base)
-    except InputError:
-        raise
-    except (av.error.FFmpegError, UnicodeDecodeError) as err:
-        raise InputError(path, f"cannot read video ({err.__class__.__name__}: {err})") from None
+    with _first_video_stream(Path(path)) as (container, stream):
+        rate = _nominal_rate(stream)
+        stamps = [p.pts for p in container.demux(stream) if p.size > 0 and p.pts is not None]
+        base = float(stream.time_base)
     return np.sort(np.asarray(stamps, np.float64)) * base, float(Fraction(rate)) if rate else 0.0
