@@ -344,20 +344,21 @@ def train_cexprnet(config: DictConfig, resume: str | None = None, overrides: Seq
 
 
 def _audio_rows(config: DictConfig, table: pd.DataFrame
-                ) -> tuple[pd.DataFrame, np.ndarray, dict[str, torch.Tensor], dict[str, float]]:
-    """Video-frame rows of videos with an audio track, their positions in ``table``, and the spectrograms."""
+                ) -> tuple[pd.DataFrame, np.ndarray, dict[str, torch.Tensor], dict[str, audio.FrameClock]]:
+    """Video-frame rows of videos with an audio track, their positions in ``table``, their spectrograms and
+    frame clocks."""
     rows = np.flatnonzero(is_frame_row(table))
     if len(rows) == 0:
         raise OptionError("model.modality=audio needs video-frame rows (e.g. a {format: cexpr, root: ...} dataset); "
                           "data.datasets has only still images")
     videos = sorted(set(table["path"].iloc[rows].astype(str)))
-    spectrograms, rates, silent = audio.video_spectrograms(videos, mel_settings(config))
+    spectrograms, clocks, silent = audio.video_spectrograms(videos, mel_settings(config))
     if silent:
         print(f"{STAGE}: {len(silent)} video(s) without an audio track left out: {', '.join(silent[:5])}")
     rows = rows[np.isin(table["path"].iloc[rows].astype(str).to_numpy(), list(spectrograms))]
     if len(rows) == 0:
         raise OptionError("no video of data.datasets has an audio track: nothing to train the audio track on")
-    return table.iloc[rows].reset_index(drop=True), rows, spectrograms, rates
+    return table.iloc[rows].reset_index(drop=True), rows, spectrograms, clocks
 
 
 def _teach_aus(config: DictConfig, table: pd.DataFrame, values: np.ndarray, mask: np.ndarray, cache_dir: Path
@@ -404,7 +405,7 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
         if lw.au_teacher:
             raise OptionError("loss.au_teacher labels face images; the audio track (model.modality=audio) takes "
                               "none: leave it null")
-        table, _, spectrograms, rates = _audio_rows(config, table)
+        table, _, spectrograms, clocks = _audio_rows(config, table)
     else:
         table = crop_frame_rows(table, d.get("frame_crops"), run_dir / "frame_crops", STAGE)
     expr_y, expr_has = expression_targets(table, head)
@@ -436,7 +437,7 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
                          "sample_rate": audio.MelSettings().sample_rate}
 
         def samples(part: np.ndarray, train: bool) -> SeededSamples:
-            base = audio.FrameAudioSamples(table[part], targets[part], masks[part], spectrograms, rates,
+            base = audio.FrameAudioSamples(table[part], targets[part], masks[part], spectrograms, clocks,
                                            int(a.width), int(a.shift), mel_settings(config))
             make = audio.SpectrogramTransform(int(a.width), mean, std, train, int(a.freq_mask) if train else 0)
             return SeededSamples(base, make, t.seed)
