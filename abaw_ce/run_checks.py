@@ -82,7 +82,8 @@ def check_runs(runs: Sequence[str | Path], f1_band: float = 0.15) -> RunCheck:
             continue
         config_path = run / "config.yaml"
         if not config_path.is_file():
-            raise InputError(config_path, "not a run folder (config.yaml missing)")
+            raise InputError(config_path, "not a run folder (config.yaml missing); give export folders directly "
+                                          "(e.g. RUN/fold_0/export) to use models without their run")
         n_folds = int(OmegaConf.load(config_path).data.folds)
         scores: dict[int, float] = {}
         for k in range(n_folds):
