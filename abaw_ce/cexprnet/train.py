@@ -28,6 +28,7 @@ import torch.nn as nn
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
@@ -54,7 +55,6 @@ MODALITIES = ("visual", "audio")
 N_COMPOUNDS = len(labels.CEXPR_COMPOUNDS)
 # A softmax emotion counts as shown at >= 0.25: half of the 0.5 a compound's target gives each of its pair.
 EXPRESSION_THRESHOLD = 0.25
-IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 TEACHER_DIR, TEACHER_PROBS_FILE = "au_teacher", "probs.npy"  # <run>/au_teacher: the AU teacher's outputs
 
 
@@ -314,7 +314,7 @@ def build(config: DictConfig) -> tuple[CExprNet, Any, dict[str, Any]]:
     net = CExprNet(backbone, descriptions, tokenizer.get_vocab_size(), int(m.block_dim), int(m.text_dim),
                    int(m.text_heads), int(m.text_layers), expression_outputs(head))
     default_mean, default_std = ((info["mean"], info["std"]) if info["kind"] == "vit"
-                                 else (IMAGENET_MEAN, IMAGENET_STD))
+                                 else (list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)))
     expression_labels = list(labels.CEXPR_CLASSES if head == "multiclass" else labels.BASIC_EMOTIONS)
     meta = {"track": STAGE, "modality": modality, "expr_head": head, "backbone": info,
             "img_size": int(m.img_size),

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
@@ -279,6 +280,6 @@ def import_checkpoint(path: str | Path, num_heads: int | None = None
         raise InputError(path, f"unsupported ViT layout ({err})") from None
     check_encoder_state(state, arch, path)
     meta = {"format": ENCODER_FORMAT, "version": ENCODER_VERSION, "arch": arch, "pooling": "avg+fc_norm",
-            "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+            "mean": list(IMAGENET_DEFAULT_MEAN), "std": list(IMAGENET_DEFAULT_STD),
             "source": {"imported_from": path.name, "sha256": _sha256(path)}, "history": []}
     return state, arch, meta

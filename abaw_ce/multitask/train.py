@@ -27,10 +27,11 @@ import torch.nn as nn
 from accelerate.utils import set_seed
 from omegaconf import DictConfig
 from safetensors.torch import load_file, save_file
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from abaw_ce import labels
 from abaw_ce.cexprnet.model import build_backbone, rebuild_backbone
-from abaw_ce.cexprnet.train import IMAGENET_MEAN, IMAGENET_STD, compound_f1, compound_scores, compound_truth
+from abaw_ce.cexprnet.train import compound_f1, compound_scores, compound_truth
 from abaw_ce.data.labelled import FaceTransform, TableSamples
 from abaw_ce.data.table import au_arrays
 from abaw_ce.data.video_frames import crop_frame_rows
@@ -218,7 +219,8 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
 
     set_seed(t.seed)
     backbone, info = build_backbone(str(m.backbone), int(m.img_size))
-    mean, std = ((info["mean"], info["std"]) if info["kind"] == "vit" else (IMAGENET_MEAN, IMAGENET_STD))
+    mean, std = ((info["mean"], info["std"]) if info["kind"] == "vit"
+                 else (list(IMAGENET_DEFAULT_MEAN), list(IMAGENET_DEFAULT_STD)))
     mean, std = (list(d.mean) if d.mean is not None else mean), (list(d.std) if d.std is not None else std)
     train_tf = FaceTransform(int(m.img_size), mean, std, train=True, **dict(d.augment))
     eval_tf = FaceTransform(int(m.img_size), mean, std, train=False)

@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 from accelerate.utils import broadcast_object_list, set_seed
 from omegaconf import DictConfig, OmegaConf
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from abaw_ce import labels
@@ -55,8 +56,8 @@ def build_backbone(config: DictConfig, num_classes: int) -> tuple[nn.Module, dic
         arch = vit_arch(m.arch.size, img_size=size, patch_size=m.arch.patch_size, embed_dim=m.arch.embed_dim,
                         depth=m.arch.depth, num_heads=m.arch.num_heads)
         model = build_vit(arch, pooled_norm=True, num_classes=num_classes, drop_path_rate=m.drop_path)
-        mean = list(d.mean) if d.mean is not None else [0.485, 0.456, 0.406]
-        std = list(d.std) if d.std is not None else [0.229, 0.224, 0.225]
+        mean = list(d.mean) if d.mean is not None else list(IMAGENET_DEFAULT_MEAN)
+        std = list(d.std) if d.std is not None else list(IMAGENET_DEFAULT_STD)
         return model, {"arch": arch, "mean": mean, "std": std, "history": [],
                        "source": {"stage": "random-init"}}
     encoder_path = Path(m.encoder)
