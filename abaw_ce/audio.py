@@ -162,8 +162,11 @@ class FrameAudioSamples(torch.utils.data.Dataset):
     def __init__(self, table, targets: np.ndarray, mask: np.ndarray, spectrograms: dict[str, torch.Tensor],
                  clocks: dict[str, FrameClock], width: int, shift: int, s: MelSettings = MelSettings()):
         self.paths = table["path"].astype(str).tolist()
-        frames = table["frame"].to_numpy(np.int64)
-        self.times = [float(clocks[p].seconds(np.array([f]))[0]) for p, f in zip(self.paths, frames)]
+        frames, self.times = table["frame"].to_numpy(np.int64), np.zeros(len(table))
+        videos = np.asarray(self.paths)
+        for video in np.unique(videos):  # one clock look-up per video, not per row
+            rows = videos == video
+            self.times[rows] = clocks[video].seconds(frames[rows])
         self.targets = torch.as_tensor(np.asarray(targets, np.float32))
         self.mask = torch.as_tensor(np.asarray(mask, np.float32))
         self.spectrograms, self.span, self.settings = spectrograms, width + 2 * shift, s

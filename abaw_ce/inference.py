@@ -151,7 +151,8 @@ class RunShares:
         """``n_runs`` requested runs (default: as many as the models name), ``run_weights`` one per run."""
         n_runs = n_runs if n_runs is not None else max(m.run for m in models) + 1
         weights = np.ones(n_runs) if run_weights is None else np.asarray(run_weights, dtype=np.float64)
-        if weights.shape != (n_runs,) or not np.all(np.isfinite(weights)) or np.any(weights < 0) or weights.sum() <= 0:
+        usable = np.all(np.isfinite(weights)) and np.all(weights >= 0) and weights.sum() > 0
+        if weights.shape != (n_runs,) or not usable:
             raise OptionError(f"--run-weights must be {n_runs} non-negative numbers (one per run) with a positive "
                               f"sum, got {None if run_weights is None else list(run_weights)}")
         modalities = []
@@ -254,6 +255,8 @@ def predict_audio(video: str | Path, frames: np.ndarray, models: Sequence[Loaded
     out = np.zeros((len(frames), len(labels.BASIC_EMOTIONS)), dtype=np.float32)
     tracks: dict[tuple[int, int], tuple[torch.Tensor, np.ndarray] | None] = {}  # (rate, mels) -> (mel, times)
     for m, share in zip(models, shares.model_weights(models)):
+        if share == 0:  # a run weighted 0: its sound need not be read
+            continue
         a = m.audio
         settings = MelSettings(sample_rate=int(a["sample_rate"]), n_mels=int(a["n_mels"]))
         key = (settings.sample_rate, settings.n_mels)
@@ -264,8 +267,6 @@ def predict_audio(video: str | Path, frames: np.ndarray, models: Sequence[Loaded
         if tracks[key] is None:
             return None
         spectrogram, times = tracks[key]
-        if share == 0:
-            continue
         for start in range(0, len(times), batch_size):
             part = slice(start, start + batch_size)
             x = (frame_windows(spectrogram, times[part], int(a["width"]), settings) - a["mean"]) / a["std"]
