@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from abaw_ce import fusion, labels  # noqa: E402
 from abaw_ce.faces.align import align_face  # noqa: E402
 from abaw_ce.faces.detectors import make_detector  # noqa: E402
-from abaw_ce.inference import load_models, prepare_batch  # noqa: E402
-from abaw_ce.make_submission import make_submission  # noqa: E402
+from abaw_ce.submission.inference import load_models, prepare_batch  # noqa: E402
+from abaw_ce.submission.pipeline import make_submission  # noqa: E402
 from abaw_ce.models.export import save_encoder  # noqa: E402
 from abaw_ce.models.vit import VitArch, build_vit  # noqa: E402
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from abaw_ce.train.mae_cli import main
+from abaw_ce.cli.pretrain import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,7 @@
 """Audio: PyAV decoding, log-mel spectrogram, windows centred on video frames, padding, no audio track."""
 import numpy as np
 
-from abaw_ce import labels, submission
+from abaw_ce import labels, challenge_file
 from abaw_ce.audio import (LOG_FLOOR, MelSettings, frame_windows, log_mel, mel_filterbank, read_audio,
                            video_frame_windows)
 from abaw_ce.synth.world import class_tone, write_video
@@ -46,7 +46,7 @@ def test_windows_past_the_ends_are_padded_with_the_floor():
 
 
 def test_synthetic_test_videos_carry_their_class_in_the_audio(tiny_world):
-    truth = submission.read_submission(tiny_world / "test_ground_truth" / "ground_truth.txt")
+    truth = challenge_file.read_submission(tiny_world / "test_ground_truth" / "ground_truth.txt")
     part = truth[truth["video"] == "test001"].reset_index(drop=True)
     import av
     with av.open(str(tiny_world / "test" / "test001.mp4")) as c:

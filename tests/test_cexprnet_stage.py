@@ -7,7 +7,7 @@ from abaw_ce import labels
 from abaw_ce.cexprnet.train import expression_targets, load_cexprnet
 from abaw_ce.models.export import save_encoder
 from abaw_ce.models.vit import VitArch, build_vit
-from abaw_ce.train.finetune_cli import main_cexprnet
+from abaw_ce.cli.cexprnet import main_cexprnet
 from tests.test_finetune_stages import run_script
 
 QUICK = ["train.epochs=2", "train.batch_size=16", "train.log_every=4", "model.img_size=32"]
@@ -65,10 +65,10 @@ def test_expression_targets_cover_basic_and_compound_rows():
 
 
 def test_make_submission_ensembles_the_two_tracks(tiny_world, tmp_path):
-    from abaw_ce import submission
+    from abaw_ce import challenge_file
     from abaw_ce.cexprnet.train import build, save_export
-    from abaw_ce.inference import load_models
-    from abaw_ce.make_submission import make_submission
+    from abaw_ce.submission.inference import load_models
+    from abaw_ce.submission.pipeline import make_submission
     from abaw_ce.train import runs
     from tests.test_make_submission import fake_fold_run, videos_folder
 
@@ -85,10 +85,10 @@ def test_make_submission_ensembles_the_two_tracks(tiny_world, tmp_path):
     summary = make_submission(videos, [emotion, tmp_path / "cx"], tmp_path / "sub.txt",
                               template=template, detector="opencv", crop_size=48, progress=False)
     assert len(summary["models"]) == 2
-    assert submission.validate_submission(tmp_path / "sub.txt", template=template).ok
+    assert challenge_file.validate_submission(tmp_path / "sub.txt", template=template).ok
     import pytest
 
-    from abaw_ce.make_submission import check_track
+    from abaw_ce.submission.pipeline import check_track
 
     check_track(models[1:], "cexprnet")
     with pytest.raises(ValueError, match="another track"):
@@ -103,7 +103,7 @@ def test_runs_are_averaged_first_then_weighted(tmp_path):
     import pytest
 
     from abaw_ce.data.packed import PackedWriter
-    from abaw_ce.inference import RunShares, load_models, predict_crops
+    from abaw_ce.submission.inference import RunShares, load_models, predict_crops
     from tests.test_make_submission import fake_fold_run
 
     with PackedWriter(tmp_path / "store", 32, 32) as writer:
@@ -139,10 +139,10 @@ def strip_audio(src, dst):
 def test_audio_track_trains_on_video_frames_and_late_fuses(tiny_world, tmp_path, capsys):
     import numpy as np
 
-    from abaw_ce import submission
+    from abaw_ce import challenge_file
     from abaw_ce.cexprnet.train import build, save_export
-    from abaw_ce.inference import RunShares, load_models
-    from abaw_ce.make_submission import make_submission
+    from abaw_ce.submission.inference import RunShares, load_models
+    from abaw_ce.submission.pipeline import make_submission
     from abaw_ce.train import runs
     from tests.test_make_submission import videos_folder
 
@@ -176,16 +176,16 @@ def test_audio_track_trains_on_video_frames_and_late_fuses(tiny_world, tmp_path,
     notes = {r["video"]: r["notes"] for r in fused["per_video"]}
     assert any("no audio track" in n for n in notes["test001"])
     assert not any("no audio track" in n for n in notes["test000"])
-    assert submission.validate_submission(tmp_path / "lf.txt", template=template).ok
+    assert challenge_file.validate_submission(tmp_path / "lf.txt", template=template).ok
     heard = make_submission(videos, [audio_run], tmp_path / "audio.txt", template=template, detector="opencv",
                             crop_size=48, progress=False)
     assert heard["audio_weight"] == 1.0
-    assert submission.validate_submission(tmp_path / "audio.txt", template=template).ok
-    silent = submission.read_submission(tmp_path / "audio.txt")
+    assert challenge_file.validate_submission(tmp_path / "audio.txt", template=template).ok
+    silent = challenge_file.read_submission(tmp_path / "audio.txt")
     assert len(np.unique(silent.loc[silent["video"] == "test001", "label"])) == 1  # one fallback distribution
     import pytest
 
-    from abaw_ce.tune_fusion import tune_fusion
+    from abaw_ce.experiments.tune_fusion import tune_fusion
 
     with pytest.raises(ValueError, match="audio run"):  # its grid is built from visual probabilities
         tune_fusion(tmp_path / "labelled", [tmp_path / "visual", audio_run], tmp_path / "tuned")
@@ -238,7 +238,7 @@ def test_a_multiclass_export_reloads_but_is_kept_out_of_the_pairwise_fusion(tmp_
 
     from abaw_ce.cexprnet.train import build, save_export
     from abaw_ce.errors import InputError
-    from abaw_ce.inference import load_models
+    from abaw_ce.submission.inference import load_models
     from abaw_ce.train import runs
 
     config = runs.load_config("cexprnet", [runs.packaged_config("cexprnet_demo")],
@@ -260,10 +260,10 @@ def test_ablation_command_trains_every_row_and_scores_them_on_videos(tiny_world,
     from tests.test_make_submission import videos_folder
 
     videos, template = videos_folder(tiny_world, tmp_path / "videos", names=("test002",))
-    from abaw_ce import submission
+    from abaw_ce import challenge_file
 
-    rows = submission.read_submission(tiny_world / "test_ground_truth" / "ground_truth.txt")
-    truth = submission.write_submission(tmp_path / "truth.txt", rows[rows["video"] == "test002"])
+    rows = challenge_file.read_submission(tiny_world / "test_ground_truth" / "ground_truth.txt")
+    truth = challenge_file.write_submission(tmp_path / "truth.txt", rows[rows["video"] == "test002"])
     out = tmp_path / "ablation"
     data = datasets(tiny_world, "rafdb_compound", "rafdb_basic", "affwild2_au", "cexpr")
     args = ["--demo", "train.epochs=1", "train.batch_size=16", "model.img_size=32", "data.frame_crops.size=48",

@@ -4,7 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from abaw_ce import submission as S
+from abaw_ce import challenge_file as S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def test_demo_runs_and_protects_other_folders(tmp_path):
     out.mkdir()  # an earlier demo's folder: the demo replaces it
     (out / ".abaw-ce-demo").write_text("written by `abaw-ce demo`\n")
     (out / "stale.txt").write_text("from the earlier demo")
-    res = run("-m", "abaw_ce.cli", "demo", "--out", out, "--quick")
+    res = run("-m", "abaw_ce.cli.main", "demo", "--out", out, "--quick")
     assert res.returncode == 0, res.stderr
     assert not (out / "stale.txt").exists()
     summary = json.loads((out / "demo_summary.json").read_text())
@@ -59,6 +59,6 @@ def test_demo_runs_and_protects_other_folders(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep me")
-    res = run("-m", "abaw_ce.cli", "demo", "--out", mine, "--quick")
+    res = run("-m", "abaw_ce.cli.main", "demo", "--out", mine, "--quick")
     assert res.returncode == 2 and "not written by the demo" in res.stderr
     assert (mine / "notes.txt").read_text() == "keep me"

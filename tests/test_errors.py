@@ -11,7 +11,8 @@ import pytest
 
 from abaw_ce.errors import read_text_lines
 from abaw_ce.faces.detectors import make_detector
-from abaw_ce.train.finetune_cli import guarded, main_emotion
+from abaw_ce.cli.common import guarded
+from abaw_ce.cli.emotion import main_emotion
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,7 +60,7 @@ def test_a_kit_defect_propagates_instead_of_exit_2(defect, capsys):
 def test_a_kit_defect_exits_1_with_its_traceback():
     script = textwrap.dedent("""
         import sys
-        from abaw_ce.train.finetune_cli import guarded
+        from abaw_ce.cli.common import guarded
 
         def stage():
             raise ValueError("an internal invariant broke")

@@ -20,7 +20,7 @@ from abaw_ce.faces import (Detection, DetectorUnavailable, FaceEntry, MainFaceTr
                            align_face_with_matrix, arcface_template, main_face_index, make_detector, run_faces,
                            transform_points)
 from abaw_ce.faces import pipeline
-from abaw_ce.faces.cli import main as faces_main
+from abaw_ce.cli.faces import main as faces_main
 from abaw_ce.faces.detectors import OpenCVDetector, WholeImageDetector
 from abaw_ce.faces.pipeline import load_image
 from abaw_ce.synth.face import MARGIN, Identity, composite, render_face

@@ -16,7 +16,7 @@ from abaw_ce.models.export import encoder_state_from_pretraining, load_classifie
 from abaw_ce.models.mae import DecoderArch, MaskedAutoencoder
 from abaw_ce.models.vit import VitArch
 from abaw_ce.train import runs
-from abaw_ce.train.finetune_cli import main_emotion
+from abaw_ce.cli.emotion import main_emotion
 
 ROOT = Path(__file__).resolve().parents[1]
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -198,7 +198,7 @@ def test_vit_sizes():
 
 
 def test_import_encoder_command(tmp_path, capsys):
-    from abaw_ce.cli import main
+    from abaw_ce.cli.main import main
 
     mae = tiny_mae(seed=5)
     path = tmp_path / "fmae.pth"

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from abaw_ce.data.images import read_rgb, to_rgb_array
 from abaw_ce.models.export import load_encoder
-from abaw_ce.train.mae_cli import main
+from abaw_ce.cli.pretrain import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "pretrain" / "mae.py"

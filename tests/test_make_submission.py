@@ -10,9 +10,10 @@ import pytest
 import scipy.stats
 import torch
 
-from abaw_ce import labels, submission
+from abaw_ce import labels, challenge_file
 from abaw_ce.errors import InputError, UserError
-from abaw_ce.make_submission import align_to_template, main, make_submission, video_labels
+from abaw_ce.cli.submit import main
+from abaw_ce.submission.pipeline import align_to_template, make_submission, video_labels
 from abaw_ce.models.export import save_encoder
 from abaw_ce.models.vit import VitArch, build_vit
 from abaw_ce.synth.world import clutter, write_video
@@ -63,10 +64,10 @@ def test_make_submission_follows_the_template_and_reports(tiny_world, tmp_path, 
     assert code == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "fold_0/export" in printed and "fold_1/export" in printed
-    report = submission.validate_submission(out, template=template)
+    report = challenge_file.validate_submission(out, template=template)
     assert report.ok, report
-    written = submission.read_submission(out)
-    assert written[["video", "frame"]].equals(submission.read_template(template))
+    written = challenge_file.read_submission(out)
+    assert written[["video", "frame"]].equals(challenge_file.read_template(template))
     summary = json.loads((tmp_path / "sub_summary.json").read_text())
     assert summary["frames"] == len(written) and len(summary["models"]) == 2
     assert sum(summary["class_histogram"].values()) == len(written)
@@ -85,9 +86,9 @@ def test_make_submission_follows_the_template_and_reports(tiny_world, tmp_path, 
 def test_bad_requests_write_nothing(tiny_world, tmp_path):
     run = fake_fold_run(tmp_path / "good")
     bad_template = tmp_path / "template.txt"
-    rows = submission.read_template(tiny_world / "test_ground_truth" / "template.txt").head(3)
-    bad_template.write_text(submission.SUBMISSION_HEADER + "\n" + "".join(
-        f"{submission.frame_location('no_such_video', int(f))}\n" for f in rows["frame"]))
+    rows = challenge_file.read_template(tiny_world / "test_ground_truth" / "template.txt").head(3)
+    bad_template.write_text(challenge_file.SUBMISSION_HEADER + "\n" + "".join(
+        f"{challenge_file.frame_location('no_such_video', int(f))}\n" for f in rows["frame"]))
     out = tmp_path / "sub.txt"
     with pytest.raises(InputError, match=r"template.txt: lists 1 video\(s\) not found in .*\['no_such_video'\]"):
         make_submission(tiny_world / "test", [run], out, template=bad_template, detector="opencv", crop_size=48,
@@ -106,10 +107,10 @@ def videos_folder(tiny_world, folder, names=("test000", "test001")):
     folder.mkdir(parents=True)
     for name in names:
         shutil.copy(tiny_world / "test" / f"{name}.mp4", folder / f"{name}.mp4")
-    rows = submission.read_template(tiny_world / "test_ground_truth" / "template.txt")
+    rows = challenge_file.read_template(tiny_world / "test_ground_truth" / "template.txt")
     template = folder.parent / "template.txt"
-    template.write_text(submission.SUBMISSION_HEADER + "\n" + "".join(
-        f"{submission.frame_location(v, int(f))}\n" for v, f in zip(rows["video"], rows["frame"]) if v in names))
+    template.write_text(challenge_file.SUBMISSION_HEADER + "\n" + "".join(
+        f"{challenge_file.frame_location(v, int(f))}\n" for v, f in zip(rows["video"], rows["frame"]) if v in names))
     return folder, template
 
 
@@ -160,15 +161,15 @@ def test_a_template_leaves_out_an_unreadable_video_and_pads_a_truncated_one(tiny
     printed = capsys.readouterr().out
     assert "test000: damaged video, labelled from its" in printed and "padded with the last label" in printed
     assert "broken.mp4: could not be read" in printed and "not in the template: left out" in printed
-    report = submission.validate_submission(out, template=template)
+    report = challenge_file.validate_submission(out, template=template)
     assert report.ok, report
-    assert submission.read_submission(out)[["video", "frame"]].equals(submission.read_template(template))
+    assert challenge_file.read_submission(out)[["video", "frame"]].equals(challenge_file.read_template(template))
     cut = {r["video"]: r for r in json.loads((tmp_path / "sub_summary.json").read_text())["per_video"]}["test000"]
-    assert cut["frames"] == (submission.read_template(template)["video"] == "test000").sum()
+    assert cut["frames"] == (challenge_file.read_template(template)["video"] == "test000").sum()
     assert 0 < cut["faces"] < cut["frames"] / 2  # faces come from the decoded third only
     # the same unreadable file is an error when the template lists it (the faces cache makes this rerun cheap)
     listed = tmp_path / "listed.txt"
-    listed.write_text(template.read_text() + submission.frame_location("broken", 1) + "\n")
+    listed.write_text(template.read_text() + challenge_file.frame_location("broken", 1) + "\n")
     with pytest.raises(InputError, match="video.s. the template lists could not be read: broken.mp4"):
         make_submission(videos, [run], tmp_path / "other.txt", template=listed, work_dir=tmp_path / "sub_work",
                         detector="opencv", crop_size=48, progress=False)
@@ -188,9 +189,9 @@ def test_faceless_and_short_videos_still_label_every_frame(tiny_world, tmp_path,
     printed = capsys.readouterr().out
     assert "empty_room: no face found in any frame" in printed
     assert "short: shorter than the smoothing window (3 < 9 frames)" in printed
-    report = submission.validate_submission(out)
+    report = challenge_file.validate_submission(out)
     assert report.ok, report
-    written = submission.read_submission(out)
+    written = challenge_file.read_submission(out)
     decoded = len(first_frames(videos / "test001.mp4", 10_000))
     assert written.groupby("video")["frame"].max().to_dict() == {"empty_room": 20, "short": 3, "test001": decoded}
     faces = {r["video"]: r["faces"] for r in json.loads((tmp_path / "sub_summary.json").read_text())["per_video"]}
@@ -203,7 +204,7 @@ def test_a_folder_without_any_face_still_gets_a_file(tmp_path):
     run = fake_fold_run(tmp_path / "run", folds=1)
     make_submission(tmp_path / "videos", [run], tmp_path / "sub.txt", detector="opencv", crop_size=48,
                     progress=False)
-    assert submission.validate_submission(tmp_path / "sub.txt").ok
+    assert challenge_file.validate_submission(tmp_path / "sub.txt").ok
 
 
 def test_a_folder_without_videos_writes_nothing(tmp_path):
@@ -222,20 +223,20 @@ def test_a_folder_without_videos_writes_nothing(tmp_path):
 
 def test_rows_follow_a_template_whose_videos_are_not_in_sorted_order(tiny_world, tmp_path):
     videos, sorted_template = videos_folder(tiny_world, tmp_path / "videos")
-    rows = submission.read_template(sorted_template)
+    rows = challenge_file.read_template(sorted_template)
     unsorted = pd.concat([rows[rows["video"] == "test001"], rows[rows["video"] == "test000"]])
     template = tmp_path / "organisers_order.txt"
-    template.write_text(submission.SUBMISSION_HEADER + "\n" + "".join(
-        f"{submission.frame_location(v, int(f))}\n" for v, f in zip(unsorted["video"], unsorted["frame"])))
+    template.write_text(challenge_file.SUBMISSION_HEADER + "\n" + "".join(
+        f"{challenge_file.frame_location(v, int(f))}\n" for v, f in zip(unsorted["video"], unsorted["frame"])))
     out = tmp_path / "sub.txt"
     make_submission(videos, [fake_fold_run(tmp_path / "run", folds=1)], out, template=template,
                     detector="opencv", crop_size=48, progress=False)
-    written = submission.read_submission(out)
+    written = challenge_file.read_submission(out)
     assert written[["video", "frame"]].reset_index(drop=True).equals(unsorted.reset_index(drop=True))
-    report = submission.validate_submission(out, template=template)
+    report = challenge_file.validate_submission(out, template=template)
     assert report.ok, report.format()
     # against the sorted template the same rows are out of order
-    assert "rows are in a different order from the template" in submission.validate_submission(
+    assert "rows are in a different order from the template" in challenge_file.validate_submission(
         out, template=sorted_template).errors
 
 
@@ -260,7 +261,7 @@ def test_unfinished_folds_are_refused_unless_partial_runs_are_allowed(tiny_world
 
 
 def test_the_default_run_is_the_newest_whose_every_fold_finished(tmp_path, monkeypatch):
-    from abaw_ce.make_submission import newest_finished_run
+    from abaw_ce.submission.pipeline import newest_finished_run
 
     complete = fake_fold_run(tmp_path / "runs" / "emotion-old", folds=2)
     newer = fake_fold_run(tmp_path / "runs" / "emotion-new", folds=2)

@@ -10,7 +10,7 @@ import torch
 
 from abaw_ce import labels
 from abaw_ce.multitask.train import BASIC_COLUMNS, N_EXPR, OUTPUTS, load_multitask, sjmt_targets
-from abaw_ce.train.finetune_cli import main_multitask
+from abaw_ce.cli.multitask import main_multitask
 from tests.test_cexprnet_stage import datasets
 
 QUICK = ["train.epochs=2", "train.batch_size=16", "train.log_every=4", "model.img_size=32"]
@@ -180,13 +180,13 @@ def test_meta_gradients_are_averaged_over_processes():
 def test_comparison_trains_every_method_and_scores_them_on_videos(tiny_world, tmp_path, capsys):
     """One short run of each method through the --compare command: the table, each export's reload and its
     probabilities for make_submission, FaceBehaviorNet's joined batches, zero-shot and CCC, MML's statistics."""
-    from abaw_ce import submission
-    from abaw_ce.inference import load_models
+    from abaw_ce import challenge_file
+    from abaw_ce.submission.inference import load_models
     from tests.test_make_submission import videos_folder
 
     videos, template = videos_folder(tiny_world, tmp_path / "videos", names=("test002",))
-    rows = submission.read_submission(tiny_world / "test_ground_truth" / "ground_truth.txt")
-    truth = submission.write_submission(tmp_path / "truth.txt", rows[rows["video"] == "test002"])
+    rows = challenge_file.read_submission(tiny_world / "test_ground_truth" / "ground_truth.txt")
+    truth = challenge_file.write_submission(tmp_path / "truth.txt", rows[rows["video"] == "test002"])
     out = tmp_path / "compare"
     data = datasets(tiny_world, "affwild2_expr", "affwild2_au", "affwild2_va", "rafdb_compound")
     args = ["--demo", "--compare", str(out), "--epochs", "1", data, "train.batch_size=16", "model.img_size=32",
@@ -209,7 +209,7 @@ def test_comparison_trains_every_method_and_scores_them_on_videos(tiny_world, tm
         model = load_models([out / name])[0]
         probs = model.probabilities(torch.zeros(2, 3, 32, 32))
         assert model.track == "multitask" and probs.shape == (2, 6) and ((probs >= 0) & (probs <= 1)).all()
-        assert submission.validate_submission(out / name / "submission.txt", template=template).ok
+        assert challenge_file.validate_submission(out / name / "submission.txt", template=template).ok
     assert "img_size: 32" in (out / "c_expr_net" / "config.yaml").read_text()  # overrides reach every stage
     bad = main_multitask(["--demo", "--method", "fbn-typo", f"output.dir={tmp_path / 'bad'}", data])
     assert bad == 2 and "model.method must be one of" in capsys.readouterr().err

@@ -4,7 +4,7 @@ import shutil
 
 
 from abaw_ce import labels
-from abaw_ce.cli import validate_main
+from abaw_ce.cli.validate import validate_main
 from abaw_ce.models.export import save_encoder
 from abaw_ce.models.vit import VitArch, build_vit
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from abaw_ce import labels, submission
-from abaw_ce.make_submission import make_submission
+from abaw_ce import labels, challenge_file
+from abaw_ce.submission.pipeline import make_submission
 from abaw_ce.models.export import save_encoder
 from abaw_ce.models.vit import build_vit
 from tests.test_make_submission import ARCH, first_frames
@@ -79,7 +79,7 @@ def labels_of(scene, names, weights, tag):
     out = root / f"{tag}.txt"
     summary = make_submission(root / "videos", [runs[n] for n in names], out, work_dir=root / "work",
                               detector="opencv", crop_size=48, progress=False, run_weights=weights, overwrite=True)
-    return set(submission.read_submission(out)["label"]), summary
+    return set(challenge_file.read_submission(out)["label"]), summary
 
 
 @pytest.mark.parametrize("names, weights, expected, audio_weight", [
@@ -110,7 +110,7 @@ def test_a_run_with_weight_w_holds_share_w_of_the_decision(scene, emotion_weight
 
 
 def test_every_model_output_is_a_distribution_over_the_six_emotions(scene):
-    from abaw_ce.inference import load_models
+    from abaw_ce.submission.inference import load_models
 
     _, runs = scene
     models = load_models([runs["emotion_fs"], runs["cexprnet_sa"]])

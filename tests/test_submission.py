@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from abaw_ce import submission as S
+from abaw_ce import challenge_file as S
 from abaw_ce.errors import InputError
 
 HEADER = S.SUBMISSION_HEADER

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from abaw_ce import labels, submission
+from abaw_ce import labels, challenge_file
 from abaw_ce.data.adapters import load_dataset
 from abaw_ce.synth import face as F
 from abaw_ce.synth.world import Scale, generate_world, sample_aus, timeline
@@ -84,9 +84,9 @@ def test_every_format_reads_back(world):
     happy = va[va["expression"] == "happiness"]
     assert len(happy) == 0 or (happy["valence"] > 0).all()
     gt = out / "test_ground_truth"
-    report = submission.validate_submission(gt / "ground_truth.txt", template=gt / "template.txt")
+    report = challenge_file.validate_submission(gt / "ground_truth.txt", template=gt / "template.txt")
     assert report.ok, report.format()
-    shown = set(submission.read_submission(gt / "ground_truth.txt")["label"])
+    shown = set(challenge_file.read_submission(gt / "ground_truth.txt")["label"])
     assert shown == set(range(len(labels.CHALLENGE_COMPOUNDS)))  # every class is in the test videos
     assert len(list((out / "test").glob("*.mp4"))) == MICRO.test_videos
     assert (out / "contact_sheet.png").stat().st_size > 10_000

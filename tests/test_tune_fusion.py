@@ -5,7 +5,8 @@ import numpy as np
 import pandas as pd
 
 from abaw_ce import labels
-from abaw_ce.tune_fusion import labelled_video_frames, main, oof_compound_probs, score_grid
+from abaw_ce.cli.tune_fusion import main
+from abaw_ce.experiments.tune_fusion import labelled_video_frames, oof_compound_probs, score_grid
 from tests.test_make_submission import fake_fold_run
 
 

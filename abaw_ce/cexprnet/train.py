@@ -44,7 +44,7 @@ from abaw_ce.data.video_frames import crop_frame_rows, finished_record, fresh_pa
 from abaw_ce.errors import InputError, OptionError
 from abaw_ce.models import export as exports
 from abaw_ce.train import engine, runs
-from abaw_ce.train.finetune import _fold_assignment, _resume_point, load_tables, run_single
+from abaw_ce.finetune import _fold_assignment, _resume_point, load_tables, run_single
 from abaw_ce.train.metrics import multilabel_f1
 from abaw_ce.train.sampling import SeededSamples
 

@@ -39,7 +39,7 @@ from abaw_ce.errors import InputError, OptionError
 from abaw_ce.multitask import EXPORT_META_FILE, fbn, mml
 from abaw_ce.multitask.coupling import selective_bce
 from abaw_ce.train import engine, runs
-from abaw_ce.train.finetune import _fold_assignment, _resume_point, load_tables, run_single
+from abaw_ce.finetune import _fold_assignment, _resume_point, load_tables, run_single
 from abaw_ce.train.metrics import multilabel_f1
 from abaw_ce.train.sampling import GroupedBatchOrder, SeededSamples
 

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from abaw_ce import labels, submission
+from abaw_ce import labels, challenge_file
 from abaw_ce.data import writers
 from abaw_ce.errors import OptionError
 from abaw_ce.synth.face import MARGIN, Identity, Pose, aligned_matrix, composite, render_face
@@ -459,12 +459,12 @@ def generate_world(out: str | Path, seed: int = 0, scale: str | Scale = "tiny", 
     first = sorted(truth)[0]
     truth[first] = truth[first][:-1]
     gt = out / "test_ground_truth"
-    submission.write_submission(gt / "ground_truth.txt", truth, overwrite=overwrite)
-    template = [submission.SUBMISSION_HEADER] + [submission.frame_location(v, k + 1)
+    challenge_file.write_submission(gt / "ground_truth.txt", truth, overwrite=overwrite)
+    template = [challenge_file.SUBMISSION_HEADER] + [challenge_file.frame_location(v, k + 1)
                                                  for v in sorted(truth) for k in range(len(truth[v]))]
-    submission.atomic_write_text(gt / "template.txt", "\n".join(template) + "\n", overwrite=overwrite)
+    challenge_file.atomic_write_text(gt / "template.txt", "\n".join(template) + "\n", overwrite=overwrite)
     # Which frames show a face: the reference for measuring a detector's rate on the test videos.
-    submission.atomic_write_text(gt / "face_visible.csv", "\n".join(visible_rows) + "\n", overwrite=overwrite)
+    challenge_file.atomic_write_text(gt / "face_visible.csv", "\n".join(visible_rows) + "\n", overwrite=overwrite)
     counts["test_videos"] = s.test_videos
     counts["test_frames"] = sum(len(t) for t in truth.values())
     bar.close()

@@ -1,4 +1,7 @@
-"""The `abaw-ce` command: demo, synth, faces, validate, labels (more subcommands join as stages land)."""
+"""The `abaw-ce` command: demo, synth, faces, validate, labels, import-encoder.
+
+Each subcommand imports its library modules when chosen: they pull in torch, and `abaw-ce labels` or `--help`
+should not wait for it."""
 from __future__ import annotations
 
 import argparse
@@ -7,66 +10,11 @@ import logging
 import sys
 from pathlib import Path
 
-from abaw_ce.errors import InputError, run_command
-
-
-def _frame_counts(video_dir: Path) -> dict[str, int]:
-    from abaw_ce.video import VIDEO_SUFFIXES, video_info
-
-    videos = sorted(p for p in video_dir.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES)
-    if not videos:
-        raise InputError(video_dir, f"no videos ({', '.join(VIDEO_SUFFIXES)}) in this folder")
-    return {p.stem: video_info(p).frames for p in videos}
-
-
-def validate_main(argv: list[str] | None = None) -> int:
-    """Validate fold runs (every fold finished, one label order and preprocessing, no fold far below the
-    others) and/or a challenge file (format, coverage), scoring it against ground truth when given."""
-    parser = argparse.ArgumentParser(prog="validate", description=validate_main.__doc__)
-    parser.add_argument("runs", nargs="*", type=Path, metavar="RUN",
-                        help="runs or exports to check (emotion fold runs, C-EXPR-NET or multi-task runs)")
-    parser.add_argument("--f1-band", type=float, default=0.15,
-                        help="a fold whose validation F1 is this far below its run's median fails")
-    parser.add_argument("--submission", type=Path, help="the challenge file to check")
-    parser.add_argument("--template", type=Path, help="the organisers' frame list: rows must equal it")
-    parser.add_argument("--videos", type=Path, help="folder of the test videos: rows must cover their frames")
-    parser.add_argument("--frame-tolerance", type=int, default=0,
-                        help="with --videos, a per-video frame-count difference up to this is a warning")
-    parser.add_argument("--ground-truth", type=Path, help="a challenge-format file of true labels to score against")
-    parser.add_argument("--confusion-png", type=Path, help="where to draw the confusion matrix (with --ground-truth)")
-    args = parser.parse_args(argv)
-    if not args.runs and args.submission is None:
-        parser.error("give run folders to check, --submission FILE, or both")
-    return run_command(lambda: _validate(args))
-
-
-def _validate(args: argparse.Namespace) -> int:
-    """0 when every check passes, 1 when one fails (the reports say which)."""
-    from abaw_ce import submission
-    from abaw_ce.run_checks import check_runs
-
-    runs_ok = True
-    if args.runs:
-        checked = check_runs(args.runs, f1_band=args.f1_band)
-        print(checked.format())
-        runs_ok = checked.ok
-    if args.submission is None:
-        return 0 if runs_ok else 1
-    counts = _frame_counts(args.videos) if args.videos else None
-    report = submission.validate_submission(args.submission, template=args.template, frame_counts=counts,
-                                            frame_tolerance=args.frame_tolerance)
-    print(report.format())
-    if args.ground_truth and report.ok:
-        scored = submission.score(submission.read_submission(args.submission),
-                                  submission.read_submission(args.ground_truth))
-        print(scored.format())
-        png = args.confusion_png or args.submission.with_name(args.submission.stem + "_confusion.png")
-        print(f"confusion matrix: {submission.plot_confusion(scored.confusion, png)}")
-    return 0 if report.ok and runs_ok else 1
+from abaw_ce.errors import run_command
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from abaw_ce.demo import run_demo
+    from abaw_ce.experiments.demo import run_demo
 
     run_demo(args.out, seed=args.seed, overwrite=args.overwrite, quick=args.quick)
     return 0
@@ -138,9 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # not a line per checkpoint written
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["validate"]:
+        from abaw_ce.cli.validate import validate_main
         return validate_main(argv[1:])
     if argv[:1] == ["faces"]:
-        from abaw_ce.faces.cli import main as faces_main
+        from abaw_ce.cli.faces import main as faces_main
         return faces_main(argv[1:], prog="abaw-ce faces")
     args = parser.parse_args(argv)
     return run_command(lambda: args.func(args))

@@ -10,7 +10,6 @@ read (without a template: every video in the folder) and every run passes the ru
 """
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -20,11 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from abaw_ce import fusion, labels, submission
-from abaw_ce.errors import InputError, OptionError, UserError, read_text_lines, run_command
-from abaw_ce.inference import (PROBS_DIR, RunShares, load_models, predict_audio, predict_crops, read_video_probs,
+from abaw_ce import fusion, labels, challenge_file
+from abaw_ce.errors import InputError, OptionError, UserError, read_text_lines
+from abaw_ce.submission.inference import (PROBS_DIR, RunShares, load_models, predict_audio, predict_crops, read_video_probs,
                                save_video_probs)
-from abaw_ce.run_checks import check_runs, is_finished
+from abaw_ce.submission.run_checks import check_runs, is_finished
 from abaw_ce.video import VIDEO_SUFFIXES
 
 
@@ -129,7 +128,7 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; refusing to overwrite it (pass --overwrite to replace it)")
-    template_rows = submission.read_template(template) if template is not None else None
+    template_rows = challenge_file.read_template(template) if template is not None else None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     checked = check_runs(runs)  # fails early on a bad run, before any decoding
     if not checked.ok and not allow_partial:
@@ -228,7 +227,7 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     rows = pd.concat(parts, ignore_index=True)
     if template_rows is not None:  # the template's rows in the template's order, exactly
         rows = template_rows.merge(rows, on=["video", "frame"], how="left")
-    written = submission.write_submission(out, rows, overwrite=overwrite, keep_order=template_rows is not None)
+    written = challenge_file.write_submission(out, rows, overwrite=overwrite, keep_order=template_rows is not None)
     summary = _summary(reports, rows, runs, models, method, smoothing, window, written, left_out)
     summary["run_weights"] = [float(w) for w in run_weights] if run_weights is not None else [1.0] * len(runs)
     summary["run_shares"] = list(shares.shares)
@@ -236,7 +235,7 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     summary["run_problems"] = checked.problems  # empty unless allow_partial let them through
     summary["unfinished"] = checked.unfinished
     summary["videos_without_audio"] = sorted(v for v, a in audio_of.items() if a is None)
-    submission.atomic_write_text(out.with_name(out.stem + "_summary.json"), json.dumps(summary, indent=2) + "\n",
+    challenge_file.atomic_write_text(out.with_name(out.stem + "_summary.json"), json.dumps(summary, indent=2) + "\n",
                                  overwrite=True)
     _timelines(faces_of, rows, out.with_name(out.stem + "_timelines.png"))
     return summary
@@ -305,59 +304,3 @@ def read_fusion_weights(path: Path) -> fusion.WeightedFusion:
         raise InputError(path, f"not a fitted weighted fusion (expected JSON with weights and biases: "
                                f"{type(err).__name__}: {err})") from None
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="submit/make_submission.py",
-                                     description="Write the challenge file for a folder of test videos.")
-    parser.add_argument("--videos", required=True, type=Path, help="folder of test videos")
-    parser.add_argument("--models", nargs="+", type=Path, help="emotion runs or exports (default: the newest "
-                                                               "finished run under runs/)")
-    parser.add_argument("--out", type=Path, default=Path("submission.txt"))
-    parser.add_argument("--template", type=Path, help="the organisers' example file: its rows are the output's")
-    parser.add_argument("--work-dir", type=Path, help="faces and per-video probabilities (default: beside --out)")
-    parser.add_argument("--detector", default="auto", choices=["auto", "insightface", "opencv", "none"])
-    parser.add_argument("--crop-size", type=int, default=224)
-    parser.add_argument("--fusion", default="sum", choices=[m for m in fusion.FUSION_METHODS if m != "weighted"])
-    parser.add_argument("--fusion-weights", type=Path, help="JSON of a fitted weighted fusion (weights, biases)")
-    parser.add_argument("--smoothing", default="gaussian", choices=list(fusion.SMOOTHING_METHODS))
-    parser.add_argument("--window", type=int, default=9, help="smoothing window in frames")
-    parser.add_argument("--flip", action="store_true", help="average with mirrored crops (test-time augmentation)")
-    parser.add_argument("--run-weights", type=float, nargs="+",
-                        help="one weight per --models run (default equal): each run's models are averaged "
-                             "first, then the runs with these weights (e.g. an emotion run and a C-EXPR-NET run)")
-    parser.add_argument("--track", default="auto", choices=list(TRACKS),
-                        help="require every --models run to be of this track (default: any; each export says "
-                             "which it is, and tracks are ensembled)")
-    parser.add_argument("--allow-partial", action="store_true",
-                        help="go on when a run fails its checks (a fold missing or unfinished): its finished folds "
-                             "are used and the summary names the rest")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-    return run_command(lambda: _submit(args))
-
-
-def _submit(args: argparse.Namespace) -> None:
-    """make_submission for the parsed command line, and what it did, printed."""
-    runs = args.models or [newest_finished_run()]
-    weights = None
-    method = args.fusion
-    if args.fusion_weights is not None:
-        weights = read_fusion_weights(args.fusion_weights)
-        method = "weighted"
-    summary = make_submission(args.videos, runs, args.out, template=args.template, work_dir=args.work_dir,
-                              detector=args.detector, crop_size=args.crop_size, method=method,
-                              weights=weights, smoothing=args.smoothing, window=args.window, flip=args.flip,
-                              batch_size=args.batch_size, overwrite=args.overwrite,
-                              run_weights=args.run_weights, track=args.track,
-                              allow_partial=args.allow_partial)
-    for report in summary["per_video"]:
-        for note in report["notes"]:
-            print(f"{report['video']}: {note}")
-    for line in summary["left_out"]:
-        print(line)
-    for problem in summary["run_problems"]:
-        print(f"--allow-partial: {problem}")
-    print(f"models: {', '.join(summary['models'])}")
-    print(f"wrote {summary['frames']} frames of {summary['videos']} videos ({summary['faces_found']} with a face) "
-          f"to {summary['submission']}")

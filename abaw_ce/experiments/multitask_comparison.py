@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from abaw_ce import submission
+from abaw_ce import challenge_file
 from abaw_ce.errors import OptionError
 from abaw_ce.train import runs
 from abaw_ce.train.loop import read_status
@@ -67,9 +67,9 @@ def run_comparison(datasets: Any, out_dir: Path, videos: Path, ground_truth: Pat
     """Train (or continue) every method under ``out_dir``, score each on the labelled videos and write the
     table; ``overrides`` (``key=value``) go to every stage that has the key."""
     from abaw_ce.cexprnet.train import train_cexprnet
-    from abaw_ce.make_submission import make_submission
+    from abaw_ce.submission.pipeline import make_submission
     from abaw_ce.multitask.train import train_multitask
-    from abaw_ce.train.finetune import train_emotion
+    from abaw_ce.finetune import train_emotion
 
     check_overrides(overrides, demo)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,7 +86,7 @@ def run_comparison(datasets: Any, out_dir: Path, videos: Path, ground_truth: Pat
         ("basic-emotion ViT (fold 1)", "emotion",
          {"model.encoder": "none", **({"model.arch": DEMO_VIT} if demo else {})}),
     ]
-    truth = submission.read_submission(ground_truth)
+    truth = challenge_file.read_submission(ground_truth)
     timings_path = out_dir / "timings.json"
     timings = json.loads(timings_path.read_text(encoding="utf-8")) if timings_path.is_file() else {}
     rows = []
@@ -116,7 +116,7 @@ def run_comparison(datasets: Any, out_dir: Path, videos: Path, ground_truth: Pat
         model = run_dir if stage != "emotion" else status_dir / "export"
         make_submission(videos, [model], out, template=template, work_dir=out_dir / "eval_work",
                         detector=detector, crop_size=crop_size, overwrite=True, progress=False)
-        scored = submission.score(submission.read_submission(out), truth)
+        scored = challenge_file.score(challenge_file.read_submission(out), truth)
         validation = json.loads((status_dir / "validation.json").read_text(encoding="utf-8"))
         rows.append({"method": name, "video_f1": scored.macro_f1,
                      "basic_f1": validation.get("mean_expr_f1", validation.get("mean_f1")),

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from abaw_ce import fusion, labels, submission
+from abaw_ce import fusion, labels, challenge_file
 from abaw_ce.train import runs
 from abaw_ce.train.loop import read_status
 from abaw_ce.train.reports import table_cell
@@ -78,8 +78,8 @@ def _multiclass_submission(videos: Path, run: Path, out: Path, work: Path, templ
     like the 6-way rows' probabilities, then the best of the 7 challenge classes."""
     from abaw_ce.cexprnet.train import load_cexprnet
     from abaw_ce.faces.pipeline import STORE_DIR, run_faces
-    from abaw_ce.inference import LoadedModel, predict_crops, read_video_probs, save_video_probs
-    from abaw_ce.make_submission import align_to_template
+    from abaw_ce.submission.inference import LoadedModel, predict_crops, read_video_probs, save_video_probs
+    from abaw_ce.submission.pipeline import align_to_template
 
     class ClassProbabilities(torch.nn.Module):
         def __init__(self, net: torch.nn.Module):
@@ -98,7 +98,7 @@ def _multiclass_submission(videos: Path, run: Path, out: Path, work: Path, templ
     probs = predict_crops(faces_dir / STORE_DIR, [model], progress=False, n_outputs=len(labels.CEXPR_CLASSES))
     per_video = save_video_probs(faces_dir, probs, work / "probs_multiclass")
     fallback = probs.mean(axis=0)
-    template_rows = submission.read_template(template) if template is not None else None
+    template_rows = challenge_file.read_template(template) if template is not None else None
     parts = []
     for video, path in per_video.items():
         frames, found, values = read_video_probs(path)
@@ -109,7 +109,7 @@ def _multiclass_submission(videos: Path, run: Path, out: Path, work: Path, templ
             classes, _ = align_to_template(frames, classes, wanted)
             frames = wanted
         parts.append(pd.DataFrame({"video": video, "frame": frames, "label": classes}))
-    return submission.write_submission(out, pd.concat(parts, ignore_index=True), overwrite=True)
+    return challenge_file.write_submission(out, pd.concat(parts, ignore_index=True), overwrite=True)
 
 
 def run_ablation(config: DictConfig, out_dir: Path, videos: Path, ground_truth: Path,
@@ -118,10 +118,10 @@ def run_ablation(config: DictConfig, out_dir: Path, videos: Path, ground_truth: 
     """Train (or continue) every row under ``out_dir``, score each on the labelled videos, write
     ``ablation.csv``/``ablation.md`` and a bar chart; returns the Markdown table's path."""
     from abaw_ce.cexprnet.train import train_cexprnet
-    from abaw_ce.make_submission import make_submission
+    from abaw_ce.submission.pipeline import make_submission
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    truth = submission.read_submission(ground_truth)
+    truth = challenge_file.read_submission(ground_truth)
     work = out_dir / "eval_work"
     timings_path = out_dir / "timings.json"
     timings = json.loads(timings_path.read_text(encoding="utf-8")) if timings_path.is_file() else {}
@@ -161,7 +161,7 @@ def _score_row(name: str, run_dirs: list[Path], row: Row | None, out_dir: Path, 
     else:
         make_submission(videos, run_dirs, out, template=template, work_dir=work, detector=detector,
                         crop_size=crop_size, smoothing=smoothing, window=window, overwrite=True, progress=False)
-    scored = submission.score(submission.read_submission(out), truth)
+    scored = challenge_file.score(challenge_file.read_submission(out), truth)
     validation = {}
     if row is not None:
         validation = json.loads((run_dirs[0] / "validation.json").read_text(encoding="utf-8"))

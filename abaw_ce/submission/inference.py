@@ -28,7 +28,7 @@ from abaw_ce.data.packed import PackedFaces
 from abaw_ce.multitask import EXPORT_META_FILE as MULTITASK_META_FILE
 from abaw_ce.errors import InputError, OptionError
 from abaw_ce.models.export import META_FILE, load_classifier
-from abaw_ce.run_checks import is_export, is_finished
+from abaw_ce.submission.run_checks import is_export, is_finished
 
 PROBS_DIR = "probs"
 

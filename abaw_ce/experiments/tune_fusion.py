@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from abaw_ce import fusion, labels, submission
-from abaw_ce.errors import InputError, OptionError, run_command
+from abaw_ce import fusion, labels, challenge_file
+from abaw_ce.errors import InputError, OptionError
 
 DEFAULT_WINDOWS = (1, 3, 5, 9, 15, 25, 41)
 GRID_METHODS = ("sum", "mean", "product", "min", "weighted")
@@ -81,7 +81,7 @@ def score_grid(per_video: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], 
 
     ``per_video`` maps a video to (frames, face_found, probs) as make_submission saved them.
     """
-    from abaw_ce.make_submission import video_labels
+    from abaw_ce.submission.pipeline import video_labels
 
     missing = sorted(set(truth["video"]) - set(per_video))
     if missing:
@@ -97,7 +97,7 @@ def score_grid(per_video: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], 
                 for video, (frames, found, probs) in per_video.items():
                     classes, _ = video_labels(found, probs, fallback, method, weights, smoothing, window)
                     parts.append(pd.DataFrame({"video": video, "frame": frames, "label": classes}))
-                scored = submission.score(pd.concat(parts, ignore_index=True), truth)
+                scored = challenge_file.score(pd.concat(parts, ignore_index=True), truth)
                 results.append({"method": method, "smoothing": smoothing, "window": int(window),
                                 "macro_f1": scored.macro_f1})
     return pd.DataFrame(results)
@@ -133,13 +133,13 @@ def plot_grid(grid: pd.DataFrame, path: Path) -> Path:
 def tune_fusion(videos_root: str | Path, runs: Sequence[str | Path], out_dir: str | Path,
                 detector: str = "auto", crop_size: int = 224, windows: Sequence[int] = DEFAULT_WINDOWS,
                 flip: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    from abaw_ce.inference import PROBS_DIR, read_video_probs
-    from abaw_ce.make_submission import make_submission
+    from abaw_ce.submission.inference import PROBS_DIR, read_video_probs
+    from abaw_ce.submission.pipeline import make_submission
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} is not empty; refusing to overwrite it (pass --overwrite)")
-    from abaw_ce.inference import load_models
+    from abaw_ce.submission.inference import load_models
 
     audio = [str(m.path) for m in load_models(runs) if m.modality == "audio"]
     if audio:
@@ -158,7 +158,7 @@ def tune_fusion(videos_root: str | Path, runs: Sequence[str | Path], out_dir: st
     oof_probs, oof_classes = oof_compound_probs(runs)
     weights = fusion.fit_weighted_fusion(oof_probs, oof_classes) if len(oof_classes) else None
     if weights is not None:
-        submission.atomic_write_text(out_dir / "fusion_weights.json", json.dumps(
+        challenge_file.atomic_write_text(out_dir / "fusion_weights.json", json.dumps(
             {**weights.to_dict(), "fitted_on": f"{len(oof_classes)} out-of-fold compound images of "
                                                f"{[str(r) for r in runs]}"}, indent=2) + "\n", overwrite=True)
     grid = score_grid(per_video, truth, fallback, windows=windows, weights=weights)
@@ -174,33 +174,6 @@ def tune_fusion(videos_root: str | Path, runs: Sequence[str | Path], out_dir: st
               "default_macro_f1": float(default["macro_f1"].iloc[0]) if len(default) else None,
               "labelled_frames": int(len(truth)), "videos": sorted(per_video),
               "weighted_fit_images": int(len(oof_classes)), "make_submission_flags": flags}
-    submission.atomic_write_text(out_dir / "choice.json", json.dumps(choice, indent=2) + "\n", overwrite=True)
+    challenge_file.atomic_write_text(out_dir / "choice.json", json.dumps(choice, indent=2) + "\n", overwrite=True)
     return {"choice": choice, "grid": grid}
 
-
-def main(argv: list[str] | None = None) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="submit/tune_fusion.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--videos", required=True, type=Path,
-                        help="labelled videos in C-EXPR-DB layout (videos/ + annotation/)")
-    parser.add_argument("--models", nargs="+", required=True, type=Path, help="emotion runs or exports")
-    parser.add_argument("--out", required=True, type=Path, help="folder for grid.csv/png, choice.json, weights")
-    parser.add_argument("--detector", default="auto", choices=["auto", "insightface", "opencv", "none"])
-    parser.add_argument("--crop-size", type=int, default=224)
-    parser.add_argument("--windows", type=int, nargs="+", default=list(DEFAULT_WINDOWS))
-    parser.add_argument("--flip", action="store_true")
-    parser.add_argument("--overwrite", action="store_true")
-    args = parser.parse_args(argv)
-
-    def tune() -> None:
-        result = tune_fusion(args.videos, args.models, args.out, detector=args.detector, crop_size=args.crop_size,
-                             windows=args.windows, flip=args.flip, overwrite=args.overwrite)
-        grid, choice = result["grid"], result["choice"]
-        print(grid.sort_values("macro_f1", ascending=False, kind="stable").head(10).to_string(index=False))
-        print(f"{choice['labelled_frames']} labelled frames of {len(choice['videos'])} videos; best macro F1 "
-              f"{choice['macro_f1']:.4f} (sum + gaussian 9: {choice['default_macro_f1']:.4f})")
-        print(f"make_submission flags: {' '.join(choice['make_submission_flags'])}")
-        print(f"wrote {args.out / 'grid.csv'}, {args.out / 'grid.png'}, {args.out / 'choice.json'}")
-
-    return run_command(tune)

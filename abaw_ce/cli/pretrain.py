@@ -1,10 +1,12 @@
-"""Command line of stage 1 (``pretrain/mae.py``); kept in the library so tests drive the same code."""
+"""Command line of stage 1, MAE pretraining (``pretrain/mae.py``)."""
 from __future__ import annotations
 
 import argparse
 import logging
 
+from abaw_ce.cli.common import guarded
 from abaw_ce.errors import InputError
+from abaw_ce.pretrain import pretrain_mae
 from abaw_ce.train import runs
 
 
@@ -35,9 +37,6 @@ def _hint(err: Exception) -> str | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from abaw_ce.train.finetune_cli import guarded
-    from abaw_ce.train.mae import pretrain_mae
-
     files = ([runs.packaged_config("mae_demo")] if args.demo else []) + ([args.config] if args.config else [])
     overrides = list(args.overrides) + (["output.overwrite=true"] if args.overwrite else [])
     return guarded(lambda: pretrain_mae(runs.load_config("mae", files, overrides), resume=args.resume,

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
-from abaw_ce import submission
+from abaw_ce import challenge_file
 from abaw_ce.synth.world import generate_world
 
 # Epochs of (MAE, AU, emotion, C-EXPR-NET, C-EXPR-NET-A) for the full demo and for a quick smoke run.
@@ -40,10 +40,10 @@ def _config(stage: str, run_dir: Path, epochs: int, **values) -> "OmegaConf":
 def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: bool = False) -> dict:
     """Run the demo into ``out``; an earlier demo there is replaced, any other non-empty folder is refused."""
     from abaw_ce.cexprnet.train import train_cexprnet
-    from abaw_ce.make_submission import make_submission
-    from abaw_ce.run_checks import check_runs
-    from abaw_ce.train.finetune import train_au, train_emotion
-    from abaw_ce.train.mae import pretrain_mae
+    from abaw_ce.submission.pipeline import make_submission
+    from abaw_ce.submission.run_checks import check_runs
+    from abaw_ce.finetune import train_au, train_emotion
+    from abaw_ce.pretrain import pretrain_mae
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -135,11 +135,11 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     print("[8/8] validation of the fold runs and of the file, and the score against the ground truth")
     checked = check_runs([emotion_run])
     print("      " + checked.format().replace("\n", "\n      "))
-    report = submission.validate_submission(sub_path, template=gt_dir / "template.txt")
+    report = challenge_file.validate_submission(sub_path, template=gt_dir / "template.txt")
     print("      " + report.format().replace("\n", "\n      "))
-    scored = submission.score(submission.read_submission(sub_path),
-                              submission.read_submission(gt_dir / "ground_truth.txt"))
-    submission.plot_confusion(scored.confusion, out / "confusion.png", "demo predictions")
+    scored = challenge_file.score(challenge_file.read_submission(sub_path),
+                              challenge_file.read_submission(gt_dir / "ground_truth.txt"))
+    challenge_file.plot_confusion(scored.confusion, out / "confusion.png", "demo predictions")
     print("      " + scored.format().replace("\n", "\n      "))
     summary["macro_f1_by_runs"] = _score_subsets(out, every_run, gt_dir)
     summary.update(submission=str(sub_path), valid=report.ok, runs_valid=checked.ok, macro_f1=scored.macro_f1,
@@ -156,12 +156,12 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
 
 def _score_subsets(out: Path, every_run: list[Path], gt_dir: Path) -> dict[str, float]:
     """Compound macro F1 of each run alone and of the two visual runs together (the faces step is cached)."""
-    from abaw_ce.make_submission import make_submission
+    from abaw_ce.submission.pipeline import make_submission
 
     emotion_run, cexprnet_run, audio_run = every_run
     subsets = {"5 ViT folds": [emotion_run], "C-EXPR-NET visual": [cexprnet_run],
                "C-EXPR-NET-A (audio)": [audio_run], "visual runs together": [emotion_run, cexprnet_run]}
-    truth = submission.read_submission(gt_dir / "ground_truth.txt")
+    truth = challenge_file.read_submission(gt_dir / "ground_truth.txt")
     scores = {}
     print("      the same test videos scored per run (the submission above late-fuses all three):")
     for name, chosen in subsets.items():
@@ -169,6 +169,6 @@ def _score_subsets(out: Path, every_run: list[Path], gt_dir: Path) -> dict[str, 
         make_submission(out / "world" / "test", chosen, path, template=gt_dir / "template.txt",
                         work_dir=out / "submission_work", detector="opencv", crop_size=112, progress=False,
                         overwrite=True)
-        scores[name] = submission.score(submission.read_submission(path), truth).macro_f1
+        scores[name] = challenge_file.score(challenge_file.read_submission(path), truth).macro_f1
         print(f"        {name:<24} compound macro F1 {scores[name]:.4f}")
     return scores
