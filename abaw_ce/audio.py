@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from abaw_ce.errors import InputError
+from abaw_ce.video import frame_times
 
 LOG_FLOOR = 1e-6
 
@@ -69,8 +70,6 @@ class FrameClock:
 
     @classmethod
     def of(cls, video: str | Path, track: AudioTrack) -> FrameClock:
-        from abaw_ce.video import frame_times
-
         times, fps = frame_times(video)
         return cls(times - track.start, fps)
 

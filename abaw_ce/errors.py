@@ -73,3 +73,11 @@ def run_command(command: Callable[[], int | None], hint: Callable[[Exception], s
         print(f"error: {err}", file=sys.stderr)
         return next(code for kind, code in other_failures.items() if isinstance(err, kind))
     return 0 if status is None else int(status)
+
+
+def require_file(path: Path, what: str) -> None:
+    """InputError naming ``path`` unless it is a non-empty regular file (``what``: "video", "image"...)."""
+    if not path.is_file():
+        raise InputError(path, f"{what} file not found" if not path.exists() else "not a regular file")
+    if path.stat().st_size == 0:
+        raise InputError(path, "empty file (0 bytes)")

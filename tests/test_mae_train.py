@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from abaw_ce.data.images import read_rgb, to_rgb_array
+from abaw_ce.data.image_file import to_rgb_array
+from abaw_ce.data.images import read_rgb
 from abaw_ce.models.export import load_encoder
 from abaw_ce.cli.pretrain import main
 

@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 
 from abaw_ce import labels
-from abaw_ce.data.table import make_table
+from abaw_ce.data.table import TARGET_COLUMNS, make_table
 from abaw_ce.errors import InputError, OptionError, read_text_lines
+from abaw_ce.video import video_info
 
 log = logging.getLogger(__name__)
 
@@ -353,8 +354,6 @@ def load_cexpr(root: str | Path, non_basic: NonBasic = "zero", fps: Mapping[str,
     Rows point at the video (``path``) and carry the 1-based ``frame``; unlabelled gaps get no row. ``fps``
     overrides the frame rate read from a video.
     """
-    from abaw_ce.video import video_info
-
     root = Path(root)
     annotation_dir = _require_dir(root / "annotation", "C-EXPR-DB annotation")
     files = sorted(annotation_dir.glob("*.csv"))
@@ -428,7 +427,6 @@ def load_manifest(csv_path: str | Path, non_basic: NonBasic = "zero", source: st
     table = make_table(paths, source, groups, exprs if "expression" in col else None, aus=aus,
                        au_ids=au_ids or labels.CEXPR_AUS, non_basic=non_basic)
     if emotion_cols:
-        from abaw_ce.data.table import TARGET_COLUMNS
         table[list(TARGET_COLUMNS)] = np.asarray(targets, dtype=np.float32).reshape(-1, len(TARGET_COLUMNS))
         table["has_target"] = True
     return _attach_report(table, source, dropped_by_policy=len(paths) - len(table))

@@ -15,54 +15,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, ImageOps
 from torch.utils.data import ConcatDataset, Dataset
 
 from abaw_ce.data import packed
+from abaw_ce.data.adapters import load_image_folder, load_manifest
+from abaw_ce.data.image_file import read_rgb_array
 from abaw_ce.errors import InputError
-
-# A half-written JPEG should fail loudly rather than come back grey-padded.
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-class UnreadableImage(Exception):
-    def __init__(self, path: str | Path, reason: str):
-        super().__init__(f"{path}: {reason}")
-        self.path, self.reason = str(path), reason
-
-
-def to_rgb_array(image: Image.Image) -> np.ndarray:
-    """(H, W, 3) uint8 from a PIL image of any mode; 16/32-bit images keep their top 8 bits of range."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
-        gray = np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        # Transparent pixels become black rather than whatever colour the encoder left under them.
-        rgba = image.convert("RGBA")
-        black = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return np.asarray(Image.alpha_composite(black, rgba).convert("RGB"), dtype=np.uint8)
-    return np.asarray(image.convert("RGB"), dtype=np.uint8)
-
-
-def read_rgb_array(path: str | Path) -> np.ndarray:
-    """One image file as (H, W, 3) uint8 RGB, EXIF rotation applied; raises UnreadableImage when it cannot be
-    decoded."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            # Phones store pictures sideways plus an orientation tag: show the face the way the camera meant.
-            ImageOps.exif_transpose(image, in_place=True)
-            array = to_rgb_array(image)
-    except FileNotFoundError:
-        raise UnreadableImage(path, "file not found") from None
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise UnreadableImage(path, f"cannot decode ({err})") from None
-    if array.shape[0] < 1 or array.shape[1] < 1:
-        raise UnreadableImage(path, "image has no pixels")
-    return array
-
+from abaw_ce.faces.pipeline import STORE_DIR
 
 def read_rgb(path: str | Path) -> torch.Tensor:
     """One image file as uint8 (3, H, W); raises UnreadableImage when it cannot be decoded."""
@@ -110,9 +69,6 @@ class SourceInfo:
 
 def open_source(path: str | Path) -> tuple[Dataset, SourceInfo]:
     """Open one image source, recognised by what is on disk."""
-    from abaw_ce.data.adapters import load_image_folder, load_manifest
-    from abaw_ce.faces.pipeline import STORE_DIR
-
     path = Path(path)
     if not path.exists():
         raise InputError(path, "image source not found (expected a packed store, a faces-step output folder, "

@@ -33,6 +33,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from abaw_ce.data.image_file import UnreadableImage, read_rgb_array
 from abaw_ce.errors import InputError
 
 FORMAT_NAME = "abaw-ce-packed"
@@ -415,9 +416,6 @@ class PackedFaces(Dataset):
 
 
 def _read_image(path: Path, height: int, width: int) -> np.ndarray:
-    # The kit's one image reader (16-bit, alpha, EXIF rotation); imported here because images imports packed.
-    from abaw_ce.data.images import UnreadableImage, read_rgb_array
-
     try:
         array = read_rgb_array(path)
     except UnreadableImage as err:

@@ -18,13 +18,16 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
-from abaw_ce.errors import InputError, OptionError
+from abaw_ce.data.image_file import UnreadableImage, read_rgb_array
+from abaw_ce.data.packed import PackedWriter
+from abaw_ce.errors import InputError, OptionError, require_file
 from abaw_ce.faces.align import align_face
 from abaw_ce.faces.cache import EntryBuilder, FaceEntry, FrameFaces, cache_key, file_digest
 from abaw_ce.faces.detectors import Detection, FaceDetector, make_detector
 from abaw_ce.faces.tracking import MainFaceTracker, main_face_index
-from abaw_ce.video import VIDEO_SUFFIXES
+from abaw_ce.video import VIDEO_SUFFIXES, VideoReader, open_video
 
 log = logging.getLogger(__name__)
 
@@ -40,73 +43,15 @@ STATUSES = ("ok", "partial", "no_face", "error", "skipped")
 
 # --- reading inputs ----------------------------------------------------------------------------------------
 
-def _check_file(path: Path, what: str) -> None:
-    if not path.is_file():
-        raise InputError(path, f"{what} file not found" if not path.exists() else "not a regular file")
-    if path.stat().st_size == 0:
-        raise InputError(path, "empty file (0 bytes)")
-
-
 def load_image(path: str | Path) -> np.ndarray:
     """An image file as HxWx3 uint8 RGB through the kit's one image reader (any mode, 16-bit included; EXIF
     rotation applied); InputError names the file when it cannot be read."""
-    # Imported here: abaw_ce.data.images pulls in torch, which detection alone does not need.
-    from abaw_ce.data.images import UnreadableImage, read_rgb_array
-
     path = Path(path)
-    _check_file(path, "image")
+    require_file(path, "image")
     try:
         return read_rgb_array(path)
     except UnreadableImage as err:
         raise InputError(path, f"cannot read image: {err.reason}") from None
-
-
-class VideoReader:
-    """Frames of a video, decoded one at a time with PyAV (nothing but the current frame is held)."""
-
-    def __init__(self, path: str | Path):
-        import av
-
-        self.path = Path(path)
-        _check_file(self.path, "video")
-        self._av_error = av.error.FFmpegError
-        try:
-            self._container = av.open(str(self.path))
-        except (av.error.FFmpegError, UnicodeDecodeError, ValueError) as err:
-            raise InputError(self.path, f"cannot open video ({type(err).__name__}: {err})") from None
-        if not self._container.streams.video:
-            self._container.close()
-            raise InputError(self.path, "no video stream in this file")
-        self._stream = self._container.streams.video[0]
-        self._stream.thread_type = "AUTO"
-        rate = self._stream.average_rate or self._stream.guessed_rate or self._stream.base_rate
-        self.fps = float(rate) if rate else 0.0
-        self.expected_frames = max(0, int(self._stream.frames or 0))  # 0 when the container does not say
-        self.frames_read = 0
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        try:
-            for frame in self._container.decode(self._stream):
-                image = frame.to_ndarray(format="rgb24")
-                self.frames_read += 1
-                yield image
-        except self._av_error as err:
-            raise InputError(self.path, f"decoding failed after {self.frames_read} frames "
-                                        f"({type(err).__name__}: {err})") from None
-
-    def close(self) -> None:
-        self._container.close()
-
-    def __enter__(self) -> VideoReader:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        self.close()
-
-
-def open_video(path: str | Path) -> VideoReader:
-    """Open a video for frame-by-frame decoding; InputError names the file when it cannot be opened."""
-    return VideoReader(path)
 
 
 # --- faces of frames ---------------------------------------------------------------------------------------
@@ -352,7 +297,7 @@ class _FaceRun:
         return record
 
     def _entry(self, path: Path, kind: str) -> tuple[FaceEntry, bool]:
-        _check_file(path, kind)
+        require_file(path, kind)
         if not self.use_cache:  # a staging file only: no need to hash the input
             entry_path = self.work_dir / f"{uuid.uuid4().hex}.npz"
         else:
@@ -373,7 +318,6 @@ class _FaceRun:
         return entry, False
 
     def _video_entry(self, path: Path, entry_path: Path) -> FaceEntry:
-        from tqdm import tqdm
 
         with open_video(path) as video, EntryBuilder(entry_path, self.size, self.settings) as builder:
             error = ""
@@ -434,10 +378,6 @@ def run_faces(input_dir: str | Path, out_dir: str | Path, detector: str | FaceDe
     score), ``out_dir/frames.csv`` and ``out_dir/faces_report.json``; returns the report. With cache_dir,
     each file's results are kept there under its content hash, so a rerun decodes nothing it has seen.
     """
-    from tqdm import tqdm
-
-    from abaw_ce.data.packed import PackedWriter
-
     input_path = Path(input_dir)
     out_dir = Path(out_dir)
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from abaw_ce.data.images import UnreadableImage
+from abaw_ce.data.image_file import UnreadableImage
 from abaw_ce.errors import OptionError, UserError
 
 log = logging.getLogger(__name__)
