@@ -7,9 +7,7 @@ in sorted order.
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ import pandas as pd
 
 from abaw_ce import labels
 from abaw_ce.errors import InputError, read_text_lines
+from abaw_ce.files import atomic_write_text
 
 SUBMISSION_HEADER = "image_location," + ",".join(labels.CHALLENGE_COMPOUNDS)
 N_CLASSES = len(labels.CHALLENGE_COMPOUNDS)
@@ -50,23 +49,6 @@ def predictions_frame(predictions: Mapping[str, Sequence[int]] | pd.DataFrame, k
     if keep_order:
         return rows.reset_index(drop=True)
     return rows.sort_values(["video", "frame"], kind="stable").reset_index(drop=True)
-
-
-def atomic_write_text(path: str | Path, text: str, overwrite: bool = False) -> Path:
-    """Write a file through a temporary sibling and a rename; refuse to replace one unless ``overwrite``."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; refusing to overwrite it (pass --overwrite to replace it)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def write_submission(path: str | Path, predictions: Mapping[str, Sequence[int]] | pd.DataFrame,

@@ -4,41 +4,40 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from accelerate.utils import broadcast_object_list, set_seed
-from omegaconf import DictConfig, OmegaConf
+from accelerate.utils import set_seed
+from omegaconf import DictConfig
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from abaw_ce import labels
 from abaw_ce.data import folds as folds_lib
-from abaw_ce.data.adapters import load_dataset
 from abaw_ce.data.labelled import FaceTransform, TableSamples
-from abaw_ce.data.table import au_arrays, concat_tables, targets as table_targets
+from abaw_ce.data.table import au_arrays, targets as table_targets
 from abaw_ce.data.video_frames import crop_frame_rows
 from abaw_ce.errors import InputError, OptionError
 from abaw_ce.models.export import (export_meta_summary, input_signature, load_classifier, load_encoder,
                                    save_encoder)
 from abaw_ce.models.vit import build_vit, vit_arch
 from abaw_ce.train import engine, runs
+from abaw_ce.train.engine import fold_assignment, load_tables, run_single
 from abaw_ce.train.loop import read_status
 from abaw_ce.train.losses import (binary_kl, inverse_frequency_weights, masked_bce_pos_weight, pos_weights,
                                   weighted_bce)
 from abaw_ce.train.metrics import evaluate_multilabel
+from abaw_ce.train.reports import write_fold_report
 from abaw_ce.train.sampling import SeededSamples, derived_seed
 
 log = logging.getLogger(__name__)
 
 FOLD_PREFIX = "fold_"
 OOF_FILE = "oof.csv"
-FROZEN_ON_RESUME = ("model", "data", "loss", "optim", "distill", "train.batch_size", "train.grad_accum",
-                    "train.seed", "train.ema", "train.ema_decay", "train.mixup_alpha")
 
 
 # ---------------------------------------------------------------- encoder and inputs
@@ -85,19 +84,6 @@ def _transforms(config: DictConfig, img_size: int, mean: list[float], std: list[
     train = FaceTransform(img_size, mean, std, train=True, crop_scale=tuple(a.crop_scale), hflip=a.hflip,
                           rotation=a.rotation, color_jitter=a.color_jitter)
     return train, FaceTransform(img_size, mean, std, train=False)
-
-
-def load_tables(specs: Sequence[Any], non_basic: str | None = None) -> pd.DataFrame:
-    if not specs:
-        raise OptionError("data.datasets is empty; list the labelled sets, e.g. "
-                          "data.datasets=[{format:rafdb_basic,root:data/RAF-DB/basic}]")
-    tables = []
-    for spec in specs:
-        spec = dict(OmegaConf.to_container(spec, resolve=True)) if isinstance(spec, DictConfig) else dict(spec)
-        if non_basic is not None and spec.get("format") not in ("affwild2_au", "affwild2_va", "image_folder"):
-            spec.setdefault("non_basic", non_basic)
-        tables.append(load_dataset(spec))
-    return concat_tables(tables)
 
 
 def _export_fn(stage: str, task: str, label_names: Sequence[str], arch_meta: dict[str, Any], run_dir: Path,
@@ -181,32 +167,6 @@ def load_teacher(paths: Sequence[Path], img_size: int, mean: list[float], std: l
 
 # ---------------------------------------------------------------- runs
 
-def start_or_resume(stage: str, config: DictConfig, resume: str | None, overrides: Sequence[str]
-                    ) -> tuple[DictConfig, Path, bool]:
-    """(config, run folder, resuming). A new run folder gets config.yaml; a resumed one keeps its own."""
-    if resume is None:
-        state = runs.process_state()
-        run_dir = Path(config.output.dir) if config.output.dir else Path("runs") / runs.new_run_name(stage)
-        if state.num_processes > 1:  # every process must agree on the folder (a default name has a timestamp)
-            shared = [str(run_dir)]
-            broadcast_object_list(shared)
-            run_dir = Path(shared[0])
-        if state.is_main_process:
-            runs.prepare_run_dir(run_dir, overwrite=bool(config.output.overwrite))
-            OmegaConf.save(config, run_dir / runs.CONFIG_FILE)
-        state.wait_for_everyone()
-        return config, run_dir, False
-    run_dir = Path(resume)
-    if not run_dir.is_dir():
-        raise InputError(run_dir, "resume folder not found")
-    return runs.resumed_config(run_dir, overrides, FROZEN_ON_RESUME), run_dir, True
-
-
-def _resume_point(run_dir: Path) -> Path | None:
-    found = runs.list_checkpoints(run_dir)
-    return found[-1][1] if found else None
-
-
 def _class_weights(setting: Any, y_train: np.ndarray, names: Sequence[str]) -> np.ndarray:
     if setting in (None, "none"):
         return np.ones(len(names))
@@ -219,24 +179,12 @@ def _class_weights(setting: Any, y_train: np.ndarray, names: Sequence[str]) -> n
     return values
 
 
-def _fold_assignment(table: pd.DataFrame, run_dir: Path, n_folds: int, seed: int) -> np.ndarray:
-    saved = run_dir / "folds.csv"
-    with runs.process_state().main_process_first():  # the main process writes it, the others read it
-        if saved.is_file():
-            return folds_lib.load_folds(table, saved)
-        assigned = folds_lib.assign_folds(table, n_folds, seed)
-        folds_lib.save_folds(table, assigned, run_dir, n_folds, seed)
-        return assigned
-
-
 def train_emotion(config: DictConfig, resume: str | None = None, overrides: Sequence[str] = (),
                   folds: Sequence[int] | None = None) -> Path:
     """Train the fold models (all, or ``folds``); returns the run folder with its fold report."""
-    config, run_dir, resuming = start_or_resume("emotion", config, resume, overrides)
+    config, run_dir, resuming = runs.start_or_resume("emotion", config, resume, overrides, engine.FROZEN_ON_RESUME)
     with runs.discard_if_unused(run_dir, created=not resuming):
         _train_emotion_folds(config, run_dir, resuming, folds)
-    from abaw_ce.train.reports import write_fold_report
-
     state = runs.process_state()
     state.wait_for_everyone()
     report = write_fold_report(run_dir, config.data.folds) if state.is_main_process else None
@@ -252,7 +200,7 @@ def _train_emotion_folds(config: DictConfig, run_dir: Path, resuming: bool, fold
     table = crop_frame_rows(table, d.get("frame_crops"), run_dir / "frame_crops", "emotion")
     if table.empty:
         raise OptionError("no labelled sample in data.datasets (after the non-basic policy)")
-    assignment = _fold_assignment(table, run_dir, d.folds, d.fold_seed)
+    assignment = fold_assignment(table, run_dir, d.folds, d.fold_seed)
     wanted = list(range(d.folds)) if folds is None else sorted(set(folds))
     outside = [k for k in wanted if not 0 <= k < d.folds]
     if outside:
@@ -287,21 +235,7 @@ def _train_emotion_folds(config: DictConfig, run_dir: Path, resuming: bool, fold
             val_set=SeededSamples(TableSamples(val_table, table_targets(val_table)), eval_tf, t.seed),
             loss_fn=loss_fn, evaluate=lambda p, y, m: evaluate_multilabel(p, y, names),
             export=_export_fn("emotion", "emotion", names, meta, fold_dir, val_table, mean, std),
-            teacher=teacher, resume_from=_resume_point(fold_dir) if resuming else None)
-
-
-def run_single(stage: str, config: DictConfig, resume: str | None, overrides: Sequence[str],
-               train: Callable[[DictConfig, Path, bool], None]) -> tuple[Path, bool]:
-    """Start or resume a one-run stage and ``train(config, run_dir, resuming)`` it; a finished run is left
-    alone. Returns (run folder, whether it trained now and has a best epoch to report: a run stopped before
-    its first validation has none); a new folder that got nothing is removed."""
-    config, run_dir, resuming = start_or_resume(stage, config, resume, overrides)
-    if read_status(run_dir).get("state") == "finished":
-        print(f"{run_dir} already finished")
-        return run_dir, False
-    with runs.discard_if_unused(run_dir, created=not resuming):
-        train(config, run_dir, resuming)
-    return run_dir, (run_dir / engine.VALIDATION_FILE).is_file()
+            teacher=teacher, resume_from=runs.resume_point(fold_dir) if resuming else None)
 
 
 def train_au(config: DictConfig, resume: str | None = None, overrides: Sequence[str] = ()) -> Path:
@@ -326,7 +260,7 @@ def _train_au(config: DictConfig, run_dir: Path, resuming: bool) -> None:
     if not labelled.any():
         raise OptionError(f"no sample in data.datasets carries any of the {d.au_set} AUs {names}")
     table, values, mask = table[labelled].reset_index(drop=True), values[labelled], mask[labelled]
-    assignment = _fold_assignment(table, run_dir, d.folds, d.fold_seed)
+    assignment = fold_assignment(table, run_dir, d.folds, d.fold_seed)
     val = assignment == d.val_fold
     set_seed(t.seed)  # the new head's initialisation
     model, meta = build_backbone(config, len(names))
@@ -344,4 +278,4 @@ def _train_au(config: DictConfig, run_dir: Path, resuming: bool) -> None:
         val_set=SeededSamples(TableSamples(table[val], values[val], mask[val]), eval_tf, t.seed),
         loss_fn=loss_fn, evaluate=lambda p, y, m: evaluate_multilabel(p, y, names, m),
         export=_export_fn("au", "au", names, meta, run_dir, None, mean, std),
-        resume_from=_resume_point(run_dir) if resuming else None)
+        resume_from=runs.resume_point(run_dir) if resuming else None)

@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+import pandas as pd
+from scipy import ndimage, optimize, special
 
 from abaw_ce import labels
 from abaw_ce.errors import OptionError
@@ -88,25 +89,32 @@ def fuse(probs: np.ndarray, method: str = "sum", fusion: WeightedFusion | None =
     return pair_scores(probs, method, fusion).argmax(axis=1)
 
 
-def fit_weighted_fusion(probs: np.ndarray, classes: np.ndarray, steps: int = 500, lr: float = 0.05,
-                        l2: float = 1e-3) -> WeightedFusion:
-    """Per-class weight and bias on the pair sum, by softmax cross-entropy over the 7 classes (full-batch
-    gradient descent; 14 parameters, so it cannot overfit much)."""
+def fit_weighted_fusion(probs: np.ndarray, classes: np.ndarray, l2: float = 1e-3) -> WeightedFusion:
+    """Per-class weight and bias on the pair sum, by softmax cross-entropy over the 7 classes plus
+    l2/2 * (|weights - 1|^2 + |biases|^2), minimised by L-BFGS (14 parameters, so it cannot overfit much)."""
     sums = pair_scores(probs, "sum")
     classes = np.asarray(classes, dtype=np.int64)
-    if len(classes) != len(sums) or classes.min(initial=0) < 0 or classes.max(initial=0) >= sums.shape[1]:
-        raise ValueError(f"classes must be {len(sums)} indices in 0..{sums.shape[1] - 1}")
-    onehot = np.eye(sums.shape[1])[classes]
-    weights, biases = np.ones(sums.shape[1]), np.zeros(sums.shape[1])
-    for _ in range(steps):
+    n_classes = sums.shape[1]
+    if len(classes) != len(sums) or classes.min(initial=0) < 0 or classes.max(initial=0) >= n_classes:
+        raise ValueError(f"classes must be {len(sums)} indices in 0..{n_classes - 1}")
+    start = np.r_[np.ones(n_classes), np.zeros(n_classes)]
+    if not len(classes):  # nothing to fit: the penalty alone, whose minimum is the plain sum
+        return WeightedFusion(start[:n_classes], start[n_classes:])
+    rows = np.arange(len(classes))
+
+    def loss_and_grad(params: np.ndarray) -> tuple[float, np.ndarray]:
+        weights, biases = params[:n_classes], params[n_classes:]
         logits = sums * weights + biases
-        logits -= logits.max(axis=1, keepdims=True)
-        soft = np.exp(logits)
-        soft /= soft.sum(axis=1, keepdims=True)
-        error = (soft - onehot) / len(sums)
-        weights -= lr * ((error * sums).sum(axis=0) + l2 * (weights - 1))
-        biases -= lr * (error.sum(axis=0) + l2 * biases)
-    return WeightedFusion(weights, biases)
+        log_soft = logits - special.logsumexp(logits, axis=1, keepdims=True)
+        error = np.exp(log_soft)
+        error[rows, classes] -= 1.0
+        error /= len(sums)
+        loss = -log_soft[rows, classes].mean() + l2 / 2 * (np.sum((weights - 1) ** 2) + np.sum(biases ** 2))
+        grad = np.r_[(error * sums).sum(axis=0) + l2 * (weights - 1), error.sum(axis=0) + l2 * biases]
+        return float(loss), grad
+
+    fitted = optimize.minimize(loss_and_grad, start, jac=True, method="L-BFGS-B")
+    return WeightedFusion(fitted.x[:n_classes].copy(), fitted.x[n_classes:].copy())
 
 
 def fill_missing(values: np.ndarray, present: np.ndarray) -> np.ndarray:
@@ -118,10 +126,10 @@ def fill_missing(values: np.ndarray, present: np.ndarray) -> np.ndarray:
         raise ValueError("no frame of this video has a face; there is nothing to fill from")
     if present.all():
         return values.copy()
-    t = np.arange(len(values))
-    known = np.flatnonzero(present)
-    # np.interp holds the end values constant outside the known range: nearest at the edges.
-    return np.stack([np.interp(t, known, values[known, j]) for j in range(values.shape[1])], axis=1)
+    # linear in the row number between present rows; limit_direction="both" also fills the rows before the
+    # first and after the last present one, with that row's values (as np.interp holds its end values)
+    gaps = pd.DataFrame(np.where(present[:, None], values, np.nan))
+    return gaps.interpolate(method="linear", limit_direction="both").to_numpy(np.float64)
 
 
 def smooth(values: np.ndarray, method: str = "gaussian", window: int = 5) -> np.ndarray:

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate.utils import broadcast_object_list, set_seed
-from omegaconf import DictConfig, OmegaConf
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from omegaconf import DictConfig
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
@@ -76,10 +78,11 @@ def _check_settings(config: DictConfig) -> None:
 
 def _resolve_run(config: DictConfig, resume: str | None, overrides: list[str]
                  ) -> tuple[DictConfig, Path, Path | None]:
-    """(config, run folder, checkpoint to resume from or None)."""
+    """(config, run folder, checkpoint to resume from or None), nothing written yet: ``pretrain_mae`` creates a
+    new run's folder (``runs.create_run_dir``) only once its data opened. A resume names the run folder (its
+    newest checkpoint) or one of its checkpoints."""
     if resume is None:
-        run_dir = Path(config.output.dir) if config.output.dir else Path("runs") / runs.new_run_name("mae")
-        return config, run_dir, None
+        return config, runs.new_run_dir("mae", config), None
     run_dir, checkpoint = runs.find_resume_checkpoint(resume)
     return runs.resumed_config(run_dir, overrides, FROZEN_ON_RESUME), run_dir, checkpoint
 
@@ -116,36 +119,66 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
     """Run (or resume) MAE pretraining; returns the run folder."""
     config, run_dir, checkpoint = _resolve_run(config, resume, list(overrides or []))
     _check_settings(config)
-    t, o = config.train, config.optim
     # Open the data first: a wrong path fails in a second, before any process group starts.
     dataset = FaceImages(list(config.data.sources))
-    accelerator = make_accelerator(run_dir, t.precision, t.grad_accum)
-    # Every process must agree on the folder (a default name carries a timestamp).
-    shared = [str(run_dir)]
-    broadcast_object_list(shared)
-    run_dir = Path(shared[0])
+    accelerator = make_accelerator(run_dir, config.train.precision, config.train.grad_accum)
     if checkpoint is None:
-        if accelerator.is_main_process:
-            runs.prepare_run_dir(run_dir, overwrite=bool(config.output.overwrite))
-            OmegaConf.save(config, run_dir / runs.CONFIG_FILE)
-        accelerator.wait_for_everyone()
+        run_dir = runs.create_run_dir(run_dir, config, accelerator)
+    run = _set_up(config, run_dir, accelerator, dataset, checkpoint)
+    _start(run)
+    if checkpoint is not None and run.progress.update >= run.stop_at and (run_dir / EXPORT_DIR).is_dir():
+        accelerator.print(f"{run_dir} already finished at update {run.progress.update}; nothing to do")
+        accelerator.end_training()
+        return run_dir
+    _begin(run)
+    while run.progress.update < run.stop_at:
+        _train_epoch(run)
+    _finish(run)
+    accelerator.end_training()
+    return run_dir
 
+
+@dataclass
+class _MaeRun:
+    """What the steps of one ``pretrain_mae`` share: set up by ``_set_up``, the rest by ``_start``/``_begin``."""
+    config: DictConfig
+    run_dir: Path
+    accelerator: Accelerator
+    dataset: FaceImages
+    checkpoint: Path | None  # to resume from
+    arch: VitArch
+    model: MaskedAutoencoder  # as prepared by the accelerator
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    batches_per_epoch: int  # micro-batches per process, whole updates only
+    updates_per_epoch: int
+    effective_batch: int  # images per update, all processes
+    lr: float
+    scheduler: CosineLRScheduler
+    progress: runs.Progress
+    metrics: runs.MetricsLog = field(init=False)
+    vis_batch: dict[str, torch.Tensor] | None = field(init=False, default=None)
+    unwrapped: MaskedAutoencoder = field(init=False)
+    stop_at: int = field(init=False)
+    monitor: LossMonitor = field(init=False)
+    bar: Any = field(init=False)
+    log_now: TrainLog = field(init=False)
+
+    @property
+    def total_updates(self) -> int:
+        return self.updates_per_epoch * self.config.train.epochs
+
+
+def _set_up(config: DictConfig, run_dir: Path, accelerator: Accelerator, dataset: FaceImages,
+            checkpoint: Path | None) -> _MaeRun:
+    """The seeded model, the loader, AdamW (lr by the scaling rule unless given), prepared; warmup then
+    cosine; what the checkpoints hold."""
+    t, o = config.train, config.optim
     set_seed(t.seed)
     model = build_mae(config)
     arch = model.arch
-    maker = MaeSampleMaker(arch.img_size, arch.num_patches, list(config.data.mean), list(config.data.std),
-                           tuple(config.data.crop_scale), config.data.hflip)
-    samples = SeededSamples(dataset, maker, seed=t.seed)
-    global_batch = t.batch_size * accelerator.num_processes
-    if len(samples) < global_batch:
-        raise OptionError(f"only {len(samples)} images in data.sources, fewer than one global batch "
-                          f"({t.batch_size} x {accelerator.num_processes} processes); lower train.batch_size")
-    sampler = EpochSampler(len(samples), seed=t.seed)
-    loader = DataLoader(samples, batch_size=t.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=config.data.num_workers, pin_memory=torch.cuda.is_available(),
-                        persistent_workers=False)
-
-    effective_batch = global_batch * t.grad_accum
+    loader = _loader(config, arch, dataset, accelerator.num_processes)
+    effective_batch = t.batch_size * accelerator.num_processes * t.grad_accum
     lr = o.lr if o.lr is not None else o.base_lr * effective_batch / 256
     optimizer = create_optimizer_v2(model, "adamw", lr=lr, weight_decay=o.weight_decay, betas=tuple(o.betas))
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
@@ -160,84 +193,125 @@ def pretrain_mae(config: DictConfig, resume: str | None = None, overrides: list[
                                   warmup_t=warmup, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
     progress = runs.Progress()
     accelerator.register_for_checkpointing(scheduler, progress)
+    return _MaeRun(config, run_dir, accelerator, dataset, checkpoint, arch, model, optimizer, loader,
+                   batches_per_epoch, updates_per_epoch, effective_batch, lr, scheduler, progress)
 
-    if checkpoint is not None:
-        restore(accelerator, checkpoint, scheduler, progress)
-    metrics = runs.MetricsLog(run_dir / runs.METRICS_FILE, resume_update=progress.update if checkpoint else None)
-    accelerator.init_trackers("mae", config=runs.flat_config(config))
 
-    vis_batch = None
+def _loader(config: DictConfig, arch: VitArch, dataset: FaceImages, num_processes: int) -> DataLoader:
+    """Augmented crops and mask noise, seeded per sample, in the seeded epoch order; whole batches only."""
+    t = config.train
+    maker = MaeSampleMaker(arch.img_size, arch.num_patches, list(config.data.mean), list(config.data.std),
+                           tuple(config.data.crop_scale), config.data.hflip)
+    samples = SeededSamples(dataset, maker, seed=t.seed)
+    global_batch = t.batch_size * num_processes
+    if len(samples) < global_batch:
+        raise OptionError(f"only {len(samples)} images in data.sources, fewer than one global batch "
+                          f"({t.batch_size} x {num_processes} processes); lower train.batch_size")
+    sampler = EpochSampler(len(samples), seed=t.seed)
+    return DataLoader(samples, batch_size=t.batch_size, sampler=sampler, drop_last=True,
+                      num_workers=config.data.num_workers, pin_memory=torch.cuda.is_available(),
+                      persistent_workers=False)
+
+
+def _start(run: _MaeRun) -> None:
+    """Restore the checkpoint (if any); the metrics log (cut back to it), the trackers; on the main process
+    the visualisation batch, the summary line and the running status; where to stop."""
+    t, accelerator, progress, arch = run.config.train, run.accelerator, run.progress, run.arch
+    if run.checkpoint is not None:
+        restore(accelerator, run.checkpoint, run.scheduler, progress)
+    run.metrics = runs.MetricsLog(run.run_dir / runs.METRICS_FILE,
+                                  resume_update=progress.update if run.checkpoint else None)
+    accelerator.init_trackers("mae", config=runs.flat_config(run.config))
     if accelerator.is_main_process:
-        vis_maker = MaeSampleMaker(arch.img_size, arch.num_patches, list(config.data.mean), list(config.data.std),
-                                   crop_scale=None)
-        vis_samples = SeededSamples(dataset, vis_maker, seed=derived_seed(t.seed, 1))
-        picks = torch.linspace(0, len(dataset) - 1, min(t.vis_images, len(dataset))).round().long().tolist()
-        vis_batch = torch.utils.data.default_collate([vis_samples[i] for i in picks])
-        accelerator.print(f"MAE pretraining: {len(dataset)} images from {len(dataset.infos)} source(s), "
+        run.vis_batch = _visualisation_batch(run.config, arch, run.dataset)
+        accelerator.print(f"MAE pretraining: {len(run.dataset)} images from {len(run.dataset.infos)} source(s), "
                           f"ViT width {arch.embed_dim} depth {arch.depth} at {arch.img_size}px, "
-                          f"{accelerator.num_processes} process(es), effective batch {effective_batch}, "
-                          f"lr {lr:.3g}, {total_updates} updates -> {run_dir}")
-        write_status(run_dir, "mae", "running", update=progress.update, total_updates=total_updates)
+                          f"{accelerator.num_processes} process(es), effective batch {run.effective_batch}, "
+                          f"lr {run.lr:.3g}, {run.total_updates} updates -> {run.run_dir}")
+        write_status(run.run_dir, "mae", "running", update=progress.update, total_updates=run.total_updates)
+    run.unwrapped = accelerator.unwrap_model(run.model)
+    total_updates = run.total_updates
+    run.stop_at = total_updates if t.stop_after_updates is None else min(total_updates,
+                                                                         int(t.stop_after_updates))
 
-    unwrapped = accelerator.unwrap_model(model)
-    stop_at = total_updates if t.stop_after_updates is None else min(total_updates, int(t.stop_after_updates))
-    if checkpoint is not None and progress.update >= stop_at and (run_dir / EXPORT_DIR).is_dir():
-        accelerator.print(f"{run_dir} already finished at update {progress.update}; nothing to do")
-        accelerator.end_training()
-        return run_dir
-    monitor = LossMonitor(accelerator, run_dir, "mae", t.keep_checkpoints, last_good=checkpoint)
-    bar = tqdm(total=total_updates, initial=progress.update, desc="mae", unit="upd",
-               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-    log_now = TrainLog(accelerator, monitor, metrics, bar, optimizer, progress, updates_per_epoch,
-                       effective_batch)
 
-    def visualise_now() -> None:
-        if accelerator.is_main_process and vis_batch is not None:
-            save_reconstructions(unwrapped, vis_batch, list(config.data.mean), list(config.data.std),
-                                 run_dir / RECON_DIR / f"{runs.checkpoint_name(progress.update)}.png")
+def _visualisation_batch(config: DictConfig, arch: VitArch, dataset: FaceImages) -> dict[str, torch.Tensor]:
+    """Up to ``train.vis_images`` images spread over the data, centre-cropped, with fixed mask noise."""
+    t = config.train
+    vis_maker = MaeSampleMaker(arch.img_size, arch.num_patches, list(config.data.mean), list(config.data.std),
+                               crop_scale=None)
+    vis_samples = SeededSamples(dataset, vis_maker, seed=derived_seed(t.seed, 1))
+    picks = torch.linspace(0, len(dataset) - 1, min(t.vis_images, len(dataset))).round().long().tolist()
+    return torch.utils.data.default_collate([vis_samples[i] for i in picks])
 
-    model.train()
+
+def _begin(run: _MaeRun) -> None:
+    """The loss monitor, the progress bar and the training log; training mode; the reconstructions of a
+    run's start."""
+    accelerator, progress = run.accelerator, run.progress
+    run.monitor = LossMonitor(accelerator, run.run_dir, "mae", run.config.train.keep_checkpoints,
+                              last_good=run.checkpoint)
+    run.bar = tqdm(total=run.total_updates, initial=progress.update, desc="mae", unit="upd",
+                   disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    run.log_now = TrainLog(accelerator, run.monitor, run.metrics, run.bar, run.optimizer, progress,
+                           run.updates_per_epoch, run.effective_batch)
+    run.model.train()
     if progress.update == 0 and accelerator.is_main_process:
-        visualise_now()
-    while progress.update < stop_at:
-        for batch in epoch_batches(accelerator, loader, progress, batches_per_epoch, stop_at):
-            if not train_step(accelerator, model, optimizer, scheduler, monitor, progress,
-                              lambda: model(batch["image"], batch["noise"])[0], o.clip_grad, batch["skipped"],
-                              effective_batch):
-                continue
-            bar.update(1)
-            if progress.update % t.log_every == 0:
-                log_now()
-            if progress.update % t.checkpoint_every == 0 and progress.update < stop_at:
-                monitor.checkpoint(progress.update)
-            if t.vis_every and progress.update % t.vis_every == 0:
-                visualise_now()
-        if progress.batch_in_epoch >= batches_per_epoch:
-            # also when fp16 skipped every step of the epoch (no update, so no log checked the loss)
-            monitor.check_finite(progress.update)
-            progress.epoch += 1
-            progress.batch_in_epoch = 0
-    bar.close()
-    if monitor.pending:
-        log_now()
-    monitor.checkpoint(progress.update)
-    finished = progress.update >= total_updates
+        _visualise(run)
+
+
+def _visualise(run: _MaeRun) -> None:
+    if run.accelerator.is_main_process and run.vis_batch is not None:
+        save_reconstructions(run.unwrapped, run.vis_batch, list(run.config.data.mean), list(run.config.data.std),
+                             run.run_dir / RECON_DIR / f"{runs.checkpoint_name(run.progress.update)}.png")
+
+
+def _train_epoch(run: _MaeRun) -> None:
+    """The current epoch's remaining batches: a step each; on every update the bar, the training log, the
+    interval checkpoint and reconstructions."""
+    t, accelerator, progress, model = run.config.train, run.accelerator, run.progress, run.model
+    for batch in epoch_batches(accelerator, run.loader, progress, run.batches_per_epoch, run.stop_at):
+        if not train_step(accelerator, model, run.optimizer, run.scheduler, run.monitor, progress,
+                          lambda: model(batch["image"], batch["noise"])[0], run.config.optim.clip_grad,
+                          batch["skipped"], run.effective_batch):
+            continue
+        run.bar.update(1)
+        if progress.update % t.log_every == 0:
+            run.log_now()
+        if progress.update % t.checkpoint_every == 0 and progress.update < run.stop_at:
+            run.monitor.checkpoint(progress.update)
+        if t.vis_every and progress.update % t.vis_every == 0:
+            _visualise(run)
+    if progress.batch_in_epoch >= run.batches_per_epoch:
+        # also when fp16 skipped every step of the epoch (no update, so no log checked the loss)
+        run.monitor.check_finite(progress.update)
+        progress.epoch += 1
+        progress.batch_in_epoch = 0
+
+
+def _finish(run: _MaeRun) -> None:
+    """The last log and checkpoint; on the main process the last reconstructions, the encoder export of a
+    finished run, the loss curves and the final status."""
+    t, accelerator, progress, run_dir = run.config.train, run.accelerator, run.progress, run.run_dir
+    run.bar.close()
+    if run.monitor.pending:
+        run.log_now()
+    run.monitor.checkpoint(progress.update)
+    finished = progress.update >= run.total_updates
     if accelerator.is_main_process:
         if t.vis_every == 0 or progress.update % t.vis_every:
-            visualise_now()
+            _visualise(run)
         if finished:
             export = save_encoder(
-                run_dir / EXPORT_DIR, encoder_state_from_pretraining(unwrapped.encoder), arch,
-                list(config.data.mean), list(config.data.std), overwrite=True,
+                run_dir / EXPORT_DIR, encoder_state_from_pretraining(run.unwrapped.encoder), run.arch,
+                list(run.config.data.mean), list(run.config.data.std), overwrite=True,
                 source={"stage": "mae", "run": run_dir.name, "update": progress.update, "epochs": progress.epoch,
                         "images_seen": progress.images, "config": runs.CONFIG_FILE})
             accelerator.print(f"exported encoder -> {export}")
-        runs.plot_metrics(metrics.records, run_dir / "loss.png", ("loss", "lr", "images_per_s"),
+        runs.plot_metrics(run.metrics.records, run_dir / "loss.png", ("loss", "lr", "images_per_s"),
                           title=f"MAE pretraining, {run_dir.name}")
         write_status(run_dir, "mae", "finished" if finished else "stopped", update=progress.update,
-                     total_updates=total_updates, checkpoint=monitor.checkpoint_ref())
+                     total_updates=run.total_updates, checkpoint=run.monitor.checkpoint_ref())
         if not finished:
-            accelerator.print(f"stopped at update {progress.update}/{total_updates}; continue with "
+            accelerator.print(f"stopped at update {progress.update}/{run.total_updates}; continue with "
                               f"--resume {run_dir}")
-    accelerator.end_training()
-    return run_dir

@@ -28,7 +28,7 @@ from abaw_ce.data.images import read_rgb  # noqa: E402
 from abaw_ce.data.table import targets  # noqa: E402
 from abaw_ce.models.export import load_encoder  # noqa: E402
 from abaw_ce.models.vit import build_vit, vit_arch  # noqa: E402
-from abaw_ce.finetune import load_tables  # noqa: E402
+from abaw_ce.train.engine import load_tables  # noqa: E402
 
 
 def small_cnn(width: int = 32) -> nn.Module:

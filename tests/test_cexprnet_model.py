@@ -4,9 +4,11 @@ import pytest
 import torch
 
 from abaw_ce import labels
-from abaw_ce.cexprnet.au_text import encode, train_tokenizer
-from abaw_ce.cexprnet.model import CExprNet, LossWeights, build_backbone, cexprnet_loss
+from abaw_ce.cexprnet.model import LossWeights, cexprnet_loss
 from abaw_ce.cexprnet.modules import kl_targets
+from abaw_ce.models.au_text import encode, train_tokenizer
+from abaw_ce.models.backbones import build_backbone
+from abaw_ce.models.cexprnet import CExprNet
 from abaw_ce.models.export import save_encoder
 from abaw_ce.models.vit import VitArch, build_vit
 

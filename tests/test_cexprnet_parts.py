@@ -4,10 +4,9 @@ import pytest
 import torch
 
 from abaw_ce import labels
-from abaw_ce.cexprnet.au_text import au_descriptions, encode, load_tokenizer, train_tokenizer
-from abaw_ce.cexprnet.modules import (AUSemanticEncoder, CrossModalityAUHead, au_from_expressions,
-                                      cross_modality_attention, distribution_matching_loss,
-                                      expression_kl_loss, kl_targets)
+from abaw_ce.cexprnet.modules import au_from_expressions, distribution_matching_loss, expression_kl_loss, kl_targets
+from abaw_ce.models.au_text import au_descriptions, encode, load_tokenizer, train_tokenizer
+from abaw_ce.models.cexprnet import AUSemanticEncoder, CrossModalityAUHead, cross_modality_attention
 
 
 def test_every_au_has_a_description_of_several_sentences():
@@ -100,7 +99,7 @@ def test_tokenizer_is_the_same_in_every_process(tmp_path):
     import subprocess
     import sys
 
-    code = ("from abaw_ce.cexprnet.au_text import train_tokenizer; import json; "
+    code = ("from abaw_ce.models.au_text import train_tokenizer; import json; "
             "print(json.dumps(sorted(train_tokenizer(vocab_size=150).get_vocab().items())))")
     runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
             for _ in range(2)]

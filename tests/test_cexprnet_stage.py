@@ -4,7 +4,8 @@ import json
 import torch
 
 from abaw_ce import labels
-from abaw_ce.cexprnet.train import expression_targets, load_cexprnet
+from abaw_ce.cexprnet.train import expression_targets
+from abaw_ce.models.cexprnet import load_cexprnet
 from abaw_ce.models.export import save_encoder
 from abaw_ce.models.vit import VitArch, build_vit
 from abaw_ce.cli.cexprnet import main_cexprnet
@@ -66,7 +67,8 @@ def test_expression_targets_cover_basic_and_compound_rows():
 
 def test_make_submission_ensembles_the_two_tracks(tiny_world, tmp_path):
     from abaw_ce import challenge_file
-    from abaw_ce.cexprnet.train import build, save_export
+    from abaw_ce.cexprnet.train import build
+    from abaw_ce.models.cexprnet import save_export
     from abaw_ce.submission.inference import load_models
     from abaw_ce.submission.pipeline import make_submission
     from abaw_ce.train import runs
@@ -112,8 +114,9 @@ def test_runs_are_averaged_first_then_weighted(tmp_path):
                        f"v/{k}", video="v", frame=k + 1)
     five, one = fake_fold_run(tmp_path / "five", folds=5), fake_fold_run(tmp_path / "one", folds=1)
     models = load_models([five, one])
-    assert [m.run for m in models] == [0] * 5 + [1]
-    per_run = [predict_crops(tmp_path / "store", [m for m in models if m.run == r], progress=False) for r in (0, 1)]
+    assert [m.run_index for m in models] == [0] * 5 + [1]
+    per_run = [predict_crops(tmp_path / "store", [m for m in models if m.run_index == r], progress=False)
+               for r in (0, 1)]
     both = predict_crops(tmp_path / "store", models, progress=False)
     np.testing.assert_allclose(both, (per_run[0] + per_run[1]) / 2, rtol=1e-5)
     weighted = predict_crops(tmp_path / "store", models, RunShares.of(models, [1, 3]), progress=False)
@@ -140,7 +143,8 @@ def test_audio_track_trains_on_video_frames_and_late_fuses(tiny_world, tmp_path,
     import numpy as np
 
     from abaw_ce import challenge_file
-    from abaw_ce.cexprnet.train import build, save_export
+    from abaw_ce.cexprnet.train import build
+    from abaw_ce.models.cexprnet import save_export
     from abaw_ce.submission.inference import RunShares, load_models
     from abaw_ce.submission.pipeline import make_submission
     from abaw_ce.train import runs
@@ -196,8 +200,9 @@ def test_expression_heads_targets_losses_and_compound_scores():
     import pandas as pd
     import pytest
 
-    from abaw_ce.cexprnet.model import LossWeights, cexprnet_loss, expression_outputs
+    from abaw_ce.cexprnet.model import LossWeights, cexprnet_loss
     from abaw_ce.cexprnet.train import compound_f1, compound_truth, evaluate
+    from abaw_ce.models.cexprnet import expression_outputs
 
     table = pd.DataFrame({"expression": ["happiness", "Sadly_Angry", "other", "", "Happily_Disgusted"]})
     multi, has = expression_targets(table, "multiclass")
@@ -236,7 +241,8 @@ def test_expression_heads_targets_losses_and_compound_scores():
 def test_a_multiclass_export_reloads_but_is_kept_out_of_the_pairwise_fusion(tmp_path):
     import pytest
 
-    from abaw_ce.cexprnet.train import build, save_export
+    from abaw_ce.cexprnet.train import build
+    from abaw_ce.models.cexprnet import save_export
     from abaw_ce.errors import InputError
     from abaw_ce.submission.inference import load_models
     from abaw_ce.train import runs

@@ -15,7 +15,7 @@ from abaw_ce.data.table import au_arrays
 from abaw_ce.models.export import WEIGHTS_FILE, load_classifier, save_encoder
 from abaw_ce.models.vit import VitArch, build_vit
 from abaw_ce.train import runs
-from abaw_ce.finetune import load_tables
+from abaw_ce.train.engine import load_tables
 from abaw_ce.cli.cexprnet import main_cexprnet
 from tests.test_cexprnet_stage import QUICK, datasets
 from tests.test_finetune_stages import run_script

@@ -61,6 +61,46 @@ def test_weighted_fusion_learns_a_class_bias():
         fuse(rows, "weighted")
 
 
+def fusion_loss(fitted, probs, classes, l2=1e-3):
+    """The objective fit_weighted_fusion minimises: mean cross-entropy + l2/2 * (|w - 1|^2 + |b|^2)."""
+    logits = pair_scores(probs, "weighted", fitted)
+    top = logits.max(axis=1)
+    log_norm = np.log(np.exp(logits - top[:, None]).sum(axis=1)) + top
+    penalty = l2 / 2 * (np.sum((fitted.weights - 1) ** 2) + np.sum(fitted.biases ** 2))
+    return float(np.mean(log_norm - logits[np.arange(len(classes)), classes]) + penalty)
+
+
+def gradient_steps(probs, classes, steps=500, lr=0.05, l2=1e-3):
+    """The fit before L-BFGS: 500 full-batch gradient steps on the same objective."""
+    sums = pair_scores(probs, "sum")
+    onehot = np.eye(7)[classes]
+    weights, biases = np.ones(7), np.zeros(7)
+    for _ in range(steps):
+        logits = sums * weights + biases
+        soft = np.exp(logits - logits.max(axis=1, keepdims=True))
+        soft /= soft.sum(axis=1, keepdims=True)
+        error = (soft - onehot) / len(sums)
+        weights = weights - lr * ((error * sums).sum(axis=0) + l2 * (weights - 1))
+        biases = biases - lr * (error.sum(axis=0) + l2 * biases)
+    return WeightedFusion(weights, biases)
+
+
+def test_weighted_fusion_reaches_the_optimum_and_separates_a_toy_problem():
+    rng = np.random.default_rng(1)
+    probs, classes = rng.uniform(0.0, 1.0, (60, 6)), rng.integers(7, size=60)
+    fitted = fit_weighted_fusion(probs, classes)
+    assert fusion_loss(fitted, probs, classes) <= fusion_loss(gradient_steps(probs, classes), probs, classes)
+    # each class's pair well above the other emotions: separable, and the fit labels every row right
+    toy_classes = np.repeat(np.arange(7), 5)
+    toy = np.stack([probs_for(*labels.CHALLENGE_PAIRS[c], high=rng.uniform(0.6, 0.9), low=rng.uniform(0.0, 0.2))
+                    for c in toy_classes])
+    assert (fuse(toy, "weighted", fit_weighted_fusion(toy, toy_classes)) == toy_classes).all()
+    empty = fit_weighted_fusion(np.zeros((0, 6)), np.zeros(0, np.int64))  # nothing to fit: the plain sum
+    assert empty.weights.tolist() == [1.0] * 7 and empty.biases.tolist() == [0.0] * 7
+    with pytest.raises(ValueError, match="classes must be"):
+        fit_weighted_fusion(probs, np.full(60, 7))
+
+
 def test_the_common_scale_keeps_each_row_s_fused_class():
     sigmoids = np.stack([probs_for("fear", "surprise", high=0.99, low=0.01), probs_for("happiness"),
                          np.full(6, 0.02), np.zeros(6)])
@@ -83,6 +123,18 @@ def test_missing_frames_are_interpolated_and_edges_take_the_nearest():
     assert filled[:, 0].tolist() == [1.0, 1.0, 2.0, 3.0, 4.0, 4.0]
     with pytest.raises(ValueError, match="no frame"):
         fill_missing(values, np.zeros(6, bool))
+
+
+def test_filled_gaps_are_np_interp_s_answer_edges_included():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(1, 40))
+        present = rng.random(n) < rng.choice([0.15, 0.5, 0.9])
+        present[rng.integers(n)] = True
+        values = np.where(present[:, None], rng.random((n, 6)), np.nan)  # no face: no probabilities
+        t, known = np.arange(n), np.flatnonzero(present)
+        expected = np.stack([np.interp(t, known, values[known, j]) for j in range(6)], axis=1)
+        np.testing.assert_array_equal(fill_missing(values, present), expected)
 
 
 def test_smoothing_filters():

@@ -12,6 +12,7 @@ import torch
 
 from abaw_ce import labels, challenge_file
 from abaw_ce.errors import InputError, UserError
+from abaw_ce.fusion import WeightedFusion
 from abaw_ce.cli.submit import main
 from abaw_ce.submission.pipeline import align_to_template, make_submission, video_labels
 from abaw_ce.models.export import save_encoder
@@ -238,6 +239,12 @@ def test_rows_follow_a_template_whose_videos_are_not_in_sorted_order(tiny_world,
     # against the sorted template the same rows are out of order
     assert "rows are in a different order from the template" in challenge_file.validate_submission(
         out, template=sorted_template).errors
+    # a weighted fusion of weights 1 and biases 0 is the plain sum (the faces come from the first run's cache)
+    plain = WeightedFusion(np.ones(7), np.zeros(7))
+    make_submission(videos, [tmp_path / "run"], tmp_path / "weighted.txt", template=template,
+                    work_dir=tmp_path / "sub_work", detector="opencv", crop_size=48, method="weighted",
+                    fusion_weights=plain, progress=False)
+    assert challenge_file.read_submission(tmp_path / "weighted.txt").equals(written)
 
 
 def test_unfinished_folds_are_refused_unless_partial_runs_are_allowed(tiny_world, tmp_path, capsys):

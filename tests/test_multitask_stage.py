@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from abaw_ce import labels
-from abaw_ce.multitask.train import BASIC_COLUMNS, N_EXPR, OUTPUTS, load_multitask, sjmt_targets
+from abaw_ce.models.multitask import BASIC_COLUMNS, N_EXPR, OUTPUTS, load_multitask
+from abaw_ce.multitask.train import sjmt_targets
 from abaw_ce.cli.multitask import main_multitask
 from tests.test_cexprnet_stage import datasets
 
@@ -68,12 +69,13 @@ def test_fbn_targets_coupling_and_loss():
 
 @pytest.mark.parametrize("hidden", [0, 16])
 def test_mml_meta_step_learns_weights_through_the_inner_update(hidden):
-    from abaw_ce.cexprnet.model import build_backbone
+    from abaw_ce.models.backbones import build_backbone
+    from abaw_ce.models.multitask import MMLNet
     from abaw_ce.multitask import mml
 
     torch.manual_seed(0)
     backbone, _ = build_backbone("timm:resnet10t", 32)
-    net = mml.MMLNet(backbone)
+    net = MMLNet(backbone)
     meta = mml.MetaWeightNet(backbone.num_features, hidden)
     optimizer = torch.optim.SGD(meta.parameters(), lr=1.0)
     stats = torch.rand(7, 17)

@@ -40,7 +40,8 @@ def constant_emotion_run(root, probs):
 
 def constant_cexprnet_run(root, probs, modality="visual"):
     """A finished C-EXPR-NET run (KL head: a softmax) answering ``probs`` (normalised) for any input."""
-    from abaw_ce.cexprnet.train import build, save_export
+    from abaw_ce.cexprnet.train import build
+    from abaw_ce.models.cexprnet import save_export
     from abaw_ce.train import runs
 
     overrides = ["model.img_size=32", f"model.modality={modality}"]

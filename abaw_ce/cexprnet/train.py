@@ -5,7 +5,8 @@ rows with AU labels get them over the 17 C-EXPR-DB AUs (unlabelled AUs masked); 
 can be labelled by an AU teacher (``loss.au_teacher``: an AU-stage export), as the paper does: the processes
 share those rows on their devices, and the teacher's outputs are kept in ``<run>/au_teacher`` for resumes. The
 engine sees one (B, E + 17) output: expression logits, then sigmoid AU logits. The best (EMA) weights are
-exported to ``<run>/export``: ``model.safetensors``, ``cexprnet.json`` and the AU description tokenizer.
+exported to ``<run>/export`` (``abaw_ce.models.cexprnet.save_export``): ``model.safetensors``, ``cexprnet.json``
+and the AU description tokenizer.
 
 ``model.modality=visual`` reads face images; rows of C-EXPR-DB videos (one per labelled frame) become face
 crops first (``abaw_ce.data.video_frames``). ``model.modality=audio`` (C-EXPR-NET-A) reads, for the same
@@ -27,29 +28,28 @@ import torch
 import torch.nn as nn
 from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from omegaconf import DictConfig
-from safetensors.torch import load_file, save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from abaw_ce import audio, fusion, labels
-from abaw_ce.cexprnet import EXPORT_META_FILE
-from abaw_ce.cexprnet.au_text import encode, load_tokenizer, train_tokenizer
-from abaw_ce.cexprnet.model import (CExprNet, LossWeights, build_backbone, cexprnet_loss, expression_outputs,
-                                    rebuild_backbone)
+from abaw_ce.cexprnet.model import LossWeights, cexprnet_loss
 from abaw_ce.cexprnet.modules import kl_targets
 from abaw_ce.data.labelled import FaceTransform, TableSamples
 from abaw_ce.data.table import au_arrays
 from abaw_ce.data.video_frames import crop_frame_rows, finished_record, fresh_partial, is_frame_row, publish_cache
 from abaw_ce.errors import InputError, OptionError
 from abaw_ce.models import export as exports
+from abaw_ce.models.au_text import encode, train_tokenizer
+from abaw_ce.models.backbones import build_backbone
+from abaw_ce.models.cexprnet import CExprNet, expression_outputs, save_export
 from abaw_ce.train import engine, runs
-from abaw_ce.finetune import _fold_assignment, _resume_point, load_tables, run_single
+from abaw_ce.train.engine import fold_assignment, load_tables, run_single
+from abaw_ce.train.runs import resume_point
 from abaw_ce.train.metrics import multilabel_f1
 from abaw_ce.train.sampling import SeededSamples
 
 STAGE = "cexprnet"
-MODEL_FILE, META_FILE, TOKENIZER_FILE = "model.safetensors", EXPORT_META_FILE, "tokenizer.json"
 AU_NAMES = tuple(f"AU{n}" for n in labels.CEXPR_AUS)
 MODALITIES = ("visual", "audio")
 N_COMPOUNDS = len(labels.CEXPR_COMPOUNDS)
@@ -279,29 +279,6 @@ def evaluate(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray, head: st
     return result
 
 
-def save_export(out: Path, net: CExprNet, meta: dict[str, Any], tokenizer) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(state, str(out / MODEL_FILE))
-    tokenizer.save(str(out / TOKENIZER_FILE))
-    runs.atomic_write_json(out / META_FILE, meta)
-
-
-def load_cexprnet(path: str | Path) -> tuple[CExprNet, dict[str, Any]]:
-    """A C-EXPR-NET export folder -> (model in eval mode, its metadata)."""
-    path = Path(path)
-    if not (path / META_FILE).is_file():
-        raise InputError(path, f"not a C-EXPR-NET export (no {META_FILE})")
-    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-    tokenizer = load_tokenizer(path / TOKENIZER_FILE)
-    m = meta["model"]
-    net = CExprNet(rebuild_backbone(meta["backbone"]), encode(tokenizer, max_tokens=m["max_tokens"]),
-                   tokenizer.get_vocab_size(), m["block_dim"], m["text_dim"], m["text_heads"], m["text_layers"],
-                   expression_outputs(meta.get("expr_head", "kl")))
-    net.load_state_dict(load_file(str(path / MODEL_FILE)))
-    return net.eval(), meta
-
-
 def build(config: DictConfig) -> tuple[CExprNet, Any, dict[str, Any]]:
     """The network, its trained tokenizer and the export metadata (input size and normalisation)."""
     m, d = config.model, config.data
@@ -424,7 +401,7 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
     n_expr = expr_y.shape[1]
     targets = np.concatenate([expr_y, au_values], axis=1)
     masks = np.concatenate([np.repeat(expr_has[:, None], n_expr, axis=1), au_mask], axis=1).astype(np.float32)
-    val = _fold_assignment(table, run_dir, d.folds, d.fold_seed) == d.val_fold
+    val = fold_assignment(table, run_dir, d.folds, d.fold_seed) == d.val_fold
 
     set_seed(t.seed)
     net, tokenizer, meta = build(config)
@@ -465,4 +442,4 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
     engine.fit(stage=STAGE, config=config, run_dir=run_dir, model=FlatOutputs(net),
                train_set=samples(~val, True), val_set=samples(val, False),
                loss_fn=loss_fn, evaluate=lambda p, y, k: evaluate(p, y, k, head), export=export,
-               resume_from=_resume_point(run_dir) if resuming else None, activation=probability_fn(head))
+               resume_from=resume_point(run_dir) if resuming else None, activation=probability_fn(head))

@@ -29,9 +29,9 @@ def main_multitask(argv: list[str] | None = None) -> int:
             parser.error("--compare needs --videos and --ground-truth")
         def compare() -> None:
             data = [o for o in args.overrides if o.startswith("data.datasets=")]
-            files = ([runs.packagedstage_config("multitask_demo")] if args.demo else []) + (
+            files = ([runs.packaged_config("multitask_demo")] if args.demo else []) + (
                 [args.config] if args.config else [])
-            config = runs.loadstage_config("multitask", files, data)
+            config = runs.load_config("multitask", files, data)
             md = run_comparison(OmegaConf.to_container(config.data.datasets, resolve=True), args.compare,
                                 args.videos, args.ground_truth, template=args.template, detector=args.detector,
                                 crop_size=args.crop_size, demo=args.demo, epochs=args.epochs,

@@ -43,15 +43,15 @@ def main(argv: list[str] | None = None) -> int:
 def _submit(args: argparse.Namespace) -> None:
     """make_submission for the parsed command line, and what it did, printed."""
     runs = args.models or [newest_finished_run()]
-    weights = None
+    fusion_weights = None
     method = args.fusion
     if args.fusion_weights is not None:
-        weights = read_fusion_weights(args.fusion_weights)
+        fusion_weights = read_fusion_weights(args.fusion_weights)
         method = "weighted"
     summary = make_submission(args.videos, runs, args.out, template=args.template, work_dir=args.work_dir,
                               detector=args.detector, crop_size=args.crop_size, method=method,
-                              weights=weights, smoothing=args.smoothing, window=args.window, flip=args.flip,
-                              batch_size=args.batch_size, overwrite=args.overwrite,
+                              fusion_weights=fusion_weights, smoothing=args.smoothing, window=args.window,
+                              flip=args.flip, batch_size=args.batch_size, overwrite=args.overwrite,
                               run_weights=args.run_weights, track=args.track,
                               allow_partial=args.allow_partial)
     for report in summary["per_video"]:

@@ -19,7 +19,12 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from abaw_ce.data.processes import process_state
+from abaw_ce.data.writers import save_image
 from abaw_ce.errors import InputError
+from abaw_ce.faces.detectors import make_detector
+from abaw_ce.faces.pipeline import process_video
+from abaw_ce.video import VIDEO_SUFFIXES
 
 DONE_FILE = "done.json"
 
@@ -38,8 +43,6 @@ class FrameCropReport:
 
 def is_frame_row(table: pd.DataFrame) -> np.ndarray:
     """Rows whose path is a video and whose frame is a frame number (Aff-Wild2 rows name frame images)."""
-    from abaw_ce.video import VIDEO_SUFFIXES
-
     is_video = table["path"].astype(str).str.lower().str.endswith(VIDEO_SUFFIXES).to_numpy(bool)
     return is_video & (table["frame"].to_numpy(np.int64) >= 1)
 
@@ -85,9 +88,6 @@ def extract_video_crops(video: Path, folder: Path, detector, detector_name: str,
                         ) -> tuple[set[int], bool]:
     """Save every frame's face crop of one video; returns the frames that have one and whether an earlier
     extraction was reused. Written to a temporary folder, renamed into place when complete."""
-    from abaw_ce.data.writers import save_image
-    from abaw_ce.faces.pipeline import process_video
-
     stamp = _stamp(video, detector_name, size)
     saved = finished_record(folder, stamp)
     if saved is not None:
@@ -110,8 +110,6 @@ def frames_to_crops(table: pd.DataFrame, out_dir: str | Path, detector: str = "a
                     progress: bool = True) -> tuple[pd.DataFrame, FrameCropReport]:
     """The table with every frame row pointing at its face crop (``frame`` kept), frame rows without a face
     dropped, other rows untouched (same order)."""
-    from abaw_ce.faces.detectors import make_detector
-
     out_dir = Path(out_dir)
     rows = is_frame_row(table)
     report = FrameCropReport(frame_rows=int(rows.sum()))
@@ -150,8 +148,6 @@ def crop_frame_rows(table: pd.DataFrame, settings, default_dir: Path, stage: str
         return table
     settings = dict(settings or {})  # a run saved before these settings existed has none: the defaults
     out_dir = Path(settings["dir"]) if settings.get("dir") else Path(default_dir)
-    from abaw_ce.train.runs import process_state
-
     with process_state().main_process_first():  # the main process crops, the others reuse its crops
         table, report = frames_to_crops(table, out_dir, detector=str(settings.get("detector", "auto")),
                                         size=int(settings.get("size", 224)))

@@ -27,7 +27,12 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from abaw_ce import fusion, labels, challenge_file
+from abaw_ce import challenge_file, fusion, labels
+from abaw_ce.cexprnet.train import train_cexprnet
+from abaw_ce.faces.pipeline import STORE_DIR, run_faces
+from abaw_ce.models.cexprnet import load_cexprnet
+from abaw_ce.submission.inference import LoadedModel, predict_crops, read_video_probs, save_video_probs
+from abaw_ce.submission.pipeline import align_to_template, make_submission
 from abaw_ce.train import runs
 from abaw_ce.train.loop import read_status
 from abaw_ce.train.reports import table_cell
@@ -76,11 +81,6 @@ def _multiclass_submission(videos: Path, run: Path, out: Path, work: Path, templ
                            crop_size: int, smoothing: str, window: int) -> Path:
     """The multi-class row's file: its 13 class probabilities per crop, filled and smoothed along each video
     like the 6-way rows' probabilities, then the best of the 7 challenge classes."""
-    from abaw_ce.cexprnet.train import load_cexprnet
-    from abaw_ce.faces.pipeline import STORE_DIR, run_faces
-    from abaw_ce.submission.inference import LoadedModel, predict_crops, read_video_probs, save_video_probs
-    from abaw_ce.submission.pipeline import align_to_template
-
     class ClassProbabilities(torch.nn.Module):
         def __init__(self, net: torch.nn.Module):
             super().__init__()
@@ -117,9 +117,6 @@ def run_ablation(config: DictConfig, out_dir: Path, videos: Path, ground_truth: 
                  smoothing: str = "gaussian", window: int = 9) -> Path:
     """Train (or continue) every row under ``out_dir``, score each on the labelled videos, write
     ``ablation.csv``/``ablation.md`` and a bar chart; returns the Markdown table's path."""
-    from abaw_ce.cexprnet.train import train_cexprnet
-    from abaw_ce.submission.pipeline import make_submission
-
     out_dir.mkdir(parents=True, exist_ok=True)
     truth = challenge_file.read_submission(ground_truth)
     work = out_dir / "eval_work"

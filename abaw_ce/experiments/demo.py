@@ -15,10 +15,16 @@ import time
 from pathlib import Path
 
 import pandas as pd
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from abaw_ce import challenge_file
+from abaw_ce.cexprnet.train import train_cexprnet
+from abaw_ce.finetune import train_au, train_emotion
+from abaw_ce.pretrain import pretrain_mae
+from abaw_ce.submission.pipeline import make_submission
+from abaw_ce.submission.run_checks import check_runs
 from abaw_ce.synth.world import generate_world
+from abaw_ce.train import runs
 
 # Epochs of (MAE, AU, emotion, C-EXPR-NET, C-EXPR-NET-A) for the full demo and for a quick smoke run.
 DEMO_EPOCHS = {"full": (60, 30, 30, 30, 15), "quick": (2, 1, 1, 1, 1)}
@@ -27,9 +33,7 @@ DEMO_EPOCHS = {"full": (60, 30, 30, 30, 15), "quick": (2, 1, 1, 1, 1)}
 DEMO_MARKER = ".abaw-ce-demo"
 
 
-def _config(stage: str, run_dir: Path, epochs: int, **values) -> "OmegaConf":
-    from abaw_ce.train import runs
-
+def _config(stage: str, run_dir: Path, epochs: int, **values) -> DictConfig:
     config = runs.load_config(stage, [runs.packaged_config(f"{stage}_demo")],
                               [f"output.dir={run_dir}", f"train.epochs={epochs}"])
     for key, value in values.items():
@@ -39,12 +43,6 @@ def _config(stage: str, run_dir: Path, epochs: int, **values) -> "OmegaConf":
 
 def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: bool = False) -> dict:
     """Run the demo into ``out``; an earlier demo there is replaced, any other non-empty folder is refused."""
-    from abaw_ce.cexprnet.train import train_cexprnet
-    from abaw_ce.submission.pipeline import make_submission
-    from abaw_ce.submission.run_checks import check_runs
-    from abaw_ce.finetune import train_au, train_emotion
-    from abaw_ce.pretrain import pretrain_mae
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not (out / DEMO_MARKER).exists() and not overwrite:
@@ -156,8 +154,6 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
 
 def _score_subsets(out: Path, every_run: list[Path], gt_dir: Path) -> dict[str, float]:
     """Compound macro F1 of each run alone and of the two visual runs together (the faces step is cached)."""
-    from abaw_ce.submission.pipeline import make_submission
-
     emotion_run, cexprnet_run, audio_run = every_run
     subsets = {"5 ViT folds": [emotion_run], "C-EXPR-NET visual": [cexprnet_run],
                "C-EXPR-NET-A (audio)": [audio_run], "visual runs together": [emotion_run, cexprnet_run]}

@@ -18,7 +18,11 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from abaw_ce import challenge_file
+from abaw_ce.cexprnet.train import train_cexprnet
 from abaw_ce.errors import OptionError
+from abaw_ce.finetune import train_emotion
+from abaw_ce.multitask.train import train_multitask
+from abaw_ce.submission.pipeline import make_submission
 from abaw_ce.train import runs
 from abaw_ce.train.loop import read_status
 from abaw_ce.train.reports import table_cell
@@ -66,11 +70,6 @@ def run_comparison(datasets: Any, out_dir: Path, videos: Path, ground_truth: Pat
                    seed: int = 0, overrides: Sequence[str] = ()) -> Path:
     """Train (or continue) every method under ``out_dir``, score each on the labelled videos and write the
     table; ``overrides`` (``key=value``) go to every stage that has the key."""
-    from abaw_ce.cexprnet.train import train_cexprnet
-    from abaw_ce.submission.pipeline import make_submission
-    from abaw_ce.multitask.train import train_multitask
-    from abaw_ce.finetune import train_emotion
-
     check_overrides(overrides, demo)
     out_dir.mkdir(parents=True, exist_ok=True)
     crops = str(out_dir / "frame_crops")

@@ -19,8 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from abaw_ce import fusion, labels, challenge_file
+from abaw_ce import challenge_file, fusion, labels
+from abaw_ce.data.adapters import cexpr_segments, segments_to_frames
 from abaw_ce.errors import InputError, OptionError
+from abaw_ce.files import atomic_write_text
+from abaw_ce.submission.inference import PROBS_DIR, load_models, read_video_probs
+from abaw_ce.submission.pipeline import make_submission, video_labels
+from abaw_ce.video import video_info
 
 DEFAULT_WINDOWS = (1, 3, 5, 9, 15, 25, 41)
 GRID_METHODS = ("sum", "mean", "product", "min", "weighted")
@@ -28,9 +33,6 @@ GRID_METHODS = ("sum", "mean", "product", "min", "weighted")
 
 def labelled_video_frames(root: str | Path) -> pd.DataFrame:
     """(video, frame, label) for every frame of ROOT's videos whose segment is one of the 7 challenge classes."""
-    from abaw_ce.data.adapters import cexpr_segments, segments_to_frames
-    from abaw_ce.video import video_info
-
     root = Path(root)
     files = sorted((root / "annotation").glob("*.csv"))
     if not files:
@@ -81,8 +83,6 @@ def score_grid(per_video: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]], 
 
     ``per_video`` maps a video to (frames, face_found, probs) as make_submission saved them.
     """
-    from abaw_ce.submission.pipeline import video_labels
-
     missing = sorted(set(truth["video"]) - set(per_video))
     if missing:
         raise InputError(Path(str(missing[0])), f"labelled video(s) without predictions: {missing[:5]}")
@@ -133,14 +133,9 @@ def plot_grid(grid: pd.DataFrame, path: Path) -> Path:
 def tune_fusion(videos_root: str | Path, runs: Sequence[str | Path], out_dir: str | Path,
                 detector: str = "auto", crop_size: int = 224, windows: Sequence[int] = DEFAULT_WINDOWS,
                 flip: bool = False, overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
-    from abaw_ce.submission.inference import PROBS_DIR, read_video_probs
-    from abaw_ce.submission.pipeline import make_submission
-
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} is not empty; refusing to overwrite it (pass --overwrite)")
-    from abaw_ce.submission.inference import load_models
-
     audio = [str(m.path) for m in load_models(runs) if m.modality == "audio"]
     if audio:
         raise OptionError(f"tune_fusion scores the visual runs' probabilities; leave the audio run(s) out: "
@@ -158,7 +153,7 @@ def tune_fusion(videos_root: str | Path, runs: Sequence[str | Path], out_dir: st
     oof_probs, oof_classes = oof_compound_probs(runs)
     weights = fusion.fit_weighted_fusion(oof_probs, oof_classes) if len(oof_classes) else None
     if weights is not None:
-        challenge_file.atomic_write_text(out_dir / "fusion_weights.json", json.dumps(
+        atomic_write_text(out_dir / "fusion_weights.json", json.dumps(
             {**weights.to_dict(), "fitted_on": f"{len(oof_classes)} out-of-fold compound images of "
                                                f"{[str(r) for r in runs]}"}, indent=2) + "\n", overwrite=True)
     grid = score_grid(per_video, truth, fallback, windows=windows, weights=weights)
@@ -174,6 +169,6 @@ def tune_fusion(videos_root: str | Path, runs: Sequence[str | Path], out_dir: st
               "default_macro_f1": float(default["macro_f1"].iloc[0]) if len(default) else None,
               "labelled_frames": int(len(truth)), "videos": sorted(per_video),
               "weighted_fit_images": int(len(oof_classes)), "make_submission_flags": flags}
-    challenge_file.atomic_write_text(out_dir / "choice.json", json.dumps(choice, indent=2) + "\n", overwrite=True)
+    atomic_write_text(out_dir / "choice.json", json.dumps(choice, indent=2) + "\n", overwrite=True)
     return {"choice": choice, "grid": grid}
 

@@ -4,6 +4,9 @@ The exported layout is the downstream one: average pooling over patch tokens fol
 pretraining encoder's final per-token LayerNorm is carried over as that ``fc_norm`` (a better start than a
 fresh one). Foreign checkpoints (official MAE, MAE-Face, FMAE and other MAE-code descendants, as ``.pth``)
 are read with ``weights_only=True`` and converted to the same layout.
+
+An export's ``encoder.json`` says ``"kind": "vit"`` (``abaw_ce.models.registry``); a basic-emotion classifier
+export loads through ``registry.load_export`` as its sigmoid logits.
 """
 from __future__ import annotations
 
@@ -24,9 +27,12 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 
+from abaw_ce import labels
 from abaw_ce.errors import InputError
+from abaw_ce.models.registry import register_kind
 from abaw_ce.models.vit import HEADS_BY_WIDTH, VitArch, build_vit, grid_size
 
+KIND = "vit"
 ENCODER_FORMAT = "abaw-ce-encoder"
 ENCODER_VERSION = 1
 WEIGHTS_FILE = "encoder.safetensors"
@@ -71,7 +77,7 @@ def save_encoder(out_dir: str | Path, state: Mapping[str, torch.Tensor], arch: V
     try:
         tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         save_file(tensors, str(partial / WEIGHTS_FILE), metadata={"format": "pt"})
-        meta = {"format": ENCODER_FORMAT, "version": ENCODER_VERSION, "arch": arch.to_dict(),
+        meta = {"format": ENCODER_FORMAT, "version": ENCODER_VERSION, "kind": KIND, "arch": arch.to_dict(),
                 "pooling": "avg+fc_norm", "mean": list(map(float, mean)), "std": list(map(float, std)),
                 "source": dict(source), "history": list(history or [])}
         if head is not None:
@@ -194,6 +200,21 @@ def load_encoder(path: str | Path, img_size: int | None = None, num_classes: int
 def load_classifier(path: str | Path, img_size: int | None = None) -> tuple[VisionTransformer, dict[str, Any]]:
     """An exported fine-tuned model with its head; ``meta['head']['labels']`` names the outputs."""
     return load_encoder(path, img_size=img_size, keep_head=True)
+
+
+def load_basic_emotion_classifier(path: Path) -> tuple[VisionTransformer, dict[str, Any]]:
+    """The registry's loader: a classifier export whose outputs are the basic emotions in the kit's order (its
+    logits, read through one sigmoid each); any other export is refused."""
+    model, meta = load_classifier(path)
+    names = (meta.get("head") or {}).get("labels")
+    if list(names or []) != list(labels.BASIC_EMOTIONS):
+        raise InputError(path, f"model outputs {names}; expected the basic emotions in the kit's order "
+                               f"{list(labels.BASIC_EMOTIONS)} (refusing to mix label orders)")
+    return model.eval(), {**meta, "img_size": meta["arch"].img_size, "modality": "visual", "audio": None,
+                          "scores": "sigmoid_logits"}
+
+
+register_kind(KIND, load_basic_emotion_classifier, META_FILE)
 
 
 def input_signature(img_size: int, mean: Sequence[float], std: Sequence[float]) -> tuple:

@@ -4,7 +4,8 @@ annotated AUs), trained on batches that join VA-, expression- and AU-labelled im
 coupling: co-annotation, soft co-annotation and distribution matching.
 
 The engine sees one (B, 2 + 7 + 17) output: valence and arousal, the expression logits, the AU logits. The
-targets carry 7 more columns, the soft co-annotation label of AU images (masked where there is none).
+targets carry 7 more columns, the soft co-annotation label of AU images (masked where there is none). The
+network (``FaceBehaviorNet``) and its output layout are ``abaw_ce.models.multitask``'s.
 """
 from __future__ import annotations
 
@@ -13,42 +14,23 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from abaw_ce import labels
 from abaw_ce.data.table import au_arrays, va_arrays
+from abaw_ce.models import multitask as nets
 from abaw_ce.multitask.coupling import (au_mixture, ccc, ccc_loss, co_annotated_aus, co_annotated_expression,
                                         distribution_matching, expression_au_prior, soft_co_annotation,
                                         soft_target_cross_entropy, zero_shot_compound_scores)
 from abaw_ce.train.losses import masked_mean
 
-EXPRESSIONS = labels.SEVEN_EXPRESSIONS
-AU_NAMES = tuple(f"AU{n}" for n in labels.CEXPR_AUS)
-OUTPUTS = ("valence", "arousal") + EXPRESSIONS + AU_NAMES
-VA, EXPR = slice(0, 2), slice(2, 2 + len(EXPRESSIONS))
-AU = slice(EXPR.stop, EXPR.stop + len(AU_NAMES))
+EXPRESSIONS, AU_NAMES = nets.EXPRESSIONS, nets.AU_NAMES
+OUTPUTS, VA, EXPR, AU = nets.FBN_OUTPUTS, nets.FBN_VA, nets.FBN_EXPR, nets.FBN_AU
 SOFT = slice(AU.stop, AU.stop + len(EXPRESSIONS))  # targets only: the soft co-annotation label
 BASIC_IN_EXPR = [EXPRESSIONS.index(e) for e in labels.BASIC_EMOTIONS]
 # A softmax emotion counts as shown at >= 0.25 (half of a compound's 0.5 share), as in C-EXPR-NET.
 EXPRESSION_THRESHOLD = 0.25
 TASKS = ("va", "expr", "au")
-
-
-class FaceBehaviorNet(nn.Module):
-    """A backbone's pooled features into three heads: tanh valence-arousal, expression and AU logits."""
-
-    def __init__(self, backbone: nn.Module):
-        super().__init__()
-        self.backbone = backbone
-        width = backbone.num_features
-        self.va = nn.Linear(width, 2)
-        self.expr = nn.Linear(width, len(EXPRESSIONS))
-        self.au = nn.Linear(width, len(AU_NAMES))
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(images).mean(dim=(2, 3))
-        return torch.cat([torch.tanh(self.va(features)), self.expr(features), self.au(features)], dim=1)
 
 
 def probabilities(outputs: torch.Tensor) -> torch.Tensor:

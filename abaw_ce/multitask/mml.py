@@ -8,7 +8,8 @@ alignment loss, learnt through the base network's one-step update:
      (a second-order gradient, through theta*, computed with ``torch.func.functional_call``);
 (iii) base-learning: L_MTL with the updated meta network's weights, for the usual update of theta.
 
-The engine sees one (B, 7 + 17) output: expression logits, then AU logits.
+The engine sees one (B, 7 + 17) output: expression logits, then AU logits. The base network (``MMLNet``) and
+its output layout are ``abaw_ce.models.multitask``'s.
 """
 from __future__ import annotations
 
@@ -22,31 +23,14 @@ from torch.utils.data import Dataset, default_collate
 
 from abaw_ce import labels
 from abaw_ce.data.table import au_arrays
+from abaw_ce.models import multitask as nets
+from abaw_ce.models.multitask import MMLNet
 from abaw_ce.multitask.alignment import au_statistics
 from abaw_ce.train.losses import masked_mean
 
-EXPRESSIONS = labels.SEVEN_EXPRESSIONS
-AU_NAMES = tuple(f"AU{n}" for n in labels.CEXPR_AUS)
-OUTPUTS = EXPRESSIONS + AU_NAMES
-EXPR, AU = slice(0, len(EXPRESSIONS)), slice(len(EXPRESSIONS), len(EXPRESSIONS) + len(AU_NAMES))
+EXPRESSIONS, AU_NAMES = nets.EXPRESSIONS, nets.AU_NAMES
+OUTPUTS, EXPR, AU = nets.MML_OUTPUTS, nets.MML_EXPR, nets.MML_AU
 BASIC_IN_EXPR = [EXPRESSIONS.index(e) for e in labels.BASIC_EMOTIONS]
-
-
-class MMLNet(nn.Module):
-    """Backbone -> pooled features -> expression and AU classifiers; keeps the last features for the meta
-    network (so that the engine's forward pass is not repeated)."""
-
-    def __init__(self, backbone: nn.Module):
-        super().__init__()
-        self.backbone = backbone
-        self.expr = nn.Linear(backbone.num_features, len(EXPRESSIONS))
-        self.au = nn.Linear(backbone.num_features, len(AU_NAMES))
-        self.last_features: torch.Tensor | None = None
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(images).mean(dim=(2, 3))
-        self.last_features = features
-        return torch.cat([self.expr(features), self.au(features)], dim=1)
 
 
 class MetaWeightNet(nn.Module):

@@ -10,8 +10,8 @@ over samples.
 update joins VA-, expression- and AU-labelled images in fixed shares (``GroupedBatchOrder``); the coupling
 terms are switched in the ``loss`` section. Its validation also reports the zero-shot compound F1.
 
-The export (``model.safetensors`` + ``multitask.json``) gives make_submission the 6 basic-emotion
-probabilities (SJMT's sigmoids, FaceBehaviorNet's softmax columns).
+The export (``model.safetensors`` + ``multitask.json``, ``abaw_ce.models.multitask.save_export``) gives
+make_submission the 6 basic-emotion probabilities (SJMT's sigmoids, FaceBehaviorNet's softmax columns).
 """
 from __future__ import annotations
 
@@ -26,62 +26,27 @@ import torch
 import torch.nn as nn
 from accelerate.utils import set_seed
 from omegaconf import DictConfig
-from safetensors.torch import load_file, save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from abaw_ce import labels
-from abaw_ce.cexprnet.model import build_backbone, rebuild_backbone
 from abaw_ce.cexprnet.train import compound_f1, compound_scores, compound_truth
 from abaw_ce.data.labelled import FaceTransform, TableSamples
 from abaw_ce.data.table import au_arrays
 from abaw_ce.data.video_frames import crop_frame_rows
-from abaw_ce.errors import InputError, OptionError
-from abaw_ce.multitask import EXPORT_META_FILE, fbn, mml
-from abaw_ce.multitask.coupling import selective_bce
-from abaw_ce.train import engine, runs
-from abaw_ce.finetune import _fold_assignment, _resume_point, load_tables, run_single
+from abaw_ce.errors import OptionError
+from abaw_ce.models.backbones import build_backbone
+from abaw_ce.models.multitask import (AU_NAMES, BASIC_COLUMNS, EXPRESSIONS, N_EXPR, OUTPUTS, FaceBehaviorNet, MMLNet,
+                                      PooledHead, save_export)
+from abaw_ce.multitask import fbn, mml
+from abaw_ce.multitask.coupling import expression_au_prior, selective_bce
+from abaw_ce.train import engine
+from abaw_ce.train.engine import fold_assignment, load_tables, run_single
+from abaw_ce.train.runs import resume_point
 from abaw_ce.train.metrics import multilabel_f1
 from abaw_ce.train.sampling import GroupedBatchOrder, SeededSamples
 
 STAGE = "multitask"
 METHODS = ("sjmt", "fbn", "mml")
-MODEL_FILE, META_FILE = "model.safetensors", EXPORT_META_FILE
-EXPRESSIONS = labels.SEVEN_EXPRESSIONS
-AU_NAMES = tuple(f"AU{n}" for n in labels.CEXPR_AUS)
-OUTPUTS = EXPRESSIONS + AU_NAMES
-N_EXPR = len(EXPRESSIONS)
-# Where each of the 6 basic emotions sits among the outputs (make_submission's order).
-BASIC_COLUMNS = [EXPRESSIONS.index(e) for e in labels.BASIC_EMOTIONS]
-
-
-class PooledHead(nn.Module):
-    """A backbone's feature map, averaged over locations, into one linear layer over every output."""
-
-    def __init__(self, backbone: nn.Module, outputs: int = len(OUTPUTS)):
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(backbone.num_features, outputs)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(images).mean(dim=(2, 3)))
-
-
-class BasicEmotionProbabilities(nn.Module):
-    """A multi-task network as (B, 6) basic-emotion probabilities for make_submission: SJMT's sigmoids, or
-    the basic columns of FaceBehaviorNet's 7-way softmax."""
-
-    def __init__(self, net: nn.Module, method: str = "sjmt"):
-        super().__init__()
-        self.net, self.method = net, method
-        self.expr = {"fbn": fbn.EXPR, "mml": mml.EXPR}.get(method)
-        columns = BASIC_COLUMNS if method == "sjmt" else [EXPRESSIONS.index(e) for e in labels.BASIC_EMOTIONS]
-        self.register_buffer("columns", torch.tensor(columns), persistent=False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.net(images).float()
-        if self.method == "sjmt":
-            return torch.sigmoid(out[:, self.columns])
-        return out[:, self.expr].softmax(dim=1)[:, self.columns]
 
 
 def sjmt_targets(table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -117,13 +82,11 @@ def evaluate_heads(probs: np.ndarray, targets: np.ndarray, masks: np.ndarray, ex
     output columns: basic-emotion F1 (at ``threshold``; default 0.25, for a softmax), compound F1 from pair
     sums (and from ``zero_shot(probs)`` when given), AU F1, valence-arousal CCC when ``va`` is given. Early
     stopping follows the 12-compound F1 when the validation part has compound rows, else the basic F1."""
-    from abaw_ce.multitask.fbn import EXPRESSION_THRESHOLD
-
     basic_in_expr = [EXPRESSIONS.index(e) for e in labels.BASIC_EMOTIONS]
     has_expr = masks[:, expr.start] > 0
     basic_p, basic_y = probs[:, expr][:, basic_in_expr], targets[:, expr][:, basic_in_expr]
     result_expr = multilabel_f1(basic_p, basic_y, labels.BASIC_EMOTIONS, np.repeat(has_expr[:, None], 6, axis=1),
-                                EXPRESSION_THRESHOLD if threshold is None else threshold)
+                                fbn.EXPRESSION_THRESHOLD if threshold is None else threshold)
     truth = compound_truth(basic_y, has_expr, "kl")
     scores = compound_scores(basic_p, "kl")
     au_mask = masks[:, au] > 0
@@ -169,20 +132,6 @@ def _meta_validation_rows(table: pd.DataFrame, masks: np.ndarray, train: np.ndar
     return candidates[np.isin(table["group"].iloc[candidates].to_numpy(), chosen)]
 
 
-def load_multitask(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """A multi-task export folder -> (network in eval mode returning its raw outputs, metadata)."""
-    path = Path(path)
-    if not (path / META_FILE).is_file():
-        raise InputError(path, f"not a multi-task export (no {META_FILE})")
-    meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-    backbone = rebuild_backbone(meta["backbone"])
-    builders = {"fbn": fbn.FaceBehaviorNet, "mml": mml.MMLNet}
-    net = (builders[meta["method"]](backbone) if meta["method"] in builders
-           else PooledHead(backbone, len(meta["outputs"])))
-    net.load_state_dict(load_file(str(path / MODEL_FILE)))
-    return net.eval(), meta
-
-
 def train_multitask(config: DictConfig, resume: str | None = None, overrides: Sequence[str] = ()) -> Path:
     if str(config.model.method) not in METHODS:
         raise OptionError(f"model.method must be one of {METHODS}, got {config.model.method!r}")
@@ -214,7 +163,7 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
     if not keep.any():
         raise OptionError("data.datasets holds no image with an expression, AU or valence-arousal label")
     table, targets, masks = table[keep].reset_index(drop=True), targets[keep], masks[keep]
-    val = _fold_assignment(table, run_dir, d.folds, d.fold_seed) == d.val_fold
+    val = fold_assignment(table, run_dir, d.folds, d.fold_seed) == d.val_fold
     train = ~val
 
     set_seed(t.seed)
@@ -234,15 +183,13 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
                     ) -> torch.Tensor:
             return selective_bce(out, batch["target"], batch["mask"])
     elif method == "mml":
-        net, outputs, order = mml.MMLNet(backbone), mml.OUTPUTS, None
+        net, outputs, order = MMLNet(backbone), mml.OUTPUTS, None
         val_targets, val_masks = targets[val], masks[val]
         meta_rows = _meta_validation_rows(table, masks, train, float(lw.meta_val_fraction), int(t.seed))
         train[meta_rows] = False
         stats = None if str(lw.au_statistics) == "prior" else mml.statistics_from(table[train], targets[train],
                                                                                    masks[train])
         if stats is None:
-            from abaw_ce.multitask.coupling import expression_au_prior
-
             stats = expression_au_prior(labels.CEXPR_AUS, "weighted", mml.EXPRESSIONS)
             print(f"{STAGE}: AU statistics from the emotion->AU prior (loss.au_statistics={lw.au_statistics}; "
                   f"no training image has both an expression and AU labels)" if str(lw.au_statistics) != "prior"
@@ -270,7 +217,7 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
             weights = meta_net(features.detach()).detach()
             return mml.weighted_loss(out, batch["target"], batch["mask"], stats_on, weights)
     else:
-        net, outputs = fbn.FaceBehaviorNet(backbone), fbn.OUTPUTS
+        net, outputs = FaceBehaviorNet(backbone), fbn.OUTPUTS
         # validation is scored on the real labels only, never on co-annotated ones
         val_targets, val_masks = fbn.fbn_targets(table[val].reset_index(drop=True))
         groups = fbn.task_groups(masks[train])
@@ -290,15 +237,12 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
             "coupling": vars(coupling) if method == "fbn" else None}
 
     def export(model: nn.Module, out: Path, result: dict[str, Any], _outputs: dict[str, np.ndarray]) -> None:
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, str(out / MODEL_FILE))
-        runs.atomic_write_json(out / META_FILE, {**meta, "source": {
+        save_export(out, model, {**meta, "source": {
             "stage": STAGE, "run": str(run_dir), "epoch": result["epoch"], "val_score": result["score"]}})
 
     engine.fit(stage=STAGE, config=config, run_dir=run_dir, model=net,
                train_set=SeededSamples(TableSamples(table[train], targets[train], masks[train]), train_tf, t.seed),
                val_set=SeededSamples(TableSamples(table[val], val_targets, val_masks), eval_tf, t.seed),
                loss_fn=loss_fn, evaluate=evaluate_fn, export=export,
-               resume_from=_resume_point(run_dir) if resuming else None, activation=activation, train_order=order,
+               resume_from=resume_point(run_dir) if resuming else None, activation=activation, train_order=order,
                extra_state=extras)

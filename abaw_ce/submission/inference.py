@@ -1,6 +1,7 @@
 """Batched inference of fold models over the faces step's packed crops, saved per video.
 
-Every batch of crops goes through every model (optionally also mirrored). Their basic-emotion probabilities
+Every export is loaded through the models' registry (``abaw_ce.models.registry.load_export``), whatever its
+kind. Every batch of crops goes through every model (optionally also mirrored). Their basic-emotion probabilities
 (sigmoid outputs of the emotion track, the expression softmax of a C-EXPR-NET) are put on one scale
 (``fusion.common_scale``: a distribution over the six emotions per frame), averaged within each run, then over
 runs with the shares ``RunShares`` decides once. Frames without a face keep NaN rows so fusion settings can change
@@ -22,15 +23,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from abaw_ce import labels
-from abaw_ce.fusion import common_scale
-from abaw_ce.cexprnet import EXPORT_META_FILE as CEXPRNET_META_FILE
-from abaw_ce.data.packed import PackedFaces
-from abaw_ce.multitask import EXPORT_META_FILE as MULTITASK_META_FILE
+from abaw_ce.audio import FrameClock, MelSettings, frame_windows, log_mel, read_audio
+from abaw_ce.data.packed import PackedFaces, read_index
 from abaw_ce.errors import InputError, OptionError
-from abaw_ce.models.export import META_FILE, load_classifier
-from abaw_ce.submission.run_checks import is_export, is_finished
+from abaw_ce.faces.pipeline import FRAMES_CSV, STORE_DIR
+from abaw_ce.fusion import common_scale
+from abaw_ce.models.registry import is_export, load_export
+from abaw_ce.submission.run_checks import is_finished
 
 PROBS_DIR = "probs"
+# The submission's name for the track of an export kind, where it differs (a ViT classifier: the emotion track).
+TRACK_OF_KIND = {"vit": "emotion"}
 
 
 @dataclass
@@ -40,28 +43,22 @@ class LoadedModel:
     img_size: int
     mean: list[float]
     std: list[float]
-    track: str = "emotion"  # "emotion": sigmoid outputs; "cexprnet", "multitask": the model returns probabilities
-    run: int = 0  # which of the requested runs it came from: folds are averaged within their run first
+    track: str = "emotion"  # "emotion" (a ViT classifier), "cexprnet" or "multitask"
+    run_index: int = 0  # which of the requested runs it came from: folds are averaged within their run first
     modality: str = "visual"  # "audio": a C-EXPR-NET-A reading log-mel windows of the video's sound
     audio: dict | None = None  # the audio model's input settings (n_mels, width, mean, std, sample_rate)
+    # how the model's outputs are read: "sigmoid_logits" or "probabilities"; by default, sigmoid logits for the
+    # emotion track, probabilities for the others
+    scores: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.scores is None:
+            self.scores = "sigmoid_logits" if self.track == "emotion" else "probabilities"
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """The model's basic-emotion probabilities on the common scale (each row sums to 1)."""
         out = self.model(x).float()
-        return common_scale(torch.sigmoid(out) if self.track == "emotion" else out)
-
-
-class CExprNetExpressions(nn.Module):
-    """A C-EXPR-NET's expression branch as (B, 6) probabilities (softmax of the KL head, sigmoids of the
-    multi-label sigmoid head), for fusion with the other track."""
-
-    def __init__(self, net: nn.Module, head: str = "kl"):
-        super().__init__()
-        self.net, self.head = net, head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.net(x)["expr_logits"].float()
-        return torch.sigmoid(logits) if self.head == "sigmoid" else logits.softmax(dim=1)
+        return common_scale(torch.sigmoid(out) if self.scores == "sigmoid_logits" else out)
 
 
 def find_exports(run: str | Path) -> list[Path]:
@@ -72,7 +69,7 @@ def find_exports(run: str | Path) -> list[Path]:
     for folder in (run, run / "export"):
         if is_export(folder):
             return [folder]
-    folds = sorted(p.parent for p in run.glob(f"fold_*/export/{META_FILE}"))
+    folds = sorted(p for p in run.glob("fold_*/export") if is_export(p))
     exports = [e for e in folds if is_finished(e.parent)]
     if not exports:
         raise InputError(run, "no finished fold here (every fold_*/export belongs to an unfinished fold)" if folds
@@ -82,42 +79,16 @@ def find_exports(run: str | Path) -> list[Path]:
 
 
 def load_models(runs: Sequence[str | Path], device: torch.device | str = "cpu") -> list[LoadedModel]:
-    """Every export of every run; all must output the six basic emotions in the kit's order."""
+    """Every export of every run; all must output the six basic emotions in the kit's order (``load_export``
+    refuses any other)."""
     loaded = []
     for r, run in enumerate(runs):
         for path in find_exports(run):
-            if (path / CEXPRNET_META_FILE).is_file():
-                from abaw_ce.cexprnet.train import load_cexprnet
-
-                net, meta = load_cexprnet(path)
-                head = meta.get("expr_head", "kl")
-                if head == "multiclass":
-                    raise InputError(path, "a multi-class C-EXPR-NET (13 classes, no basic-emotion "
-                                           "probabilities) cannot join the pairwise fusion; it serves the "
-                                           "ablation only")
-                if list(meta["expression_labels"]) != list(labels.BASIC_EMOTIONS):
-                    raise InputError(path, f"model outputs {meta['expression_labels']}; expected the basic "
-                                           f"emotions in the kit's order (refusing to mix label orders)")
-                loaded.append(LoadedModel(path, CExprNetExpressions(net, head).to(device).eval(),
-                                          int(meta["img_size"]), list(meta["mean"]), list(meta["std"]),
-                                          track="cexprnet", run=r, modality=meta.get("modality", "visual"),
-                                          audio=meta.get("audio")))
-                continue
-            if (path / MULTITASK_META_FILE).is_file():
-                from abaw_ce.multitask.train import BasicEmotionProbabilities, load_multitask
-
-                net, meta = load_multitask(path)
-                loaded.append(LoadedModel(path, BasicEmotionProbabilities(net, meta["method"]).to(device).eval(),
-                                          int(meta["img_size"]), list(meta["mean"]), list(meta["std"]),
-                                          track="multitask", run=r))
-                continue
-            model, meta = load_classifier(path)
-            names = (meta.get("head") or {}).get("labels")
-            if list(names or []) != list(labels.BASIC_EMOTIONS):
-                raise InputError(path, f"model outputs {names}; expected the basic emotions in the kit's order "
-                                       f"{list(labels.BASIC_EMOTIONS)} (refusing to mix label orders)")
-            loaded.append(LoadedModel(path, model.to(device).eval(), meta["arch"].img_size,
-                                      list(meta["mean"]), list(meta["std"]), run=r))
+            module, meta = load_export(path)
+            loaded.append(LoadedModel(path, module.to(device).eval(), int(meta["img_size"]), list(meta["mean"]),
+                                      list(meta["std"]), track=TRACK_OF_KIND.get(meta["kind"], meta["kind"]),
+                                      run_index=r, modality=meta["modality"], audio=meta["audio"],
+                                      scores=meta["scores"]))
     if not loaded:
         raise ValueError("no model to run")
     return loaded
@@ -149,7 +120,7 @@ class RunShares:
     def of(cls, models: Sequence[LoadedModel], run_weights: Sequence[float] | None = None,
            n_runs: int | None = None) -> RunShares:
         """``n_runs`` requested runs (default: as many as the models name), ``run_weights`` one per run."""
-        n_runs = n_runs if n_runs is not None else max(m.run for m in models) + 1
+        n_runs = n_runs if n_runs is not None else max(m.run_index for m in models) + 1
         weights = np.ones(n_runs) if run_weights is None else np.asarray(run_weights, dtype=np.float64)
         usable = np.all(np.isfinite(weights)) and np.all(weights >= 0) and weights.sum() > 0
         if weights.shape != (n_runs,) or not usable:
@@ -157,7 +128,7 @@ class RunShares:
                               f"sum, got {None if run_weights is None else list(run_weights)}")
         modalities = []
         for r in range(n_runs):
-            kinds = {m.modality for m in models if m.run == r}
+            kinds = {m.modality for m in models if m.run_index == r}
             if len(kinds) > 1:
                 raise ValueError(f"run {r} has models of modalities {sorted(kinds)}; expected one")
             modalities.append(kinds.pop() if kinds else "none")  # none: a subset of the models was given
@@ -173,9 +144,9 @@ class RunShares:
     def model_weights(self, models: Sequence[LoadedModel]) -> list[float]:
         """Each model's weight within its modality's average: its run's share over the modality's share, split
         over the run's models (0 for a run of share 0, or a modality whose runs all have share 0)."""
-        sizes = Counter(m.run for m in models)
+        sizes = Counter(m.run_index for m in models)
         totals = {m.modality: self.modality_share(m.modality) for m in models}
-        return [self.shares[m.run] / totals[m.modality] / sizes[m.run] if totals[m.modality] > 0 else 0.0
+        return [self.shares[m.run_index] / totals[m.modality] / sizes[m.run_index] if totals[m.modality] > 0 else 0.0
                 for m in models]
 
 
@@ -212,9 +183,6 @@ def predict_crops(store_dir: str | Path, models: Sequence[LoadedModel], shares: 
 
 def save_video_probs(faces_dir: str | Path, probs: np.ndarray, out_dir: str | Path) -> dict[str, Path]:
     """Split crop probabilities per video, aligned to every decoded frame (NaN where no face)."""
-    from abaw_ce.data.packed import read_index
-    from abaw_ce.faces.pipeline import FRAMES_CSV, STORE_DIR
-
     faces_dir, out_dir = Path(faces_dir), Path(out_dir)
     frames = pd.read_csv(faces_dir / FRAMES_CSV, dtype={"video": str})
     index = read_index(faces_dir / STORE_DIR)
@@ -249,8 +217,6 @@ def predict_audio(video: str | Path, frames: np.ndarray, models: Sequence[Loaded
     """(N, 6) probabilities of the audio models for 1-based ``frames`` of a video, each frame heard at its own
     timestamp (each run's models averaged, then the runs with their shares), or None when the video has no
     audio track."""
-    from abaw_ce.audio import FrameClock, MelSettings, frame_windows, log_mel, read_audio
-
     models = [m for m in models if m.modality == "audio"]
     out = np.zeros((len(frames), len(labels.BASIC_EMOTIONS)), dtype=np.float32)
     tracks: dict[tuple[int, int], tuple[torch.Tensor, np.ndarray] | None] = {}  # (rate, mels) -> (mel, times)

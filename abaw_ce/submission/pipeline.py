@@ -19,11 +19,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from abaw_ce import fusion, labels, challenge_file
+from abaw_ce import challenge_file, fusion, labels
+from abaw_ce.data.packed import PackedFaces
 from abaw_ce.errors import InputError, OptionError, UserError, read_text_lines
-from abaw_ce.submission.inference import (PROBS_DIR, RunShares, load_models, predict_audio, predict_crops, read_video_probs,
-                               save_video_probs)
-from abaw_ce.submission.run_checks import check_runs, is_finished
+from abaw_ce.files import atomic_write_text
+from abaw_ce.faces.pipeline import STORE_DIR, entry_names, file_kind, list_inputs, run_faces
+from abaw_ce.submission.inference import (PROBS_DIR, RunShares, load_models, predict_audio, predict_crops,
+                                         read_video_probs, save_video_probs)
+from abaw_ce.submission.run_checks import RunCheck, check_runs, is_finished
 from abaw_ce.video import VIDEO_SUFFIXES
 
 
@@ -112,24 +115,56 @@ def check_track(models: Sequence, track: str) -> None:
 def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | Path,
                     template: str | Path | None = None, work_dir: str | Path | None = None,
                     detector: str = "auto", crop_size: int = 224, method: str = "sum",
-                    weights: fusion.WeightedFusion | None = None, smoothing: str = "gaussian", window: int = 9,
-                    flip: bool = False, batch_size: int = 256, device: str | None = None,
+                    fusion_weights: fusion.WeightedFusion | None = None, smoothing: str = "gaussian",
+                    window: int = 9, flip: bool = False, batch_size: int = 256, device: str | None = None,
                     overwrite: bool = False, progress: bool = True,
                     run_weights: Sequence[float] | None = None, track: str = "auto",
                     allow_partial: bool = False) -> dict[str, Any]:
     """Write the challenge file for every video under ``videos``; returns the summary (also saved as JSON).
     ``track`` other than "auto" requires every run to be of that track (emotion or cexprnet). Runs that fail the
     run checks (a fold missing or unfinished, a broken fold) are refused unless ``allow_partial``: then the
-    finished folds are used and the summary lists what was left out."""
+    finished folds are used and the summary lists what was left out. ``fusion_weights`` is the fitted weighted
+    fusion (``tune_fusion``'s, for ``method="weighted"``); ``run_weights`` weigh the runs against each other."""
     import torch
-
-    from abaw_ce.faces.pipeline import STORE_DIR, entry_names, file_kind, list_inputs, run_faces
 
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; refusing to overwrite it (pass --overwrite to replace it)")
     template_rows = challenge_file.read_template(template) if template is not None else None
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    checked, models, shares = _checked_models(runs, device, run_weights, track, allow_partial)
+    work = Path(work_dir) if work_dir is not None else out.with_name(out.stem + "_work")
+    videos = Path(videos)
+    name_of, names = _video_names(videos, work, template, template_rows)
+    faces_dir, damaged, left_out = _faces_of_videos(videos, work, name_of, names, template_rows, detector,
+                                                    crop_size, progress)
+    audio_weight = shares.modality_share("audio")
+    probs = _visual_probs(faces_dir, models, shares, audio_weight, batch_size, flip, device, progress)
+    per_video = save_video_probs(faces_dir, probs, work / PROBS_DIR)
+    if not per_video:
+        raise InputError(videos, "no video could be decoded here")
+    audio_of = (_audio_probs(videos, name_of, per_video, models, shares, device, batch_size)
+                if audio_weight > 0 else {})
+    fallback = _fallback_probs(probs, audio_of, audio_weight)
+    if template_rows is not None:
+        missing = sorted(set(template_rows["video"]) - set(per_video))
+        if missing:
+            raise InputError(Path(template), f"lists {len(missing)} video(s) that could not be decoded in "
+                                             f"{videos}: {missing[:5]}; nothing was written")
+    rows, reports, faces_of = _label_videos(per_video, template_rows, damaged, fallback, audio_of, audio_weight,
+                                            method, fusion_weights, smoothing, window)
+    written = challenge_file.write_submission(out, rows, overwrite=overwrite, keep_order=template_rows is not None)
+    summary = _summary(reports, rows, runs, models, method, smoothing, window, written, left_out)
+    summary.update(_runs_summary(runs, run_weights, shares, audio_weight, checked, audio_of))
+    atomic_write_text(out.with_name(out.stem + "_summary.json"), json.dumps(summary, indent=2) + "\n",
+                                 overwrite=True)
+    _timelines(faces_of, rows, out.with_name(out.stem + "_timelines.png"))
+    return summary
+
+
+def _checked_models(runs: Sequence[str | Path], device: str, run_weights: Sequence[float] | None, track: str,
+                    allow_partial: bool) -> tuple[RunCheck, list, RunShares]:
+    """The run checks (before any decoding), the runs' models and the share of each run."""
     checked = check_runs(runs)  # fails early on a bad run, before any decoding
     if not checked.ok and not allow_partial:
         raise UserError("the runs fail their checks (as submit/validate.py checks them):\n  "
@@ -138,8 +173,13 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     models = load_models(runs, device)
     check_track(models, track)
     shares = RunShares.of(models, run_weights, n_runs=len(runs))  # every part below weighs runs with these
-    work = Path(work_dir) if work_dir is not None else out.with_name(out.stem + "_work")
-    videos = Path(videos)
+    return checked, models, shares
+
+
+def _video_names(videos: Path, work: Path, template: str | Path | None, template_rows: pd.DataFrame | None
+                 ) -> tuple[dict[str, str], set[str]]:
+    """The folder's files (relative path -> the name the faces step files its frames under) and the names of
+    its videos; InputError when there is no video, or the template lists one that is not here."""
     if not videos.is_dir():
         raise InputError(videos, "video folder not found")
     inputs = list_inputs(videos, exclude=[work])
@@ -156,6 +196,14 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
         if missing:
             raise InputError(Path(template), f"lists {len(missing)} video(s) not found in {videos}: "
                                              f"{missing[:5]}; nothing was written")
+    return name_of, names
+
+
+def _faces_of_videos(videos: Path, work: Path, name_of: dict[str, str], names: set[str],
+                     template_rows: pd.DataFrame | None, detector: str, crop_size: int, progress: bool
+                     ) -> tuple[Path, dict[str, Any], list[str]]:
+    """The faces step on the folder: its folder, the damaged (partly decoded) videos by name, and what is left
+    out; InputError when a video the file must hold could not be read."""
     faces_dir = work / "faces"
     faces = run_faces(videos, faces_dir, detector=detector, size=crop_size, overwrite=True, progress=progress,
                       cache_dir=work / "faces_cache")
@@ -173,41 +221,48 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     left_out = [f"{f.path}: not a video: left out" for f in faces.files if f.kind != "video"]
     left_out += [f"{unreadable[v].path}: could not be read ({unreadable[v].reason}); not in the template: left out"
                  for v in sorted(unreadable)]
-    audio_weight = shares.modality_share("audio")
-    if audio_weight < 1.0:
-        probs = predict_crops(faces_dir / STORE_DIR, models, shares, batch_size=batch_size, flip=flip,
-                              device=device, bf16=device.startswith("cuda"), progress=progress)
-    else:  # the audio runs carry every share: the crops are not looked at
-        from abaw_ce.data.packed import PackedFaces
+    return faces_dir, damaged, left_out
 
-        probs = np.full((len(PackedFaces(faces_dir / STORE_DIR)), len(labels.BASIC_EMOTIONS)), np.nan, np.float32)
-    per_video = save_video_probs(faces_dir, probs, work / PROBS_DIR)
-    if not per_video:
-        raise InputError(Path(videos), "no video could be decoded here")
-    audio_of: dict[str, np.ndarray | None] = {}
-    if audio_weight > 0:
-        file_of = {n: videos / path for path, n in name_of.items()}
-        for video, path in per_video.items():
-            audio_of[video] = predict_audio(file_of[video], read_video_probs(path)[0], models, shares, device,
-                                            batch_size)
+
+def _visual_probs(faces_dir: Path, models: list, shares: RunShares, audio_weight: float, batch_size: int,
+                  flip: bool, device: str, progress: bool) -> np.ndarray:
+    """(faces, 6) probabilities of the visual runs for every face crop; NaN when the audio runs carry every
+    share (the crops are then not looked at)."""
+    if audio_weight < 1.0:
+        return predict_crops(faces_dir / STORE_DIR, models, shares, batch_size=batch_size, flip=flip,
+                             device=device, bf16=device.startswith("cuda"), progress=progress)
+    return np.full((len(PackedFaces(faces_dir / STORE_DIR)), len(labels.BASIC_EMOTIONS)), np.nan, np.float32)
+
+
+def _audio_probs(videos: Path, name_of: dict[str, str], per_video: dict[str, Path], models: list,
+                 shares: RunShares, device: str, batch_size: int) -> dict[str, np.ndarray | None]:
+    """Per video, the audio runs' probabilities at its decoded frames (None for a video without sound)."""
+    file_of = {n: videos / path for path, n in name_of.items()}
+    return {video: predict_audio(file_of[video], read_video_probs(path)[0], models, shares, device, batch_size)
+            for video, path in per_video.items()}
+
+
+def _fallback_probs(probs: np.ndarray, audio_of: dict[str, np.ndarray | None], audio_weight: float) -> np.ndarray:
+    """What a frame with nothing to go on takes: the mean probabilities of every face (of every heard frame
+    when the audio runs carry every share), uniform when there are none."""
+    n_basic = len(labels.BASIC_EMOTIONS)
     if audio_weight >= 1.0:
         heard = [a for a in audio_of.values() if a is not None]
-        fallback = (np.concatenate(heard).mean(axis=0) if heard
-                    else np.full(len(labels.BASIC_EMOTIONS), 1.0 / len(labels.BASIC_EMOTIONS)))
-    else:
-        n_basic = len(labels.BASIC_EMOTIONS)
-        fallback = probs.mean(axis=0) if len(probs) else np.full(n_basic, 1.0 / n_basic)
+        return np.concatenate(heard).mean(axis=0) if heard else np.full(n_basic, 1.0 / n_basic)
+    return probs.mean(axis=0) if len(probs) else np.full(n_basic, 1.0 / n_basic)
 
-    if template_rows is not None:
-        missing = sorted(set(template_rows["video"]) - set(per_video))
-        if missing:
-            raise InputError(Path(template), f"lists {len(missing)} video(s) that could not be decoded in "
-                                             f"{videos}: {missing[:5]}; nothing was written")
+
+def _label_videos(per_video: dict[str, Path], template_rows: pd.DataFrame | None, damaged: dict[str, Any],
+                  fallback: np.ndarray, audio_of: dict[str, np.ndarray | None], audio_weight: float, method: str,
+                  fusion_weights: fusion.WeightedFusion | None, smoothing: str, window: int
+                  ) -> tuple[pd.DataFrame, list[VideoReport], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """The file's rows (the template's rows in its order when there is one), a report per video, and per video
+    its decoded frames and which had a face (for the timelines)."""
     reports, parts, faces_of = [], [], {}
     for video, path in per_video.items():
         frames, face_found, values = read_video_probs(path)
         faces_of[video] = (frames, face_found)
-        classes, notes = video_labels(face_found, values, fallback, method, weights, smoothing, window,
+        classes, notes = video_labels(face_found, values, fallback, method, fusion_weights, smoothing, window,
                                       audio_of.get(video), audio_weight)
         if video in damaged:
             notes.insert(0, f"damaged video, labelled from its {len(frames)} decoded frame(s): "
@@ -227,18 +282,17 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     rows = pd.concat(parts, ignore_index=True)
     if template_rows is not None:  # the template's rows in the template's order, exactly
         rows = template_rows.merge(rows, on=["video", "frame"], how="left")
-    written = challenge_file.write_submission(out, rows, overwrite=overwrite, keep_order=template_rows is not None)
-    summary = _summary(reports, rows, runs, models, method, smoothing, window, written, left_out)
-    summary["run_weights"] = [float(w) for w in run_weights] if run_weights is not None else [1.0] * len(runs)
-    summary["run_shares"] = list(shares.shares)
-    summary["audio_weight"] = audio_weight
-    summary["run_problems"] = checked.problems  # empty unless allow_partial let them through
-    summary["unfinished"] = checked.unfinished
-    summary["videos_without_audio"] = sorted(v for v, a in audio_of.items() if a is None)
-    challenge_file.atomic_write_text(out.with_name(out.stem + "_summary.json"), json.dumps(summary, indent=2) + "\n",
-                                 overwrite=True)
-    _timelines(faces_of, rows, out.with_name(out.stem + "_timelines.png"))
-    return summary
+    return rows, reports, faces_of
+
+
+def _runs_summary(runs: Sequence[str | Path], run_weights: Sequence[float] | None, shares: RunShares,
+                  audio_weight: float, checked: RunCheck, audio_of: dict[str, np.ndarray | None]) -> dict[str, Any]:
+    """The summary's part about the runs: their weights and shares, and what the run checks let through."""
+    return {"run_weights": [float(w) for w in run_weights] if run_weights is not None else [1.0] * len(runs),
+            "run_shares": list(shares.shares), "audio_weight": audio_weight,
+            "run_problems": checked.problems,  # empty unless allow_partial let them through
+            "unfinished": checked.unfinished,
+            "videos_without_audio": sorted(v for v, a in audio_of.items() if a is None)}
 
 
 def _summary(reports: list[VideoReport], rows: pd.DataFrame, runs: Sequence[str | Path], models: list,

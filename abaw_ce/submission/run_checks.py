@@ -12,12 +12,10 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from abaw_ce import labels
-from abaw_ce.cexprnet import EXPORT_META_FILE as CEXPRNET_META_FILE
 from abaw_ce.errors import InputError
-from abaw_ce.models.export import META_FILE, input_signature, read_encoder_meta
-from abaw_ce.multitask import EXPORT_META_FILE as MULTITASK_META_FILE
+from abaw_ce.models.export import input_signature, read_encoder_meta
+from abaw_ce.models.registry import is_export
 
-EXPORT_META_FILES = (META_FILE, CEXPRNET_META_FILE, MULTITASK_META_FILE)
 STATUS_FILE = "status.json"
 
 
@@ -49,10 +47,6 @@ def _json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-
-
-def is_export(path: Path) -> bool:
-    return any((path / name).is_file() for name in EXPORT_META_FILES)
 
 
 def is_finished(run_or_fold: Path) -> bool:

@@ -24,9 +24,10 @@ import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
-from abaw_ce import labels, challenge_file
+from abaw_ce import challenge_file, labels
 from abaw_ce.data import writers
 from abaw_ce.errors import OptionError
+from abaw_ce.files import atomic_write_text
 from abaw_ce.synth.face import MARGIN, Identity, Pose, aligned_matrix, composite, render_face
 
 AU_ON = 0.4  # an AU intensity at or above this is labelled present
@@ -462,9 +463,9 @@ def generate_world(out: str | Path, seed: int = 0, scale: str | Scale = "tiny", 
     challenge_file.write_submission(gt / "ground_truth.txt", truth, overwrite=overwrite)
     template = [challenge_file.SUBMISSION_HEADER] + [challenge_file.frame_location(v, k + 1)
                                                  for v in sorted(truth) for k in range(len(truth[v]))]
-    challenge_file.atomic_write_text(gt / "template.txt", "\n".join(template) + "\n", overwrite=overwrite)
+    atomic_write_text(gt / "template.txt", "\n".join(template) + "\n", overwrite=overwrite)
     # Which frames show a face: the reference for measuring a detector's rate on the test videos.
-    challenge_file.atomic_write_text(gt / "face_visible.csv", "\n".join(visible_rows) + "\n", overwrite=overwrite)
+    atomic_write_text(gt / "face_visible.csv", "\n".join(visible_rows) + "\n", overwrite=overwrite)
     counts["test_videos"] = s.test_videos
     counts["test_frames"] = sum(len(t) for t in truth.values())
     bar.close()

@@ -1,9 +1,11 @@
-"""The fine-tuning engine shared by the AU, emotion (and later C-EXPR-NET) stages.
+"""The fine-tuning engine shared by the AU, emotion, C-EXPR-NET and multi-task stages.
 
 One Accelerate loop: AdamW with layer-wise lr decay (timm), warmup then cosine annealing with warm restarts
 per update, an EMA of the weights (timm ``ModelEmaV3``) that is what gets evaluated and exported, multi-label
 mixup, distillation from a frozen teacher on the same (augmented, mixed) batch, early stopping on the
 validation score keeping the best export, mid-epoch resumable checkpoints, TensorBoard + ``metrics.json``.
+``fit`` runs it in steps: set-up, start (or resume), an epoch of training, validation, the end. The stages on
+it also share ``run_single`` (a one-run stage's folder), ``load_tables`` and ``fold_assignment``.
 """
 from __future__ import annotations
 
@@ -16,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
@@ -27,10 +30,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from abaw_ce.data import folds as folds_lib
+from abaw_ce.data.adapters import load_dataset
+from abaw_ce.data.table import concat_tables
 from abaw_ce.errors import OptionError
 from abaw_ce.train import runs
 from abaw_ce.train.loop import (STATUS_FILE, LossMonitor, NonFiniteLoss, TrainLog, epoch_batches,
-                                make_accelerator, restore, train_step,
+                                make_accelerator, read_status, restore, train_step,
                                 write_status)
 from abaw_ce.train.losses import mixup
 from abaw_ce.train.sampling import EpochSampler, derived_seed
@@ -38,9 +44,13 @@ from abaw_ce.train.sampling import EpochSampler, derived_seed
 log = logging.getLogger(__name__)
 
 BEST_DIR = "export"
-__all__ = ["fit", "FitResult", "EarlyStopping", "NonFiniteLoss", "STATUS_FILE", "predict", "restart_schedule"]
+__all__ = ["fit", "FitResult", "EarlyStopping", "NonFiniteLoss", "STATUS_FILE", "predict", "restart_schedule",
+           "FROZEN_ON_RESUME", "load_tables", "fold_assignment", "run_single"]
 VALIDATION_FILE = "validation.json"
 _MIXUP = 2
+# Settings a resumed run of an engine stage may not change (anything else, e.g. epochs or workers, may be).
+FROZEN_ON_RESUME = ("model", "data", "loss", "optim", "distill", "train.batch_size", "train.grad_accum",
+                    "train.seed", "train.ema", "train.ema_decay", "train.mixup_alpha")
 
 
 @dataclass
@@ -130,21 +140,59 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
     ``activation`` turns the model's outputs into the probabilities ``evaluate`` and ``export`` receive;
     ``train_order`` replaces the shuffled epoch order (e.g. a ``GroupedBatchOrder``); ``extra_state`` (modules
     moved to the device, optimizers...) is saved in every checkpoint and restored on resume."""
+    run = _set_up(stage, config, run_dir, model, train_set, val_set, teacher, train_order)
+    _register_state(run, extra_state)
+    _start(run, resume_from)
+    _announce(run, len(train_set), len(val_set))
+    run.model.train()
+    while _epochs_left(run):
+        _train_epoch(run, loss_fn)
+        if run.progress.batch_in_epoch >= run.batches_per_epoch:
+            _end_epoch(run, evaluate, export, activation)
+    return _finish(run)
+
+
+@dataclass
+class _Fit:
+    """What the steps of one ``fit`` share: set up by ``_set_up``, the rest by ``_start``."""
+    stage: str
+    config: DictConfig
+    run_dir: Path
+    accelerator: Accelerator
+    model: nn.Module  # as prepared by the accelerator
+    optimizer: torch.optim.Optimizer
+    train_loader: DataLoader
+    val_loader: DataLoader
+    ema: ModelEmaV3 | None
+    teacher: nn.Module | None
+    batches_per_epoch: int  # micro-batches per process, whole updates only
+    updates_per_epoch: int
+    scheduler: CosineLRScheduler
+    progress: runs.Progress
+    stopping: EarlyStopping
+    metrics: runs.MetricsLog = field(init=False)
+    unwrapped: nn.Module = field(init=False)
+    stop_at: int = field(init=False)
+    monitor: LossMonitor = field(init=False)
+    images_per_update: int = field(init=False)
+    bar: Any = field(init=False)
+    log_train: TrainLog = field(init=False)
+
+    @property
+    def total_updates(self) -> int:
+        return self.updates_per_epoch * self.config.train.epochs
+
+
+def _set_up(stage: str, config: DictConfig, run_dir: Path, model: nn.Module, train_set: Dataset,
+            val_set: Dataset, teacher: nn.Module | None, train_order: Sampler | None) -> _Fit:
+    """The seeded accelerator; the loaders, AdamW with layer-wise lr decay and the EMA, prepared; the teacher
+    on the device; the schedule."""
     t, o = config.train, config.optim
     runs.check_positive_ints(t, "train", ("epochs", "batch_size", "grad_accum", "log_every", "keep_checkpoints",
                                           "patience"))
     accelerator = make_accelerator(run_dir, t.precision, t.grad_accum)
     set_seed(t.seed)
-    if len(train_set) < t.batch_size * accelerator.num_processes:
-        raise OptionError(f"{stage}: only {len(train_set)} training samples, fewer than one global batch "
-                          f"({t.batch_size} x {accelerator.num_processes}); lower train.batch_size")
-    if len(val_set) == 0:
-        raise OptionError(f"{stage}: the validation set is empty")
-    sampler = train_order if train_order is not None else EpochSampler(len(train_set), seed=t.seed)
-    train_loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, drop_last=True,
-                              num_workers=t.num_workers, pin_memory=torch.cuda.is_available())
-    val_loader = DataLoader(val_set, batch_size=t.eval_batch_size, shuffle=False, num_workers=t.num_workers)
-
+    train_loader, val_loader = _loaders(stage, t, accelerator.num_processes, train_set, val_set, train_order)
     layer_decay = o.layer_decay if o.layer_decay and o.layer_decay < 1.0 else None
     optimizer = create_optimizer_v2(model, "adamw", lr=o.lr, weight_decay=o.weight_decay,
                                     layer_decay=layer_decay, betas=tuple(o.betas))
@@ -158,106 +206,210 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
         raise OptionError(f"{stage}: an epoch of {len(train_loader)} batches is shorter than train.grad_accum")
     scheduler = restart_schedule(optimizer, updates_per_epoch, t.epochs, o.warmup_epochs, o.restart_epochs,
                                  o.min_lr)
-    progress = runs.Progress()
-    stopping = EarlyStopping(patience=t.patience)
-    accelerator.register_for_checkpointing(scheduler, progress, stopping)
-    if ema is not None:
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+    return _Fit(stage, config, run_dir, accelerator, model, optimizer, train_loader, val_loader, ema, teacher,
+                batches_per_epoch, updates_per_epoch, scheduler, runs.Progress(), EarlyStopping(patience=t.patience))
+
+
+def _loaders(stage: str, t: DictConfig, num_processes: int, train_set: Dataset, val_set: Dataset,
+             train_order: Sampler | None) -> tuple[DataLoader, DataLoader]:
+    """The training loader (whole batches in the seeded epoch order, or ``train_order``) and the validation one."""
+    if len(train_set) < t.batch_size * num_processes:
+        raise OptionError(f"{stage}: only {len(train_set)} training samples, fewer than one global batch "
+                          f"({t.batch_size} x {num_processes}); lower train.batch_size")
+    if len(val_set) == 0:
+        raise OptionError(f"{stage}: the validation set is empty")
+    sampler = train_order if train_order is not None else EpochSampler(len(train_set), seed=t.seed)
+    train_loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, drop_last=True,
+                              num_workers=t.num_workers, pin_memory=torch.cuda.is_available())
+    val_loader = DataLoader(val_set, batch_size=t.eval_batch_size, shuffle=False, num_workers=t.num_workers)
+    return train_loader, val_loader
+
+
+def _register_state(run: _Fit, extra_state: Sequence[Any]) -> None:
+    """What every checkpoint saves: schedule, progress, early stopping, the EMA and ``extra_state`` (modules
+    among it moved to the device first)."""
+    accelerator = run.accelerator
+    accelerator.register_for_checkpointing(run.scheduler, run.progress, run.stopping)
+    if run.ema is not None:
+        run.ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(run.ema)
     for item in extra_state:
         if isinstance(item, nn.Module):
             item.to(accelerator.device)
         accelerator.register_for_checkpointing(item)
+
+
+def _start(run: _Fit, resume_from: Path | None) -> None:
+    """Restore ``resume_from`` (if any); the metrics log (cut back to the checkpoint), the trackers, the loss
+    monitor and where to stop."""
+    t, accelerator, progress = run.config.train, run.accelerator, run.progress
     if resume_from is not None:
-        restore(accelerator, resume_from, scheduler, progress)
-    metrics = runs.MetricsLog(run_dir / runs.METRICS_FILE,
-                              resume_update=progress.update if resume_from is not None else None)
-    accelerator.init_trackers(stage, config=runs.flat_config(config))
-    unwrapped = accelerator.unwrap_model(model)
-    total_updates = updates_per_epoch * t.epochs
-    stop_at = total_updates if t.stop_after_updates is None else min(total_updates, int(t.stop_after_updates))
-    monitor = LossMonitor(accelerator, run_dir, stage, t.keep_checkpoints, last_good=resume_from)
-    images_per_update = t.batch_size * accelerator.num_processes * t.grad_accum
+        restore(accelerator, resume_from, run.scheduler, progress)
+    run.metrics = runs.MetricsLog(run.run_dir / runs.METRICS_FILE,
+                                  resume_update=progress.update if resume_from is not None else None)
+    accelerator.init_trackers(run.stage, config=runs.flat_config(run.config))
+    run.unwrapped = accelerator.unwrap_model(run.model)
+    total_updates = run.total_updates
+    run.stop_at = total_updates if t.stop_after_updates is None else min(total_updates,
+                                                                         int(t.stop_after_updates))
+    run.monitor = LossMonitor(accelerator, run.run_dir, run.stage, t.keep_checkpoints, last_good=resume_from)
+    run.images_per_update = t.batch_size * accelerator.num_processes * t.grad_accum
+
+
+def _announce(run: _Fit, train_size: int, val_size: int) -> None:
+    """The running status and the summary line (main process); the progress bar and the training log."""
+    t, accelerator, progress = run.config.train, run.accelerator, run.progress
     if accelerator.is_main_process:
-        write_status(run_dir, stage, "running", epoch=progress.epoch, update=progress.update)
-        accelerator.print(f"{stage}: {len(train_set)} training / {len(val_set)} validation samples, "
-                          f"{updates_per_epoch} updates per epoch, up to {t.epochs} epochs "
-                          f"(patience {t.patience}), EMA {'on' if ema else 'off'}, mixup "
+        write_status(run.run_dir, run.stage, "running", epoch=progress.epoch, update=progress.update)
+        accelerator.print(f"{run.stage}: {train_size} training / {val_size} validation samples, "
+                          f"{run.updates_per_epoch} updates per epoch, up to {t.epochs} epochs "
+                          f"(patience {t.patience}), EMA {'on' if run.ema else 'off'}, mixup "
                           f"{'alpha ' + str(t.mixup_alpha) if t.mixup_alpha else 'off'}, distillation "
-                          f"{'on' if teacher is not None else 'off'} -> {run_dir}")
+                          f"{'on' if run.teacher is not None else 'off'} -> {run.run_dir}")
+    run.bar = tqdm(total=run.total_updates, initial=progress.update, desc=run.stage, unit="upd",
+                   disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    run.log_train = TrainLog(accelerator, run.monitor, run.metrics, run.bar, run.optimizer, progress,
+                             run.updates_per_epoch, run.images_per_update)
 
-    bar = tqdm(total=total_updates, initial=progress.update, desc=stage, unit="upd",
-               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-    log_train = TrainLog(accelerator, monitor, metrics, bar, optimizer, progress, updates_per_epoch,
-                         images_per_update)
 
-    def end_of_epoch() -> None:
-        eval_model = ema.module if ema is not None else unwrapped
-        outputs = predict(eval_model, val_loader, accelerator, activation)
-        result = evaluate(outputs["probs"], outputs["target"], outputs["mask"])
-        improved = stopping.step(result["score"], progress.epoch)
-        record = {"update": progress.update, "epoch": progress.epoch, "val_score": result["score"],
-                  "best_epoch": stopping.best_epoch}
-        accelerator.log({"val_score": result["score"]}, step=progress.update)
-        if accelerator.is_main_process:
-            metrics.append(record)
-            if improved:
-                export(eval_model, run_dir / BEST_DIR, {**result, "epoch": progress.epoch}, outputs)
-                runs.atomic_write_json(run_dir / VALIDATION_FILE, {**result, "epoch": progress.epoch,
-                                                                   "update": progress.update})
-        accelerator.wait_for_everyone()
-        accelerator.print(f"{stage}: epoch {progress.epoch} validation score {result['score']:.4f}"
-                          f"{' (best)' if improved else f' (best {stopping.best_score:.4f} at epoch {stopping.best_epoch})'}")
+def _epochs_left(run: _Fit) -> bool:
+    progress = run.progress
+    return progress.update < run.stop_at and progress.epoch < run.config.train.epochs and not run.stopping.stopped
 
-    model.train()
-    while progress.update < stop_at and progress.epoch < t.epochs and not stopping.stopped:
-        for batch in epoch_batches(accelerator, train_loader, progress, batches_per_epoch, stop_at):
-            batch = dict(batch)
-            if t.mixup_alpha:
-                rng = np.random.default_rng(derived_seed(t.seed, progress.epoch, _MIXUP, progress.batch_in_epoch,
-                                                         accelerator.process_index))
-                batch["image"], batch["target"], batch["mask"], _ = mixup(
-                    batch["image"], batch["target"], t.mixup_alpha, rng, batch["mask"])
-            teacher_probs = None
-            if teacher is not None:
-                with torch.no_grad(), accelerator.autocast():
-                    teacher_probs = torch.sigmoid(teacher(batch["image"]).float())
-            if not train_step(accelerator, model, optimizer, scheduler, monitor, progress,
-                              lambda: loss_fn(model(batch["image"]), batch, teacher_probs), o.clip_grad,
-                              batch["skipped"], images_per_update):
-                continue  # a micro-batch or an fp16 overflow step: no update, so neither EMA nor log moves
-            if ema is not None:
-                ema.update(unwrapped, step=progress.update)
-            bar.update(1)
-            if progress.update % t.log_every == 0:
-                log_train()
-            if t.checkpoint_every and progress.update % t.checkpoint_every == 0 and progress.update < stop_at:
-                monitor.checkpoint(progress.update)
-        if progress.batch_in_epoch >= batches_per_epoch:
-            monitor.check_finite(progress.update)
-            end_of_epoch()
-            progress.epoch += 1
-            progress.batch_in_epoch = 0
-            monitor.checkpoint(progress.update)
-    bar.close()
-    if monitor.pending:
-        log_train()
+
+def _train_epoch(run: _Fit, loss_fn: LossFn) -> None:
+    """The current epoch's remaining batches: a step each; on every update the EMA, the bar, the training log
+    and the interval checkpoint."""
+    t, accelerator, progress, model = run.config.train, run.accelerator, run.progress, run.model
+    for batch in epoch_batches(accelerator, run.train_loader, progress, run.batches_per_epoch, run.stop_at):
+        batch, teacher_probs = _mix_and_teach(run, dict(batch))
+        if not train_step(accelerator, model, run.optimizer, run.scheduler, run.monitor, progress,
+                          lambda: loss_fn(model(batch["image"]), batch, teacher_probs), run.config.optim.clip_grad,
+                          batch["skipped"], run.images_per_update):
+            continue  # a micro-batch or an fp16 overflow step: no update, so neither EMA nor log moves
+        if run.ema is not None:
+            run.ema.update(run.unwrapped, step=progress.update)
+        run.bar.update(1)
+        if progress.update % t.log_every == 0:
+            run.log_train()
+        if t.checkpoint_every and progress.update % t.checkpoint_every == 0 and progress.update < run.stop_at:
+            run.monitor.checkpoint(progress.update)
+
+
+def _mix_and_teach(run: _Fit, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor],
+                                                                        torch.Tensor | None]:
+    """The batch after mixup (its generator seeded by epoch, batch and process) and the teacher's
+    probabilities on its mixed images (None without a teacher)."""
+    t, accelerator, progress = run.config.train, run.accelerator, run.progress
+    if t.mixup_alpha:
+        rng = np.random.default_rng(derived_seed(t.seed, progress.epoch, _MIXUP, progress.batch_in_epoch,
+                                                 accelerator.process_index))
+        batch["image"], batch["target"], batch["mask"], _ = mixup(
+            batch["image"], batch["target"], t.mixup_alpha, rng, batch["mask"])
+    teacher_probs = None
+    if run.teacher is not None:
+        with torch.no_grad(), accelerator.autocast():
+            teacher_probs = torch.sigmoid(run.teacher(batch["image"]).float())
+    return batch, teacher_probs
+
+
+def _end_epoch(run: _Fit, evaluate: EvaluateFn, export: ExportFn,
+               activation: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """A whole epoch done: the NaN check, validation, the next epoch, a checkpoint."""
+    run.monitor.check_finite(run.progress.update)
+    _validate(run, evaluate, export, activation)
+    run.progress.epoch += 1
+    run.progress.batch_in_epoch = 0
+    run.monitor.checkpoint(run.progress.update)
+
+
+def _validate(run: _Fit, evaluate: EvaluateFn, export: ExportFn,
+              activation: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Score the evaluated (EMA) weights on the validation set; a better epoch is exported with its
+    validation.json; early stopping counts the rest."""
+    accelerator, progress, stopping, run_dir = run.accelerator, run.progress, run.stopping, run.run_dir
+    eval_model = run.ema.module if run.ema is not None else run.unwrapped
+    outputs = predict(eval_model, run.val_loader, accelerator, activation)
+    result = evaluate(outputs["probs"], outputs["target"], outputs["mask"])
+    improved = stopping.step(result["score"], progress.epoch)
+    record = {"update": progress.update, "epoch": progress.epoch, "val_score": result["score"],
+              "best_epoch": stopping.best_epoch}
+    accelerator.log({"val_score": result["score"]}, step=progress.update)
+    if accelerator.is_main_process:
+        run.metrics.append(record)
+        if improved:
+            export(eval_model, run_dir / BEST_DIR, {**result, "epoch": progress.epoch}, outputs)
+            runs.atomic_write_json(run_dir / VALIDATION_FILE, {**result, "epoch": progress.epoch,
+                                                               "update": progress.update})
+    accelerator.wait_for_everyone()
+    best = " (best)" if improved else f" (best {stopping.best_score:.4f} at epoch {stopping.best_epoch})"
+    accelerator.print(f"{run.stage}: epoch {progress.epoch} validation score {result['score']:.4f}{best}")
+
+
+def _finish(run: _Fit) -> FitResult:
+    """The last log and (mid-epoch) checkpoint, the curves and final status; the trackers closed."""
+    accelerator, progress, stopping, run_dir = run.accelerator, run.progress, run.stopping, run.run_dir
+    run.bar.close()
+    if run.monitor.pending:
+        run.log_train()
     if progress.batch_in_epoch:  # stopped mid-epoch
-        monitor.checkpoint(progress.update)
-    finished = stopping.stopped or progress.epoch >= t.epochs
+        run.monitor.checkpoint(progress.update)
+    finished = stopping.stopped or progress.epoch >= run.config.train.epochs
     best: dict[str, Any] = {}
     if (run_dir / VALIDATION_FILE).is_file():
         best = json.loads((run_dir / VALIDATION_FILE).read_text(encoding="utf-8"))
     if accelerator.is_main_process:
-        runs.plot_metrics(metrics.records, run_dir / "curves.png", ("loss", "lr", "val_score"),
-                          title=f"{stage}, {run_dir.name}")
-        write_status(run_dir, stage, "finished" if finished else "stopped", epoch=progress.epoch,
+        runs.plot_metrics(run.metrics.records, run_dir / "curves.png", ("loss", "lr", "val_score"),
+                          title=f"{run.stage}, {run_dir.name}")
+        write_status(run_dir, run.stage, "finished" if finished else "stopped", epoch=progress.epoch,
                      update=progress.update, best_epoch=stopping.best_epoch, best_score=stopping.best_score,
-                     stopped_early=stopping.stopped,
-                     checkpoint=monitor.checkpoint_ref())
+                     stopped_early=stopping.stopped, checkpoint=run.monitor.checkpoint_ref())
         if not finished:
-            accelerator.print(f"{stage}: stopped at update {progress.update}; continue with --resume")
+            accelerator.print(f"{run.stage}: stopped at update {progress.update}; continue with --resume")
     for tracker in accelerator.trackers:  # not end_training(): it ends the process group, which the next fold needs
         tracker.finish()
     return FitResult(run_dir, stopping.best_score, stopping.best_epoch, progress.epoch, stopping.stopped,
                      finished, best)
+
+
+# ---------------------------------------------------------------- what the stages on the engine share
+
+def load_tables(specs: Sequence[Any], non_basic: str | None = None) -> pd.DataFrame:
+    """The sample table of a stage's ``data.datasets`` specs (``load_dataset`` each), concatenated;
+    ``non_basic`` is the default non-basic-expression policy of the sets that have one."""
+    if not specs:
+        raise OptionError("data.datasets is empty; list the labelled sets, e.g. "
+                          "data.datasets=[{format:rafdb_basic,root:data/RAF-DB/basic}]")
+    tables = []
+    for spec in specs:
+        spec = dict(OmegaConf.to_container(spec, resolve=True)) if isinstance(spec, DictConfig) else dict(spec)
+        if non_basic is not None and spec.get("format") not in ("affwild2_au", "affwild2_va", "image_folder"):
+            spec.setdefault("non_basic", non_basic)
+        tables.append(load_dataset(spec))
+    return concat_tables(tables)
+
+
+def fold_assignment(table: pd.DataFrame, run_dir: Path, n_folds: int, seed: int) -> np.ndarray:
+    """The fold of every row of ``table`` for a run: read from the run's ``folds.csv`` when it has one (a
+    resumed run), else assigned (``assign_folds``) and saved there (``folds.csv``, ``folds.json``)."""
+    saved = run_dir / "folds.csv"
+    with runs.process_state().main_process_first():  # the main process writes it, the others read it
+        if saved.is_file():
+            return folds_lib.load_folds(table, saved)
+        assigned = folds_lib.assign_folds(table, n_folds, seed)
+        folds_lib.save_folds(table, assigned, run_dir, n_folds, seed)
+        return assigned
+
+
+def run_single(stage: str, config: DictConfig, resume: str | None, overrides: Sequence[str],
+               train: Callable[[DictConfig, Path, bool], None]) -> tuple[Path, bool]:
+    """Start or resume a one-run stage and ``train(config, run_dir, resuming)`` it; a finished run is left
+    alone. Returns (run folder, whether it trained now and has a best epoch to report: a run stopped before
+    its first validation has none); a new folder that got nothing is removed."""
+    config, run_dir, resuming = runs.start_or_resume(stage, config, resume, overrides, FROZEN_ON_RESUME)
+    if read_status(run_dir).get("state") == "finished":
+        print(f"{run_dir} already finished")
+        return run_dir, False
+    with runs.discard_if_unused(run_dir, created=not resuming):
+        train(config, run_dir, resuming)
+    return run_dir, (run_dir / VALIDATION_FILE).is_file()

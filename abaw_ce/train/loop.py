@@ -12,6 +12,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration
 
+from abaw_ce.data.processes import cpu_processes_requested
 from abaw_ce.errors import InputError, OptionError
 from abaw_ce.train import runs
 
@@ -36,7 +37,7 @@ def resolve_precision(choice: str | bool) -> str:
 def make_accelerator(run_dir: Path, precision: str | bool, grad_accum: int) -> Accelerator:
     """Accumulation counted by updates (not tied to the end of the loader), TensorBoard under the run."""
     return Accelerator(
-        cpu=runs.cpu_processes_requested(), mixed_precision=resolve_precision(precision),
+        cpu=cpu_processes_requested(), mixed_precision=resolve_precision(precision),
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=grad_accum, sync_with_dataloader=False),
         log_with="tensorboard",
         project_config=ProjectConfiguration(project_dir=str(run_dir), logging_dir=str(run_dir / "tensorboard")),

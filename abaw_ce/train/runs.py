@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -21,28 +20,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
+from abaw_ce.data.processes import process_state  # the stages reach it here too (runs.process_state)
 from abaw_ce.errors import InputError, OptionError
+from abaw_ce.files import atomic_write_json
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"update_(\d+)")
-
-
-def cpu_processes_requested() -> bool:
-    """True under torchrun/MPI on a machine without CUDA: Accelerate then needs ``cpu=True`` to use gloo."""
-    import torch
-
-    world = max(int(os.environ.get(k, "1") or 1) for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"))
-    return world > 1 and not torch.cuda.is_available()
-
-
-def process_state():
-    """This process's place among the launched ones (Accelerate's ``PartialState``; the engine's Accelerator
-    later joins the same process group). Lets a stage set its run folder up once, from the main process."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=cpu_processes_requested())
 
 
 def end_process_group() -> None:
@@ -109,19 +94,6 @@ def flat_config(config: DictConfig) -> dict[str, Any]:
     return out
 
 
-def atomic_write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=1)
-            out.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def new_run_name(stage: str) -> str:
     return f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -172,6 +144,12 @@ def find_resume_checkpoint(path: str | Path) -> tuple[Path, Path]:
     if not checkpoints:
         raise InputError(path, f"no checkpoint to resume from (nothing under {path / CHECKPOINT_DIR})")
     return path, checkpoints[-1][1]
+
+
+def resume_point(run_dir: Path) -> Path | None:
+    """The newest checkpoint of a run folder, None when it has none yet (a resumed fold that never saved)."""
+    found = list_checkpoints(run_dir)
+    return found[-1][1] if found else None
 
 
 def save_checkpoint(accelerator: Any, run_dir: Path, update: int, keep: int) -> Path:
@@ -249,6 +227,43 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
             raise FileExistsError(f"{run_dir} is not a run folder ({CONFIG_FILE} missing); refusing to delete it")
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def new_run_dir(stage: str, config: DictConfig) -> Path:
+    """Where a new run of ``stage`` goes: ``output.dir``, or ``runs/<stage>-<date>-<time>``."""
+    return Path(config.output.dir) if config.output.dir else Path("runs") / new_run_name(stage)
+
+
+def create_run_dir(run_dir: Path, config: DictConfig, state: Any) -> Path:
+    """Set a new run's folder up once: every process agrees on it (a default name carries a timestamp), the
+    main process prepares it (``prepare_run_dir``: refused or cleared per ``output.overwrite``) and writes
+    ``config.yaml``, and the others wait. ``state`` is the ``process_state()`` or an Accelerator; returns the
+    agreed folder."""
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list  # accelerate stays off the light commands' imports
+
+        shared = [str(run_dir)]
+        broadcast_object_list(shared)
+        run_dir = Path(shared[0])
+    if state.is_main_process:
+        prepare_run_dir(run_dir, overwrite=bool(config.output.overwrite))
+        OmegaConf.save(config, run_dir / CONFIG_FILE)
+    state.wait_for_everyone()
+    return run_dir
+
+
+def start_or_resume(stage: str, config: DictConfig, resume: str | Path | None, overrides: Sequence[str],
+                    frozen: Sequence[str]) -> tuple[DictConfig, Path, bool]:
+    """(config, run folder, resuming). A new run's folder is created with its config.yaml (``create_run_dir``);
+    a resumed one (``resume`` names the run folder) keeps its own config, with ``overrides`` applied except to
+    the keys under ``frozen`` (``resumed_config``)."""
+    if resume is None:
+        state = process_state()
+        return config, create_run_dir(new_run_dir(stage, config), config, state), False
+    run_dir = Path(resume)
+    if not run_dir.is_dir():
+        raise InputError(run_dir, "resume folder not found")
+    return resumed_config(run_dir, overrides, frozen), run_dir, True
 
 
 class discard_if_unused:

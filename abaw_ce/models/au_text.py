@@ -13,6 +13,8 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+from tokenizers import models as tokenizer_models
 
 from abaw_ce import labels
 
@@ -37,8 +39,6 @@ def train_tokenizer(descriptions: dict[int, list[str]] | None = None, vocab_size
     ties in a per-process hash order: its vocabulary, and so every model trained on it, changed from run to
     run.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-
     descriptions = descriptions or au_descriptions()
     normalizer, splitter = normalizers.BertNormalizer(lowercase=True), pre_tokenizers.BertPreTokenizer()
     counts: Counter[str] = Counter()
@@ -49,7 +49,7 @@ def train_tokenizer(descriptions: dict[int, list[str]] | None = None, vocab_size
     vocab = list(SPECIAL_TOKENS) + chars + [f"##{c}" for c in chars]
     words = [w for w, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0])) if w not in vocab]
     vocab += words[:max(0, vocab_size - len(vocab))]
-    tokenizer = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    tokenizer = Tokenizer(tokenizer_models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
     tokenizer.normalizer = normalizer
     tokenizer.pre_tokenizer = splitter
     tokenizer.decoder = decoders.WordPiece()
@@ -57,8 +57,6 @@ def train_tokenizer(descriptions: dict[int, list[str]] | None = None, vocab_size
 
 
 def load_tokenizer(path: str | Path):
-    from tokenizers import Tokenizer
-
     return Tokenizer.from_file(str(path))
 
 

@@ -1,0 +1,1 @@
+"""Developer tools: the import-layer check."""
