@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,3 +31,31 @@ def atomic_write_text(path: str | Path, text: str, overwrite: bool = False) -> P
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     """``data`` as indented JSON, replacing any earlier file (status files, metadata, reports)."""
     return atomic_write_text(path, json.dumps(data, indent=1) + "\n", overwrite=True)
+
+
+def write_folder_atomically(out_dir: str | Path, fill: Callable[[Path], None], overwrite: bool,
+                            what: str, marker_files: Sequence[str]) -> Path:
+    """Let ``fill`` write a fresh sibling folder, then rename it to ``out_dir``: a reader sees the old folder or
+    the whole new one. A non-empty ``out_dir`` is replaced only with ``overwrite``, and only when it holds one of
+    ``marker_files`` (it is ``what``, e.g. "an encoder export"), so nothing else of the user's is deleted."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace it")
+        if not any((out_dir / name).is_file() for name in marker_files):
+            raise FileExistsError(f"{out_dir} is not {what} ({' or '.join(marker_files)} missing); refusing to "
+                                  f"replace it")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        fill(partial)
+        umask = os.umask(0)  # mkdtemp makes the folder private; give it the permissions of any new folder
+        os.umask(umask)
+        partial.chmod(0o777 & ~umask)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(partial, out_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return out_dir

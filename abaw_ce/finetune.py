@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 from accelerate.utils import set_seed
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
@@ -22,9 +22,12 @@ from abaw_ce.data.labelled import FaceTransform, TableSamples
 from abaw_ce.data.table import au_arrays, targets as table_targets
 from abaw_ce.data.video_frames import crop_frame_rows
 from abaw_ce.errors import InputError, OptionError
-from abaw_ce.models.export import (export_meta_summary, input_signature, load_classifier, load_encoder,
-                                   save_encoder)
+from abaw_ce.models.export import export_meta_summary, input_signature, load_encoder, save_encoder
+from abaw_ce.models.registry import load_export
+from abaw_ce.models.timm_classifier import (build_timm_classifier, classifier_meta, parse_backbone,
+                                            save_timm_classifier, timm_meta_summary)
 from abaw_ce.models.vit import build_vit, vit_arch
+from abaw_ce.train import curriculum as curriculum_lib
 from abaw_ce.train import engine, runs
 from abaw_ce.train.engine import fold_assignment, load_tables, run_single
 from abaw_ce.train.loop import read_status
@@ -43,12 +46,41 @@ OOF_FILE = "oof.csv"
 # ---------------------------------------------------------------- encoder and inputs
 
 def build_backbone(config: DictConfig, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
-    """The ViT to fine-tune, its input settings and the metadata of where it came from.
+    """The network to fine-tune, its input settings (``img_size``, ``mean``, ``std``) and the metadata of where
+    it came from; ``backbone`` says which: "vit" or "timm".
 
+    ``model.backbone`` vit (the default, also for a run saved before the key existed) is the kit's ViT encoder:
     ``model.encoder`` null means random initialisation (the "no MAE pretraining" ablation row). An encoder
     whose image size or normalisation differs from an explicit config value is refused unless
-    ``model.resize_pos_embed`` asks for the resize.
+    ``model.resize_pos_embed`` asks for the resize. ``timm:<name>`` is any timm model (``_timm_backbone``).
     """
+    m = config.model
+    name = parse_backbone(m.get("backbone", "vit"))
+    if name is not None:
+        return _timm_backbone(config, name, num_classes)
+    if m.get("weights") is not None:
+        raise OptionError("model.weights is read by timm:<name> backbones only; the vit backbone starts from "
+                          "model.encoder")
+    model, meta = _vit_backbone(config, num_classes)
+    return model, {**meta, "backbone": "vit", "img_size": meta["arch"].img_size}
+
+
+def _timm_backbone(config: DictConfig, name: str, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
+    """A timm model (``pretrained=False``) with a ``num_classes`` head, from random weights or the local
+    ``model.weights``; input size and normalisation from the config, else from the weights' export, else from
+    the model's timm pretrained config."""
+    m, d = config.model, config.data
+    if not OmegaConf.is_missing(m, "encoder") and m.encoder not in (None, "none"):
+        raise OptionError(f"model.encoder={m.encoder} is the vit backbone's; with model.backbone=timm:{name} give "
+                          f"weights as model.weights (or leave both unset for a random initialisation)")
+    model, meta = build_timm_classifier(name, num_classes, img_size=m.img_size, mean=d.mean, std=d.std,
+                                        weights=m.get("weights"), drop_path_rate=float(m.drop_path or 0.0))
+    print(f"timm:{name} at {meta['img_size']} px, mean {meta['mean']} std {meta['std']}, "
+          f"{'weights ' + str(m.weights) if m.get('weights') else 'random initialisation'}")
+    return model, meta
+
+
+def _vit_backbone(config: DictConfig, num_classes: int) -> tuple[nn.Module, dict[str, Any]]:
     m, d = config.model, config.data
     if m.encoder in (None, "none"):
         size = m.img_size or m.arch.img_size
@@ -88,16 +120,23 @@ def _transforms(config: DictConfig, img_size: int, mean: list[float], std: list[
 
 def _export_fn(stage: str, task: str, label_names: Sequence[str], arch_meta: dict[str, Any], run_dir: Path,
                table: pd.DataFrame | None = None, mean: list[float] | None = None, std: list[float] | None = None):
-    """Write the best (EMA) weights as a classifier export, and the validation probabilities beside it."""
-    history = [export_meta_summary(arch_meta)] + list(arch_meta.get("history", []))
+    """Write the best (EMA) weights as a classifier export of the backbone's kind (a ViT export, or a timm
+    classifier export), and the validation probabilities beside it."""
+    timm_backbone = arch_meta.get("backbone") == "timm"
+    summary = timm_meta_summary(arch_meta) if timm_backbone else export_meta_summary(arch_meta)
+    history = [summary] + list(arch_meta.get("history", []))
 
     def export(model: nn.Module, out: Path, result: dict[str, Any], outputs: dict[str, np.ndarray]) -> None:
-        state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-        save_encoder(out, state, arch_meta["arch"], mean, std, overwrite=True, history=history,
-                     source={"stage": stage, "run": str(run_dir), "epoch": result["epoch"],
-                             "val_score": result["score"]},
-                     head={"task": task, "labels": list(label_names), "activation": "sigmoid",
-                           "thresholds": result.get("thresholds", {})})
+        source = {"stage": stage, "run": str(run_dir), "epoch": result["epoch"], "val_score": result["score"]}
+        head = {"task": task, "labels": list(label_names), "activation": "sigmoid",
+                "thresholds": result.get("thresholds", {})}
+        if timm_backbone:
+            save_timm_classifier(out, model, arch_meta["model_name"], arch_meta["img_size"], mean, std, head,
+                                 source, model_kwargs=arch_meta["model_kwargs"], history=history, overwrite=True)
+        else:
+            state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+            save_encoder(out, state, arch_meta["arch"], mean, std, overwrite=True, history=history, source=source,
+                         head=head)
         if table is not None:
             index = outputs["index"].astype(int)
             frame = table.iloc[index][["path", "frame", "source", "group"]].reset_index(drop=True)
@@ -149,18 +188,26 @@ def resolve_teacher_paths(spec: Any, fold: int | None) -> list[Path]:
 
 
 def load_teacher(paths: Sequence[Path], img_size: int, mean: list[float], std: list[float]) -> nn.Module | None:
+    """The teacher of ``paths``: basic-emotion classifier exports of either kind (ViT or timm, so a CNN can teach
+    a ViT and the reverse), read through ``load_export`` as logits; several are one ``ProbabilityEnsemble``.
+    Each must output the basic emotions in the kit's order and expect the student's input."""
     if not paths:
         return None
     models = []
     for path in paths:
-        model, meta = load_classifier(path)
-        head = meta.get("head") or {}
-        if list(head.get("labels", [])) != list(labels.BASIC_EMOTIONS):
-            raise InputError(path, f"teacher outputs {head.get('labels')}, expected the basic emotions in the "
+        path = Path(path)
+        export_dir = path.parent if path.is_file() else path
+        info = classifier_meta(export_dir)
+        if list(info["labels"] or []) != list(labels.BASIC_EMOTIONS):
+            raise InputError(path, f"teacher outputs {info['labels']}, expected the basic emotions in the "
                                    f"kit's order {list(labels.BASIC_EMOTIONS)}; refusing to distil from it")
-        if input_signature(meta["arch"].img_size, meta["mean"], meta["std"]) != input_signature(img_size, mean, std):
-            raise InputError(path, f"teacher expects {meta['arch'].img_size} px with mean {meta['mean']} std "
-                                   f"{meta['std']}, the student {img_size} px with mean {mean} std {std}")
+        if input_signature(info["img_size"], info["mean"], info["std"]) != input_signature(img_size, mean, std):
+            raise InputError(path, f"teacher expects {info['img_size']} px with mean {info['mean']} std "
+                                   f"{info['std']}, the student {img_size} px with mean {mean} std {std}; set "
+                                   f"model.img_size / data.mean / data.std to match")
+        model, meta = load_export(export_dir)
+        if meta["scores"] != "sigmoid_logits":  # a classifier of either kind gives logits; kept as a guard
+            raise InputError(path, f"teacher gives {meta['scores']}, not sigmoid logits; refusing to distil from it")
         models.append(model.eval())
     return models[0] if len(models) == 1 else ProbabilityEnsemble(models)
 
@@ -194,6 +241,7 @@ def train_emotion(config: DictConfig, resume: str | None = None, overrides: Sequ
 
 
 def _train_emotion_folds(config: DictConfig, run_dir: Path, resuming: bool, folds: Sequence[int] | None) -> None:
+    config, curriculum = curriculum_lib.configure(config, "emotion")  # on: train.epochs = the stages' sum
     d, t = config.data, config.train
     table = load_tables(d.datasets, d.non_basic)
     table = table[table["has_target"]].reset_index(drop=True)
@@ -215,7 +263,7 @@ def _train_emotion_folds(config: DictConfig, run_dir: Path, resuming: bool, fold
         train_table, val_table = folds_lib.split(table, assignment, k)
         set_seed(derived_seed(t.seed, k) % 2**32)  # the new head's initialisation
         model, meta = build_backbone(config, len(names))
-        img_size, mean, std = meta["arch"].img_size, list(meta["mean"]), list(meta["std"])
+        img_size, mean, std = meta["img_size"], list(meta["mean"]), list(meta["std"])
         train_tf, eval_tf = _transforms(config, img_size, mean, std)
         y_train = table_targets(train_table)
         weights = torch.tensor(_class_weights(config.loss.class_weights, y_train, names), dtype=torch.float32)
@@ -229,13 +277,16 @@ def _train_emotion_folds(config: DictConfig, run_dir: Path, resuming: bool, fold
                 loss = loss + distill_weight * binary_kl(logits, teacher_probs)
             return loss
 
+        train_set: Any = SeededSamples(TableSamples(train_table, y_train), train_tf, derived_seed(t.seed, k))
+        if curriculum is not None:  # the epoch's plan of single, real and generated compound samples
+            train_set = curriculum_lib.CurriculumSamples(train_set, y_train, curriculum, derived_seed(t.seed, k))
         engine.fit(
-            stage=f"emotion fold {k}", config=config, run_dir=fold_dir, model=model,
-            train_set=SeededSamples(TableSamples(train_table, y_train), train_tf, derived_seed(t.seed, k)),
+            stage=f"emotion fold {k}", config=config, run_dir=fold_dir, model=model, train_set=train_set,
             val_set=SeededSamples(TableSamples(val_table, table_targets(val_table)), eval_tf, t.seed),
             loss_fn=loss_fn, evaluate=lambda p, y, m: evaluate_multilabel(p, y, names),
             export=_export_fn("emotion", "emotion", names, meta, fold_dir, val_table, mean, std),
-            teacher=teacher, resume_from=runs.resume_point(fold_dir) if resuming else None)
+            teacher=teacher, resume_from=runs.resume_point(fold_dir) if resuming else None,
+            epoch_info=curriculum.epoch_info if curriculum is not None else None)
 
 
 def train_au(config: DictConfig, resume: str | None = None, overrides: Sequence[str] = ()) -> Path:
@@ -264,7 +315,7 @@ def _train_au(config: DictConfig, run_dir: Path, resuming: bool) -> None:
     val = assignment == d.val_fold
     set_seed(t.seed)  # the new head's initialisation
     model, meta = build_backbone(config, len(names))
-    img_size, mean, std = meta["arch"].img_size, list(meta["mean"]), list(meta["std"])
+    img_size, mean, std = meta["img_size"], list(meta["mean"]), list(meta["std"])
     train_tf, eval_tf = _transforms(config, img_size, mean, std)
     weight = torch.tensor(pos_weights(values[~val], mask[~val]), dtype=torch.float32)
 

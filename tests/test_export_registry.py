@@ -1,4 +1,4 @@
-"""The export registry: every kind of export (ViT classifier, C-EXPR-NET visual and audio, multi-task) loads
+"""The export registry: every kind of export (ViT and timm classifiers, C-EXPR-NET visual and audio, multi-task) loads
 through ``load_export`` as six basic-emotion scores with its metadata; exports written before the ``kind``
 field still load; an unknown kind is refused naming the folder."""
 import json
@@ -14,6 +14,8 @@ from abaw_ce.models.backbones import build_backbone
 from abaw_ce.models.export import META_FILE as ENCODER_META_FILE
 from abaw_ce.models.export import save_encoder
 from abaw_ce.models.registry import export_kind, export_meta_files, is_export, load_export
+from abaw_ce.models.timm_classifier import META_FILE as TIMM_META_FILE
+from abaw_ce.models.timm_classifier import build_timm_classifier, save_timm_classifier
 from abaw_ce.models.vit import VitArch, build_vit
 
 ARCH = VitArch(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
@@ -25,6 +27,14 @@ def vit_export(out, names=labels.BASIC_EMOTIONS):
     save_encoder(out, build_vit(ARCH, num_classes=len(names)).state_dict(), ARCH, MEAN, STD,
                  source={"stage": "emotion"}, head={"task": "emotion", "labels": list(names)})
     return out, ENCODER_META_FILE
+
+
+def timm_export(out, names=labels.BASIC_EMOTIONS):
+    torch.manual_seed(0)
+    model, _ = build_timm_classifier("test_resnet", len(names))
+    save_timm_classifier(out, model.eval(), "test_resnet", 32, MEAN, STD, {"task": "emotion", "labels": list(names)},
+                         {"stage": "emotion"})
+    return out, TIMM_META_FILE
 
 
 def cexprnet_export(out, modality="visual", head="kl"):
@@ -58,6 +68,7 @@ def multitask_export(out, method="sjmt"):
 
 EXPORTS = {
     "vit": (vit_export, {}, "vit", "sigmoid_logits"),
+    "timm": (timm_export, {}, "timm", "sigmoid_logits"),
     "cexprnet": (cexprnet_export, {}, "cexprnet", "probabilities"),
     "cexprnet-audio": (cexprnet_export, {"modality": "audio"}, "cexprnet", "probabilities"),
     "sjmt": (multitask_export, {"method": "sjmt"}, "multitask", "probabilities"),

@@ -160,12 +160,17 @@ def test_ablation_writes_table_two(tiny_world, encoder, tmp_path):
     result = run_script("finetune/emotion.py", *TINY, f"model.encoder={encoder}", rafdb(tiny_world),
                         "train.epochs=1", "model.arch.img_size=32", "model.arch.patch_size=8",
                         "model.arch.embed_dim=32", "model.arch.depth=2", "model.arch.num_heads=2",
+                        "train.curriculum.epochs=[1, 1]", "train.curriculum.compound_share=[0, 0.5]",
                         "--folds", "0", "--ablation", out)
     table = pd.read_csv(out / "ablation.csv")
-    assert list(table["name"]) == ["baseline", "+MAE", "+distillation", "+EMA", "+mixup"]
+    assert list(table["name"]) == ["baseline", "+MAE", "+distillation", "+EMA", "+mixup", "+curriculum"]
     assert table["f1"].between(0, 1).all()
     md = (out / "ablation.md").read_text()
-    assert "| +mixup | ✓ | ✓ | ✓ | ✓ |" in md and "| baseline | × | × | × | × |" in md
+    assert "| +mixup | ✓ | ✓ | ✓ | ✓ | × |" in md and "| baseline | × | × | × | × | × |" in md
+    assert "| +curriculum | ✓ | ✓ | ✓ | ✓ | ✓ |" in md
+    curriculum = __import__("omegaconf").OmegaConf.load(out / "+curriculum" / "config.yaml").train.curriculum
+    assert curriculum.enabled and list(curriculum.epochs) == [1, 1]
+    assert "Curriculum (train.curriculum)" in (out / "+curriculum" / "fold_report.md").read_text()
     config = json.loads(json.dumps(__import__("omegaconf").OmegaConf.to_container(
         __import__("omegaconf").OmegaConf.load(out / "+distillation" / "config.yaml"))))
     assert config["distill"]["teachers"] == str(out / "+MAE") and config["model"]["encoder"] == str(encoder)

@@ -40,9 +40,15 @@ def test_good_runs_pass_and_broken_ones_fail(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "fold_1 (fold-2 in the tables) is missing" in out and "fold_2: not finished" in out
 
+    # Runs may differ in preprocessing (each model's input is prepared for it); a run's folds may not.
     other = make_run(tmp_path / "other", [0.6, 0.6, 0.6], mean=(0.4, 0.4, 0.4))
-    assert validate_main([str(good), str(other)]) == 1
-    assert "different inputs" in capsys.readouterr().out
+    assert validate_main([str(good), str(other)]) == 0
+    assert "runs expect different inputs, each model gets its own" in capsys.readouterr().out
+    mixed = make_run(tmp_path / "mixed", [0.6, 0.6, 0.6])
+    shutil.rmtree(mixed / "fold_2")
+    shutil.copytree(other / "fold_2", mixed / "fold_2")
+    assert validate_main([str(mixed)]) == 1
+    assert "its folds expect different inputs" in capsys.readouterr().out
 
     assert validate_main([str(tmp_path / "nowhere")]) == 2
     assert "config.yaml" in capsys.readouterr().err

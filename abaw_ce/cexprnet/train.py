@@ -11,6 +11,10 @@ and the AU description tokenizer.
 ``model.modality=visual`` reads face images; rows of C-EXPR-DB videos (one per labelled frame) become face
 crops first (``abaw_ce.data.video_frames``). ``model.modality=audio`` (C-EXPR-NET-A) reads, for the same
 frame rows, a log-mel window of the video's audio centred at the frame; videos without audio are left out.
+
+``train.curriculum`` (``abaw_ce.train.curriculum``) serves the training rows in stages of rising compound
+share; a generated compound's expression target is the normalised union of its two emotions (0.5 on each for
+the KL head, like a real compound row's; 0/1 for the sigmoid head), and its AUs are unlabelled.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ from abaw_ce.models import export as exports
 from abaw_ce.models.au_text import encode, train_tokenizer
 from abaw_ce.models.backbones import build_backbone
 from abaw_ce.models.cexprnet import CExprNet, expression_outputs, save_export
+from abaw_ce.train import curriculum as curriculum_lib
 from abaw_ce.train import engine, runs
 from abaw_ce.train.engine import fold_assignment, load_tables, run_single
 from abaw_ce.train.runs import resume_point
@@ -370,9 +375,14 @@ def _kept_rows(table: pd.DataFrame, expr_has: np.ndarray, au_mask: np.ndarray, r
 
 
 def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
-    d, t, lw, m = config.data, config.train, config.loss, config.model
-    head, modality = str(m.get("expr_head", "kl")), str(m.get("modality", "visual"))
+    head = str(config.model.get("expr_head", "kl"))
     expression_outputs(head)  # a clear error before any data is read
+    if curriculum_lib.from_config(config.train) is not None and head == "multiclass":
+        raise OptionError("train.curriculum mixes the 6 basic emotions into compounds; it needs model.expr_head=kl "
+                          "or sigmoid, not multiclass")
+    config, curriculum = curriculum_lib.configure(config, STAGE)  # on: train.epochs = the stages' sum
+    d, t, lw, m = config.data, config.train, config.loss, config.model
+    modality = str(m.get("modality", "visual"))
     weights = LossWeights(float(lw.expr), float(lw.au), float(lw.dist))
     if weights.dist > 0 and head == "multiclass":
         raise OptionError("distribution matching (loss.dist) needs a basic-emotion head: model.expr_head=kl or "
@@ -439,7 +449,14 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
                                      "loss": {"expr": weights.expr, "au": weights.au, "dist": weights.dist,
                                               "observational": str(lw.observational)}}, tokenizer)
 
+    train_set: Any = samples(~val, True)
+    if curriculum is not None:
+        # generated compounds carry the union of the two emotions, normalised for the KL head (0.5/0.5, the
+        # target of a real compound row), and no AU label
+        train_set = curriculum_lib.CurriculumSamples(train_set, targets[~val], curriculum, t.seed, masks=masks[~val],
+                                                     columns=n_expr, normalise=head == "kl")
     engine.fit(stage=STAGE, config=config, run_dir=run_dir, model=FlatOutputs(net),
-               train_set=samples(~val, True), val_set=samples(val, False),
+               train_set=train_set, val_set=samples(val, False),
                loss_fn=loss_fn, evaluate=lambda p, y, k: evaluate(p, y, k, head), export=export,
-               resume_from=resume_point(run_dir) if resuming else None, activation=probability_fn(head))
+               resume_from=resume_point(run_dir) if resuming else None, activation=probability_fn(head),
+               epoch_info=curriculum.epoch_info if curriculum is not None else None)

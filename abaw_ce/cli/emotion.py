@@ -23,7 +23,8 @@ def main_emotion(argv: list[str] | None = None) -> int:
     parser = stage_parser("finetune/emotion.py", "emotion")
     parser.add_argument("--folds", type=_fold_list, help="comma-separated folds to train (default: all)")
     parser.add_argument("--ablation", metavar="OUT_DIR", type=Path,
-                        help="run the Table-2 ablation (5 settings) into OUT_DIR and write ablation.md")
+                        help="run the Table-2 ablation (6 settings, the last with train.curriculum) into OUT_DIR "
+                             "and write ablation.md")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.ablation:

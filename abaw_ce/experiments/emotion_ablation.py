@@ -1,5 +1,6 @@
 """The seed paper's Table-2 ablation (``finetune/emotion.py --ablation DIR``): one emotion run per row, from the
-baseline to MAE + distillation + EMA + mixup, and the table of their fold F1s."""
+baseline to MAE + distillation + EMA + mixup, then that row plus the ABAW7 winner's curriculum over compound data
+(``train.curriculum`` with the config's stages), and the table of their fold F1s."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -13,12 +14,13 @@ from abaw_ce.train.reports import fold_table, write_ablation_table
 
 
 ABLATION_ROWS = (
-    # name, MAE pretraining, distillation, EMA, mixup (the rows of the seed paper's Table 2)
-    ("baseline", False, False, False, False),
-    ("+MAE", True, False, False, False),
-    ("+distillation", True, True, False, False),
-    ("+EMA", True, True, True, False),
-    ("+mixup", True, True, True, True),
+    # name, MAE pretraining, distillation, EMA, mixup (the rows of the seed paper's Table 2), curriculum
+    ("baseline", False, False, False, False, False),
+    ("+MAE", True, False, False, False, False),
+    ("+distillation", True, True, False, False, False),
+    ("+EMA", True, True, True, False, False),
+    ("+mixup", True, True, True, True, False),
+    ("+curriculum", True, True, True, True, True),
 )
 
 
@@ -28,18 +30,20 @@ def run_ablation(config: DictConfig, out_dir: Path, folds: Sequence[int] | None 
     out_dir.mkdir(parents=True, exist_ok=True)
     alpha = config.train.mixup_alpha or 0.2
     rows = []
-    for name, mae, distill, ema, mix in ABLATION_ROWS:
+    for name, mae, distill, ema, mix, curriculum in ABLATION_ROWS:
         variant = OmegaConf.merge(config, OmegaConf.create({
             "model": {"encoder": config.model.encoder if mae else "none"},
             "distill": {"teachers": str(out_dir / "+MAE") if distill else None},
-            "train": {"ema": ema, "mixup_alpha": alpha if mix else 0.0},
+            "train": {"ema": ema, "mixup_alpha": alpha if mix else 0.0, "curriculum": {"enabled": curriculum}},
             "output": {"dir": str(out_dir / name), "overwrite": False}}))
         run_dir = out_dir / name
         resume = str(run_dir) if (run_dir / runs.CONFIG_FILE).is_file() else None
-        print(f"ablation row {name}: MAE {mae}, distillation {distill}, EMA {ema}, mixup {mix}")
+        print(f"ablation row {name}: MAE {mae}, distillation {distill}, EMA {ema}, mixup {mix}, "
+              f"curriculum {curriculum}")
         train_emotion(variant, resume=resume, folds=folds)
         table = fold_table(run_dir, variant.data.folds)
         rows.append({"name": name, "mae": mae, "distillation": distill, "ema": ema, "mixup": mix,
+                     "curriculum": curriculum,
                      "f1": float(table["Average"].mean()) if not table.empty else float("nan"),
                      "folds": len(table)})
     md = write_ablation_table(rows, out_dir)

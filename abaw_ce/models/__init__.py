@@ -1,8 +1,8 @@
-"""Models: the shared timm ViT encoder, the MAE around it, encoder exports and imports, the C-EXPR-NET and
-multi-task networks, and the registry that loads any export by its kind.
+"""Models: the shared timm ViT encoder, the MAE around it, encoder exports and imports, timm classifiers and
+their exports, the C-EXPR-NET and multi-task networks, and the registry that loads any export by its kind.
 
 Each model module registers its export kind when imported; importing them here means the registry knows
 every kind whichever module of the package is imported first."""
-from abaw_ce.models import cexprnet, export, multitask
+from abaw_ce.models import cexprnet, export, multitask, timm_classifier
 
-__all__ = ["cexprnet", "export", "multitask"]
+__all__ = ["cexprnet", "export", "multitask", "timm_classifier"]

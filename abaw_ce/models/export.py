@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +26,8 @@ from timm.models.vision_transformer import VisionTransformer
 
 from abaw_ce import labels
 from abaw_ce.errors import InputError
-from abaw_ce.models.registry import register_kind
+from abaw_ce.files import write_folder_atomically
+from abaw_ce.models.registry import read_versioned_meta, register_kind
 from abaw_ce.models.vit import HEADS_BY_WIDTH, VitArch, build_vit, grid_size
 
 KIND = "vit"
@@ -53,16 +51,6 @@ def encoder_state_from_pretraining(encoder: torch.nn.Module) -> dict[str, torch.
     return state
 
 
-def _atomic_dir(out_dir: Path, overwrite: bool) -> Path:
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out_dir} already exists; pass --overwrite to replace the export")
-        if not (out_dir / META_FILE).is_file():
-            raise FileExistsError(f"{out_dir} is not an encoder export ({META_FILE} missing); refusing to replace it")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
-
-
 def save_encoder(out_dir: str | Path, state: Mapping[str, torch.Tensor], arch: VitArch, mean: list[float],
                  std: list[float], source: Mapping[str, Any], overwrite: bool = False,
                  history: list[Mapping[str, Any]] | None = None, head: Mapping[str, Any] | None = None) -> Path:
@@ -73,8 +61,8 @@ def save_encoder(out_dir: str | Path, state: Mapping[str, torch.Tensor], arch: V
     """
     out_dir = Path(out_dir)
     check_encoder_state(state, arch, out_dir / WEIGHTS_FILE, num_classes=len(head["labels"]) if head else 0)
-    partial = _atomic_dir(out_dir, overwrite)
-    try:
+
+    def fill(partial: Path) -> None:
         tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
         save_file(tensors, str(partial / WEIGHTS_FILE), metadata={"format": "pt"})
         meta = {"format": ENCODER_FORMAT, "version": ENCODER_VERSION, "kind": KIND, "arch": arch.to_dict(),
@@ -83,32 +71,14 @@ def save_encoder(out_dir: str | Path, state: Mapping[str, torch.Tensor], arch: V
         if head is not None:
             meta["head"] = dict(head)
         (partial / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        umask = os.umask(0)
-        os.umask(umask)
-        partial.chmod(0o777 & ~umask)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(partial, out_dir)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    return out_dir
+
+    return write_folder_atomically(out_dir, fill, overwrite, "an encoder export", [META_FILE])
 
 
 def read_encoder_meta(export_dir: str | Path) -> dict[str, Any]:
     export_dir = Path(export_dir)
+    meta = read_versioned_meta(export_dir, META_FILE, ENCODER_FORMAT, ENCODER_VERSION, "an encoder export")
     meta_path = export_dir / META_FILE
-    if not meta_path.is_file():
-        raise InputError(meta_path, "file not found; not an encoder export folder")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(meta_path, f"not valid JSON ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format") != ENCODER_FORMAT:
-        raise InputError(meta_path, f"format is {meta.get('format') if isinstance(meta, dict) else None!r}, "
-                                    f"expected {ENCODER_FORMAT!r}")
-    if meta.get("version") != ENCODER_VERSION:
-        raise InputError(meta_path, f"version {meta.get('version')!r}; this kit reads version {ENCODER_VERSION}")
     try:
         meta["arch"] = VitArch.from_dict(meta["arch"])
     except (KeyError, TypeError, ValueError) as err:

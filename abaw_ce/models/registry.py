@@ -1,5 +1,5 @@
 """Model exports by kind: every export folder holds its weights and one JSON metadata file whose ``kind`` field
-says what it is ("vit", "cexprnet", "multitask"); each kind's module registers how to load it.
+says what it is ("vit", "timm", "cexprnet", "multitask"); each kind's module registers how to load it.
 
 ``load_export(folder)`` returns ``(module, meta)``: ``module`` maps a normalised image batch (for an audio
 C-EXPR-NET, a batch of normalised log-mel windows) to its six basic-emotion scores in the kit's order, and
@@ -101,3 +101,17 @@ def load_export(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise ValueError(f"the {kind!r} loader gave incomplete metadata (missing {missing}, scores "
                          f"{meta.get('scores')!r})")
     return module.eval(), meta
+
+
+def read_versioned_meta(export_dir: str | Path, meta_file: str, fmt: str, version: int, what: str) -> dict[str, Any]:
+    """An export's metadata JSON, checked to be ``fmt`` at ``version``; InputError names the file otherwise."""
+    meta_path = Path(export_dir) / meta_file
+    if not meta_path.is_file():
+        raise InputError(meta_path, f"file not found; not {what} folder")
+    meta = _read_json(meta_path)
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise InputError(meta_path, f"format is {meta.get('format') if isinstance(meta, dict) else None!r}, "
+                                    f"expected {fmt!r}")
+    if meta.get("version") != version:
+        raise InputError(meta_path, f"version {meta.get('version')!r}; this kit reads version {version}")
+    return meta

@@ -32,8 +32,9 @@ from abaw_ce.models.registry import is_export, load_export
 from abaw_ce.submission.run_checks import is_finished
 
 PROBS_DIR = "probs"
-# The submission's name for the track of an export kind, where it differs (a ViT classifier: the emotion track).
-TRACK_OF_KIND = {"vit": "emotion"}
+# The submission's name for the track of an export kind, where it differs (a ViT or timm classifier: the emotion
+# track; an ensemble may mix both).
+TRACK_OF_KIND = {"vit": "emotion", "timm": "emotion"}
 
 
 @dataclass
@@ -43,7 +44,7 @@ class LoadedModel:
     img_size: int
     mean: list[float]
     std: list[float]
-    track: str = "emotion"  # "emotion" (a ViT classifier), "cexprnet" or "multitask"
+    track: str = "emotion"  # "emotion" (a ViT or timm classifier), "cexprnet" or "multitask"
     run_index: int = 0  # which of the requested runs it came from: folds are averaged within their run first
     modality: str = "visual"  # "audio": a C-EXPR-NET-A reading log-mel windows of the video's sound
     audio: dict | None = None  # the audio model's input settings (n_mels, width, mean, std, sample_rate)

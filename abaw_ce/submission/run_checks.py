@@ -13,8 +13,9 @@ from omegaconf import OmegaConf
 
 from abaw_ce import labels
 from abaw_ce.errors import InputError
-from abaw_ce.models.export import input_signature, read_encoder_meta
+from abaw_ce.models.export import input_signature
 from abaw_ce.models.registry import is_export
+from abaw_ce.models.timm_classifier import classifier_meta
 
 STATUS_FILE = "status.json"
 
@@ -65,12 +66,14 @@ def _check_export_folder(export: Path, check: RunCheck) -> None:
 
 
 def check_runs(runs: Sequence[str | Path], f1_band: float = 0.15) -> RunCheck:
-    """Fold runs: every fold present and finished, one label order and one input preprocessing across all their
-    models, each fold's validation F1 within ``f1_band`` of the median of its run's folds. One-model runs and
-    exports: finished."""
+    """Fold runs: every fold present and finished, the basic emotions in the kit's order, one input
+    preprocessing across a run's folds, each fold's validation F1 within ``f1_band`` of the median of its run's
+    folds. One-model runs and exports: finished. Runs may differ in input size and normalisation (a ViT run
+    beside a CNN run): inference prepares each model's input itself, and a line says so."""
     check = RunCheck()
-    inputs: dict[tuple, list[str]] = {}
+    run_inputs: dict[tuple, list[str]] = {}
     for run in map(Path, runs):
+        inputs: dict[tuple, list[str]] = {}
         if is_export(run) or is_export(run / "export"):  # an export, or a one-model run's folder
             _check_export_folder(run if is_export(run) else run / "export", check)
             continue
@@ -90,15 +93,15 @@ def check_runs(runs: Sequence[str | Path], f1_band: float = 0.15) -> RunCheck:
             if status.get("state") != "finished":
                 check.not_finished(str(fold), f"{fold}: not finished (state {status.get('state', 'unknown')!r})")
                 continue
-            try:
-                meta = read_encoder_meta(fold / "export")
+            try:  # a ViT or a timm classifier export, read by its kind
+                meta = classifier_meta(fold / "export")
             except InputError as err:
                 check.problems.append(f"{fold}: unusable export ({err})")
                 continue
-            names = (meta.get("head") or {}).get("labels")
+            names = meta["labels"]
             if list(names or []) != list(labels.BASIC_EMOTIONS):
                 check.problems.append(f"{fold}: outputs {names}, not the basic emotions in the kit's order")
-            key = input_signature(meta["arch"].img_size, meta["mean"], meta["std"])
+            key = input_signature(meta["img_size"], meta["mean"], meta["std"])
             inputs.setdefault(key, []).append(str(fold))
             validation = _json(fold / "validation.json")
             if "mean_f1" in validation:
@@ -113,8 +116,15 @@ def check_runs(runs: Sequence[str | Path], f1_band: float = 0.15) -> RunCheck:
                 if value < median - f1_band:
                     check.problems.append(f"{run}: fold {k} validation F1 {value:.4f} is more than {f1_band} below "
                                           f"the median {median:.4f} of its folds (a broken fold?)")
-    if len(inputs) > 1:
-        described = "; ".join(f"{size}px mean {mean} std {std}: {len(folds)} model(s), e.g. {folds[0]}"
-                              for (size, mean, std), folds in inputs.items())
-        check.problems.append(f"models expect different inputs ({described})")
+        if len(inputs) > 1:
+            check.problems.append(f"{run}: its folds expect different inputs ({_describe_inputs(inputs)})")
+        for key in inputs:
+            run_inputs.setdefault(key, []).append(str(run))
+    if len(run_inputs) > 1:
+        check.lines.append(f"runs expect different inputs, each model gets its own ({_describe_inputs(run_inputs)})")
     return check
+
+
+def _describe_inputs(inputs: dict[tuple, list[str]]) -> str:
+    return "; ".join(f"{size}px mean {list(mean)} std {list(std)}: {len(where)}, e.g. {where[0]}"
+                     for (size, mean, std), where in inputs.items())

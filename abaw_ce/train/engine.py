@@ -50,7 +50,8 @@ VALIDATION_FILE = "validation.json"
 _MIXUP = 2
 # Settings a resumed run of an engine stage may not change (anything else, e.g. epochs or workers, may be).
 FROZEN_ON_RESUME = ("model", "data", "loss", "optim", "distill", "train.batch_size", "train.grad_accum",
-                    "train.seed", "train.ema", "train.ema_decay", "train.mixup_alpha")
+                    "train.seed", "train.ema", "train.ema_decay", "train.ema_warmup", "train.mixup_alpha",
+                    "train.curriculum")
 
 
 @dataclass
@@ -90,8 +91,23 @@ def restart_schedule(optimizer: torch.optim.Optimizer, updates_per_epoch: int, e
                              warmup_t=warmup, warmup_lr_init=min_lr, warmup_prefix=True, t_in_epochs=False)
 
 
-def make_ema(model: nn.Module, decay: float) -> ModelEmaV3:
-    return ModelEmaV3(model, decay=decay)
+def make_ema(model: nn.Module, decay: float, warmup: bool = False) -> ModelEmaV3:
+    """timm's EMA of ``model``'s weights. ``warmup``: its effective decay starts near 0 and grows towards
+    ``decay`` (``use_warmup``), so the average does not remember the starting weights; without it the decay is
+    ``decay`` from the second update on (the first copies the weights)."""
+    return ModelEmaV3(model, decay=decay, use_warmup=bool(warmup))
+
+
+def layer_decay_of(model: nn.Module, layer_decay: float | None) -> float | None:
+    """The layer-wise lr decay to use for ``model``: None when off (unset or 1), or when the model has no timm
+    ``group_matcher`` to say which parameters form its layers (then logged)."""
+    if not layer_decay or layer_decay >= 1.0:
+        return None
+    if not callable(getattr(model, "group_matcher", None)):
+        log.warning("optim.layer_decay %s ignored: %s has no group_matcher to split it into layers; every "
+                    "parameter gets the base lr", layer_decay, type(model).__name__)
+        return None
+    return float(layer_decay)
 
 
 @dataclass
@@ -135,12 +151,15 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
         val_set: Dataset, loss_fn: LossFn, evaluate: EvaluateFn, export: ExportFn,
         teacher: nn.Module | None = None, resume_from: Path | None = None,
         activation: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
-        train_order: Sampler | None = None, extra_state: Sequence[Any] = ()) -> FitResult:
+        train_order: Sampler | None = None, extra_state: Sequence[Any] = (),
+        epoch_info: Callable[[int], dict[str, Any]] | None = None) -> FitResult:
     """Train ``model`` with the recipe in ``config`` (sections optim/train); the run folder must exist.
     ``activation`` turns the model's outputs into the probabilities ``evaluate`` and ``export`` receive;
     ``train_order`` replaces the shuffled epoch order (e.g. a ``GroupedBatchOrder``); ``extra_state`` (modules
-    moved to the device, optimizers...) is saved in every checkpoint and restored on resume."""
+    moved to the device, optimizers...) is saved in every checkpoint and restored on resume; ``epoch_info(epoch)``
+    adds fields to each epoch's validation record (e.g. a curriculum's stage)."""
     run = _set_up(stage, config, run_dir, model, train_set, val_set, teacher, train_order)
+    run.epoch_info = epoch_info
     _register_state(run, extra_state)
     _start(run, resume_from)
     _announce(run, len(train_set), len(val_set))
@@ -177,6 +196,7 @@ class _Fit:
     images_per_update: int = field(init=False)
     bar: Any = field(init=False)
     log_train: TrainLog = field(init=False)
+    epoch_info: Callable[[int], dict[str, Any]] | None = field(default=None, init=False)
 
     @property
     def total_updates(self) -> int:
@@ -193,10 +213,10 @@ def _set_up(stage: str, config: DictConfig, run_dir: Path, model: nn.Module, tra
     accelerator = make_accelerator(run_dir, t.precision, t.grad_accum)
     set_seed(t.seed)
     train_loader, val_loader = _loaders(stage, t, accelerator.num_processes, train_set, val_set, train_order)
-    layer_decay = o.layer_decay if o.layer_decay and o.layer_decay < 1.0 else None
+    layer_decay = layer_decay_of(model, o.layer_decay)
     optimizer = create_optimizer_v2(model, "adamw", lr=o.lr, weight_decay=o.weight_decay,
                                     layer_decay=layer_decay, betas=tuple(o.betas))
-    ema = make_ema(model, t.ema_decay) if t.ema else None
+    ema = make_ema(model, t.ema_decay, t.get("ema_warmup", False)) if t.ema else None  # absent: a run from before
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     if teacher is not None:
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
@@ -263,13 +283,19 @@ def _announce(run: _Fit, train_size: int, val_size: int) -> None:
         write_status(run.run_dir, run.stage, "running", epoch=progress.epoch, update=progress.update)
         accelerator.print(f"{run.stage}: {train_size} training / {val_size} validation samples, "
                           f"{run.updates_per_epoch} updates per epoch, up to {t.epochs} epochs "
-                          f"(patience {t.patience}), EMA {'on' if run.ema else 'off'}, mixup "
+                          f"(patience {t.patience}), EMA {_ema_words(run.ema)}, mixup "
                           f"{'alpha ' + str(t.mixup_alpha) if t.mixup_alpha else 'off'}, distillation "
                           f"{'on' if run.teacher is not None else 'off'} -> {run.run_dir}")
     run.bar = tqdm(total=run.total_updates, initial=progress.update, desc=run.stage, unit="upd",
                    disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     run.log_train = TrainLog(accelerator, run.monitor, run.metrics, run.bar, run.optimizer, progress,
                              run.updates_per_epoch, run.images_per_update)
+
+
+def _ema_words(ema: ModelEmaV3 | None) -> str:
+    if ema is None:
+        return "off"
+    return f"on (decay {ema.decay}{', warm-up' if ema.use_warmup else ''})"
 
 
 def _epochs_left(run: _Fit) -> bool:
@@ -333,7 +359,7 @@ def _validate(run: _Fit, evaluate: EvaluateFn, export: ExportFn,
     result = evaluate(outputs["probs"], outputs["target"], outputs["mask"])
     improved = stopping.step(result["score"], progress.epoch)
     record = {"update": progress.update, "epoch": progress.epoch, "val_score": result["score"],
-              "best_epoch": stopping.best_epoch}
+              "best_epoch": stopping.best_epoch, **(run.epoch_info(progress.epoch) if run.epoch_info else {})}
     accelerator.log({"val_score": result["score"]}, step=progress.update)
     if accelerator.is_main_process:
         run.metrics.append(record)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from abaw_ce import labels
+from abaw_ce.train import runs
 
 REPORT_NAME = "fold_report"
 OOF_NAME = "oof.csv"
@@ -48,7 +49,7 @@ def write_fold_report(run_dir: Path, n_folds: int) -> Path | None:
     tuned.to_csv(run_dir / f"{REPORT_NAME}_tuned.csv", index_label="fold")
     text = (f"F1 of the 6 basic emotions on each fold's validation part (threshold 0.5; EMA weights of the "
             f"best epoch)\n\n{_markdown(table, 'Val. Set')}\nWith per-emotion thresholds tuned on the same "
-            f"validation part (optimistic):\n\n{_markdown(tuned, 'Val. Set')}")
+            f"validation part (optimistic):\n\n{_markdown(tuned, 'Val. Set')}{_curriculum_section(run_dir, n_folds)}")
     md = run_dir / f"{REPORT_NAME}.md"
     md.write_text(text, encoding="utf-8")
     _bar_chart(table, run_dir / f"{REPORT_NAME}.png")
@@ -60,6 +61,46 @@ def write_fold_report(run_dir: Path, n_folds: int) -> Path | None:
     if frames:
         pd.concat(frames, ignore_index=True).to_csv(run_dir / OOF_NAME, index=False)
     return md
+
+
+def curriculum_epochs(run_dir: Path, n_folds: int) -> pd.DataFrame:
+    """Rows epoch 0.., columns Stage, Compound share and each fold's validation score, from the folds'
+    ``metrics.json`` (empty unless a curriculum ran: its epochs' records carry ``curriculum_stage``)."""
+    stages: dict[int, tuple[int, float]] = {}
+    scores: dict[str, dict[int, float]] = {}
+    for k in range(n_folds):
+        path = run_dir / f"fold_{k}" / runs.METRICS_FILE
+        if not path.is_file():
+            continue
+        for record in json.loads(path.read_text(encoding="utf-8")):
+            if "val_score" in record and "curriculum_stage" in record:
+                epoch = int(record["epoch"])
+                stages[epoch] = (int(record["curriculum_stage"]), float(record["compound_share"]))
+                scores.setdefault(f"fold-{k + 1}", {})[epoch] = float(record["val_score"])
+    if not stages:
+        return pd.DataFrame()
+    epochs = sorted(stages)
+    frame = pd.DataFrame({"Stage": [stages[e][0] for e in epochs],
+                          "Compound share": [f"{stages[e][1]:g}" for e in epochs]}, index=epochs)
+    for fold, by_epoch in scores.items():
+        frame[fold] = [by_epoch.get(e, float("nan")) for e in epochs]
+    frame.index.name = "epoch"
+    return frame
+
+
+def _curriculum_section(run_dir: Path, n_folds: int) -> str:
+    table = curriculum_epochs(run_dir, n_folds)
+    if table.empty:
+        return ""
+    best = []
+    for k in range(n_folds):
+        path = run_dir / f"fold_{k}" / "validation.json"
+        epoch = json.loads(path.read_text(encoding="utf-8")).get("epoch") if path.is_file() else None
+        if epoch in table.index:
+            best.append(f"fold-{k + 1} epoch {epoch} (stage {table.loc[epoch, 'Stage']})")
+    return (f"\nCurriculum (train.curriculum): the stage and compound share of each epoch, and each fold's "
+            f"validation score (the score early stopping follows):\n\n{_markdown(table, 'Epoch')}"
+            + (f"\nBest epochs: {', '.join(best)}\n" if best else ""))
 
 
 def _bar_chart(table: pd.DataFrame, path: Path) -> None:
@@ -89,10 +130,11 @@ def write_ablation_table(rows: Sequence[Mapping[str, object]], out_dir: Path) ->
     """``ablation.csv``/``.md``: one row per setting with its switches (✓/×) and mean F1 over its folds."""
     frame = pd.DataFrame(list(rows))
     frame.to_csv(out_dir / "ablation.csv", index=False)
-    header = "| Method | MAE Pretraining | Distillation | EMA | Mixup | F1 score |\n|---|---|---|---|---|---|\n"
+    header = ("| Method | MAE Pretraining | Distillation | EMA | Mixup | Curriculum | F1 score |\n"
+              "|---|---|---|---|---|---|---|\n")
     lines = []
     for row in rows:
-        marks = ["✓" if row[k] else "×" for k in ("mae", "distillation", "ema", "mixup")]
+        marks = ["✓" if row.get(k) else "×" for k in ("mae", "distillation", "ema", "mixup", "curriculum")]
         lines.append(f"| {row['name']} | " + " | ".join(marks) + f" | {float(row['f1']):.4f} |")
     md = out_dir / "ablation.md"
     md.write_text("Mean basic-emotion F1 over the validation folds\n\n" + header + "\n".join(lines) + "\n",

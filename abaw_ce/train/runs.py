@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
 
@@ -43,6 +44,15 @@ def packaged_config(name: str) -> Path:
     return Path(str(path))
 
 
+def _spaced_mapping(item: str) -> str:
+    """``key={a:1,b:[2,3]}`` as YAML reads it: a flow mapping needs a space after each key's colon, which a
+    shell command line rarely has (YAML would read ``a:1`` as one plain string)."""
+    key, _, value = item.partition("=")
+    if not value.lstrip().startswith("{"):
+        return item
+    return key + "=" + re.sub(r"([{,]\s*)([A-Za-z_][\w.-]*):(?=\S)", r"\1\2: ", value)
+
+
 def load_config(default: str, config_paths: Sequence[str | Path] = (), overrides: Sequence[str] = ()) -> DictConfig:
     """The packaged default ``<default>.yaml``, then each YAML of ``config_paths``, then ``key=value`` overrides.
 
@@ -62,9 +72,10 @@ def load_config(default: str, config_paths: Sequence[str | Path] = (), overrides
         if "=" not in item:
             raise OptionError(f"override {item!r} must look like key=value (e.g. train.epochs=10)")
         try:
-            layers.append((f"override {item!r}", OmegaConf.from_dotlist([item])))
-        except OmegaConfBaseException as err:
-            raise OptionError(f"override {item!r} cannot be parsed ({err})") from None
+            layers.append((f"override {item!r}", OmegaConf.from_dotlist([_spaced_mapping(item)])))
+        except (OmegaConfBaseException, yaml.YAMLError) as err:
+            reason = " ".join(str(err).split())
+            raise OptionError(f"override {item!r} cannot be parsed ({reason})") from None
     for origin, layer in layers:
         try:
             base = OmegaConf.merge(base, layer)

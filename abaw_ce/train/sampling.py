@@ -111,6 +111,8 @@ class SeededSamples(Dataset):
     An unreadable image is replaced by the next readable item (same seed stream) and counted in the
     sample's ``skipped`` field (``index`` is the item actually served), so a bad file costs one warning
     instead of the run. A base item may be a dict with an ``image`` and fields passed through untouched.
+    A key may carry more integers after ``(epoch, index)``: they join the seed, so that one item drawn twice
+    in an epoch (e.g. by a curriculum's plan) is augmented afresh each time; a plain key seeds as it always did.
     """
 
     def __init__(self, base: Dataset, make: Callable[[torch.Tensor], dict[str, Any]], seed: int):
@@ -120,8 +122,8 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
-        epoch, index = key if isinstance(key, tuple) else (0, int(key))
+    def __getitem__(self, key: tuple[int, ...] | int) -> dict[str, Any]:
+        epoch, index, *salt = key if isinstance(key, tuple) else (0, int(key))
         size = len(self)
         for skipped in range(min(MAX_REPLACEMENTS, size)):
             item = (index + skipped) % size
@@ -137,7 +139,7 @@ class SeededSamples(Dataset):
                 extras = {k: v for k, v in image.items() if k != "image"}
                 image = image["image"]
             with torch.random.fork_rng(devices=[]):
-                torch.default_generator.manual_seed(derived_seed(self.seed, epoch, _SAMPLE, index))
+                torch.default_generator.manual_seed(derived_seed(self.seed, epoch, _SAMPLE, index, *salt))
                 sample = self.make(image)
             sample.update(extras)
             sample["skipped"] = torch.tensor(skipped)
