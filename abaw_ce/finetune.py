@@ -241,7 +241,7 @@ def train_emotion(config: DictConfig, resume: str | None = None, overrides: Sequ
 
 
 def _train_emotion_folds(config: DictConfig, run_dir: Path, resuming: bool, folds: Sequence[int] | None) -> None:
-    config, curriculum = curriculum_lib.configure(config, "emotion")  # on: train.epochs = the stages' sum
+    config, curriculum = curriculum_lib.configure(config, "emotion")  # train.epochs null: the stages' sum
     d, t = config.data, config.train
     table = load_tables(d.datasets, d.non_basic)
     table = table[table["has_target"]].reset_index(drop=True)

@@ -143,7 +143,7 @@ def test_ablation_table_has_a_curriculum_column(tmp_path):
 @pytest.fixture(scope="module")
 def emotion_run(tiny_world, tmp_path_factory):
     run = tmp_path_factory.mktemp("curriculum") / "straight"
-    code = main_emotion(["--demo", *TINY_VIT, rafdb(tiny_world), CURRICULUM, "train.epochs=7", f"output.dir={run}"])
+    code = main_emotion(["--demo", *TINY_VIT, rafdb(tiny_world), CURRICULUM, f"output.dir={run}"])
     return run, code
 
 
@@ -155,7 +155,7 @@ def test_emotion_stage_trains_a_fold_with_the_curriculum(emotion_run, capsys):
     run, code = emotion_run
     assert code == 0
     status = json.loads((run / "fold_0" / "status.json").read_text())
-    assert status["state"] == "finished" and status["epoch"] == 3  # 1 + 2 epochs: the stages' sum, not 7
+    assert status["state"] == "finished" and status["epoch"] == 3  # 1 + 2 epochs: train.epochs null = the stages' sum
     records = fold_records(run)
     assert [r["curriculum_stage"] for r in records] == [0, 1, 1]
     assert [r["compound_share"] for r in records] == [0.0, 0.5, 0.5]
@@ -195,20 +195,36 @@ def test_cexprnet_runs_a_one_epoch_per_stage_curriculum(tiny_world, tmp_path, ca
                           f"output.dir={run}"])
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert "curriculum of 2 stages" in out.out and "replaces train.epochs=10" in out.out
+    assert "curriculum of 2 stages" in out.out and "2 epochs in all" in out.out
     records = [r for r in json.loads((run / "metrics.json").read_text()) if "val_score" in r]
     assert [(r["curriculum_stage"], r["compound_share"]) for r in records] == [(0, 0.0), (1, 0.6)]
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
-    assert main_cexprnet(["--demo", "model.expr_head=multiclass", "loss.dist=0", expression,
-                          "train.curriculum.enabled=true", f"output.dir={tmp_path / 'multiclass'}"]) == 2
-    assert "expr_head=kl" in capsys.readouterr().err
+    # the multi-class head cannot carry two emotions: the curriculum (on by default) is skipped, and said
+    assert main_cexprnet(["--demo", "model.expr_head=multiclass", "loss.dist=0", "loss.au=0", expression,
+                          "model.img_size=32", "train.batch_size=16", "train.stop_after_updates=1",
+                          f"output.dir={tmp_path / 'multiclass'}"]) == 0
+    assert "training without train.curriculum: it mixes the 6 basic emotions" in capsys.readouterr().out
 
 
-def test_curriculum_off_by_default_keeps_the_plain_training_set(rafdb_rows):
+def test_curriculum_on_by_default_and_train_epochs_sets_the_length(rafdb_rows, capsys):
     for stage in ("emotion", "cexprnet"):
         config = runs.load_config(stage)
-        assert cl.from_config(config.train) is None
-        assert cl.configure(config, stage) == (config, None)
+        assert config.train.epochs is None and config.train.ema_warmup
+        configured, curriculum = cl.configure(config, stage)
+        assert curriculum.epochs == (5, 5, 3, 3) and configured.train.epochs == 16
+        short, _ = cl.configure(runs.load_config(stage, [], ["train.epochs=7"]), stage)
+        assert short.train.epochs == 7 and "stops the run in stage 1" in capsys.readouterr().out
+        long, _ = cl.configure(runs.load_config(stage, [], ["train.epochs=20"]), stage)
+        assert long.train.epochs == 20 and "goes on for 4 more" in capsys.readouterr().out
+        skipped, none = cl.configure(config, stage, skip="a reason")
+        assert none is None and skipped.train.epochs == 16 and "without train.curriculum: a reason" in \
+            capsys.readouterr().out
+        off = runs.load_config(stage, [], ["train.curriculum.enabled=false"])
+        assert cl.from_config(off.train) is None
+        with pytest.raises(OptionError, match="train.epochs is null"):
+            cl.configure(off, stage)
+        plain = runs.load_config(stage, [], ["train.curriculum.enabled=false", "train.epochs=3"])
+        assert cl.configure(plain, stage) == (plain, None)
     table, y = rafdb_rows
     base, _ = samples(table, y)
     plain = base[(2, 5)]  # a key without salt seeds as before the curriculum existed

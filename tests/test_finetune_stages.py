@@ -168,6 +168,7 @@ def test_ablation_writes_table_two(tiny_world, encoder, tmp_path):
     md = (out / "ablation.md").read_text()
     assert "| +mixup | ✓ | ✓ | ✓ | ✓ | × |" in md and "| baseline | × | × | × | × | × |" in md
     assert "| +curriculum | ✓ | ✓ | ✓ | ✓ | ✓ |" in md
+    assert "(EMA warm-up (train.ema_warmup): on; 1 epoch(s) per fold)" in md.splitlines()[0]
     curriculum = __import__("omegaconf").OmegaConf.load(out / "+curriculum" / "config.yaml").train.curriculum
     assert curriculum.enabled and list(curriculum.epochs) == [1, 1]
     assert "Curriculum (train.curriculum)" in (out / "+curriculum" / "fold_report.md").read_text()

@@ -105,7 +105,7 @@ def test_stopped_run_without_the_warmup_key_resumes_as_before(tiny_world, tmp_pa
     run = tmp_path / "run"
     train(capsys, *TIMM, rafdb(tiny_world), "train.stop_after_updates=2", "--folds", "0", f"output.dir={run}")
     saved = (run / "config.yaml").read_text()
-    assert "ema_warmup: false" in saved
+    assert "ema_warmup: true" in saved
     (run / "config.yaml").write_text("".join(line for line in saved.splitlines(keepends=True)
                                              if "ema_warmup" not in line))
     assert main_emotion(["--resume", str(run), "--folds", "0", "train.ema_warmup=true"]) == 2

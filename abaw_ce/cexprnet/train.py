@@ -377,12 +377,15 @@ def _kept_rows(table: pd.DataFrame, expr_has: np.ndarray, au_mask: np.ndarray, r
 def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
     head = str(config.model.get("expr_head", "kl"))
     expression_outputs(head)  # a clear error before any data is read
-    if curriculum_lib.from_config(config.train) is not None and head == "multiclass":
-        raise OptionError("train.curriculum mixes the 6 basic emotions into compounds; it needs model.expr_head=kl "
-                          "or sigmoid, not multiclass")
-    config, curriculum = curriculum_lib.configure(config, STAGE)  # on: train.epochs = the stages' sum
+    modality = str(config.model.get("modality", "visual"))
+    skip = ("it mixes the 6 basic emotions into compounds, which model.expr_head=multiclass cannot express"
+            if head == "multiclass" else
+            "it mixes faces; mixing two voices' spectrograms makes no compound expression"
+            if modality == "audio" else
+            "data.rows=compound keeps compound rows only, and its first stages need single-expression ones"
+            if config.data.get("rows", "all") == "compound" else None)
+    config, curriculum = curriculum_lib.configure(config, STAGE, skip=skip)
     d, t, lw, m = config.data, config.train, config.loss, config.model
-    modality = str(m.get("modality", "visual"))
     weights = LossWeights(float(lw.expr), float(lw.au), float(lw.dist))
     if weights.dist > 0 and head == "multiclass":
         raise OptionError("distribution matching (loss.dist) needs a basic-emotion head: model.expr_head=kl or "

@@ -1,4 +1,4 @@
-"""The `abaw-ce` command: demo, synth, faces, validate, labels, import-encoder.
+"""The `abaw-ce` command: demo, synth, recipe, faces, validate, labels, import-encoder.
 
 Each subcommand imports its library modules when chosen: they pull in torch, and `abaw-ce labels` or `--help`
 should not wait for it."""
@@ -28,6 +28,21 @@ def _synth(args: argparse.Namespace) -> int:
     for name, count in info["counts"].items():
         print(f"  {name:<16} {count}")
     return 0
+
+
+def _recipe(args: argparse.Namespace) -> int:
+    from abaw_ce.experiments.recipe_comparison import run_recipe_comparison
+
+    run_recipe_comparison(args.out, seed=args.seed, scale=args.scale, folds=args.folds, cnn=args.cnn,
+                          epochs=args.epochs, shares=args.shares, only=args.only)
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 0,2; got {text!r}") from None
 
 
 def _labels(args: argparse.Namespace) -> int:
@@ -72,6 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("--scale", choices=["tiny", "small", "medium"], default="tiny")
     synth.add_argument("--overwrite", action="store_true", help="write into a non-empty --out")
     synth.set_defaults(func=_synth)
+    recipe = sub.add_parser("recipe", help="compare the fold-stage recipes (ViT / CNN, curriculum, distillation) "
+                                           "on a synthetic world; a stopped comparison continues")
+    recipe.add_argument("--out", type=Path, required=True)
+    recipe.add_argument("--seed", type=int, default=0, help="world seed (also the training and fold seed)")
+    recipe.add_argument("--scale", choices=["tiny", "small", "medium"], default="small")
+    recipe.add_argument("--folds", type=_int_list, default=[0], help="folds trained per recipe (default 0)")
+    recipe.add_argument("--cnn", default="timm:resnet18d", help="the CNN backbone (timm:<name>)")
+    recipe.add_argument("--epochs", type=_int_list, default=[5, 5, 3, 3],
+                        help="curriculum stage epochs; runs without it train their sum")
+    recipe.add_argument("--shares", type=lambda t: [float(x) for x in t.split(",")], default=[0.0, 0.2, 0.4, 1.0],
+                        help="compound share of each curriculum stage")
+    recipe.add_argument("--only", nargs="+", metavar="RECIPE", help="run these recipes only")
+    recipe.set_defaults(func=_recipe)
     imp = sub.add_parser("import-encoder", help="convert an MAE / MAE-Face / FMAE .pth checkpoint into an "
                                                 "encoder export the next stages read")
     imp.add_argument("checkpoint", type=Path)

@@ -102,18 +102,35 @@ def from_config(train: DictConfig) -> Curriculum | None:
                           f"compound_share: [0, 0.2, 0.4, 1.0], generate: both}}") from None
 
 
-def configure(config: DictConfig, stage: str) -> tuple[DictConfig, Curriculum | None]:
-    """(config, curriculum): with the curriculum on, the run lasts the sum of its stages' epochs, which
-    replaces ``train.epochs`` (said on the main process's console)."""
+def configure(config: DictConfig, stage: str, skip: str | None = None) -> tuple[DictConfig, Curriculum | None]:
+    """(config, curriculum). ``train.epochs`` null means the curriculum's length (the sum of its stages); a
+    number is the run's length either way: shorter, the run stops inside the curriculum; longer, the last stage
+    goes on. ``skip`` (a reason) trains without the curriculum even when it is on, saying why."""
     curriculum = from_config(config.train)
+    main = runs.process_state().is_main_process
+    if curriculum is not None and skip:
+        if main:
+            print(f"{stage}: training without {_KEY}: {skip}")
+        if config.train.epochs is None:  # the length stays the curriculum's
+            config = OmegaConf.merge(config, {"train": {"epochs": curriculum.total_epochs}})
+        curriculum = None
     if curriculum is None:
+        if config.train.epochs is None:
+            raise OptionError("train.epochs is null, which means the curriculum's length, but the curriculum is "
+                              f"off ({_KEY}.enabled=false{', ' + skip if skip else ''}): set train.epochs")
         return config, None
-    before = config.train.epochs
-    config = OmegaConf.merge(config, {"train": {"epochs": curriculum.total_epochs}})
-    if runs.process_state().is_main_process:
-        replaced = "" if before == curriculum.total_epochs else f"; replaces train.epochs={before}"
-        print(f"{stage}: {curriculum.describe()}; {curriculum.total_epochs} epochs in all (the stages' sum"
-              f"{replaced})")
+    epochs = curriculum.total_epochs if config.train.epochs is None else int(config.train.epochs)
+    config = OmegaConf.merge(config, {"train": {"epochs": epochs}})
+    if main:
+        if epochs == curriculum.total_epochs:
+            length = f"{epochs} epochs in all (the stages' sum)"
+        elif epochs < curriculum.total_epochs:
+            length = (f"train.epochs={epochs} stops the run in stage {curriculum.stage(epochs - 1)} (the stages "
+                      f"sum to {curriculum.total_epochs})")
+        else:
+            length = (f"train.epochs={epochs}: the last stage goes on for {epochs - curriculum.total_epochs} more "
+                      f"epoch(s) after the stages' {curriculum.total_epochs}")
+        print(f"{stage}: {curriculum.describe()}; {length}")
     return config, curriculum
 
 

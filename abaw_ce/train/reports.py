@@ -126,8 +126,9 @@ def _bar_chart(table: pd.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def write_ablation_table(rows: Sequence[Mapping[str, object]], out_dir: Path) -> Path:
-    """``ablation.csv``/``.md``: one row per setting with its switches (✓/×) and mean F1 over its folds."""
+def write_ablation_table(rows: Sequence[Mapping[str, object]], out_dir: Path, note: str = "") -> Path:
+    """``ablation.csv``/``.md``: one row per setting with its switches (✓/×) and mean F1 over its folds;
+    ``note`` (what all rows share) goes under the title."""
     frame = pd.DataFrame(list(rows))
     frame.to_csv(out_dir / "ablation.csv", index=False)
     header = ("| Method | MAE Pretraining | Distillation | EMA | Mixup | Curriculum | F1 score |\n"
@@ -137,7 +138,8 @@ def write_ablation_table(rows: Sequence[Mapping[str, object]], out_dir: Path) ->
         marks = ["✓" if row.get(k) else "×" for k in ("mae", "distillation", "ema", "mixup", "curriculum")]
         lines.append(f"| {row['name']} | " + " | ".join(marks) + f" | {float(row['f1']):.4f} |")
     md = out_dir / "ablation.md"
-    md.write_text("Mean basic-emotion F1 over the validation folds\n\n" + header + "\n".join(lines) + "\n",
+    title = "Mean basic-emotion F1 over the validation folds" + (f" ({note})" if note else "")
+    md.write_text(title + "\n\n" + header + "\n".join(lines) + "\n",
                   encoding="utf-8")
     return md
 
