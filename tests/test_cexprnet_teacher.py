@@ -12,7 +12,8 @@ from abaw_ce.cexprnet.train import teacher_au_labels
 from abaw_ce.data.images import read_rgb
 from abaw_ce.data.labelled import FaceTransform
 from abaw_ce.data.table import au_arrays
-from abaw_ce.models.export import WEIGHTS_FILE, load_classifier, save_encoder
+from abaw_ce.models.export import WEIGHTS_FILE, save_encoder
+from abaw_ce.models.timm_classifier import build_timm_classifier, load_any_classifier, save_timm_classifier
 from abaw_ce.models.vit import VitArch, build_vit
 from abaw_ce.train import runs
 from abaw_ce.train.engine import load_tables
@@ -41,8 +42,8 @@ def expression_table(world):
 
 def direct_probs(teacher, paths):
     """The teacher run on the images by hand: one batch, one process, float32 sigmoids."""
-    model, meta = load_classifier(teacher)
-    transform = FaceTransform(meta["arch"].img_size, meta["mean"], meta["std"], train=False)
+    model, info = load_any_classifier(teacher)
+    transform = FaceTransform(info["img_size"], info["mean"], info["std"], train=False)
     images = torch.stack([transform(read_rgb(p))["image"] for p in paths])
     with torch.no_grad():
         return torch.sigmoid(model.eval()(images)).numpy()
@@ -79,6 +80,26 @@ def test_teacher_outputs_are_cached_and_restamped_when_the_export_or_rows_change
     weights = teacher / WEIGHTS_FILE
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert not label(table.iloc[1:])[2].reused  # a rewritten export
+
+
+def test_a_timm_au_export_teaches_too_and_its_files_stamp_the_cache(tiny_world, tmp_path):
+    au = [f"AU{n}" for n in labels.AFFWILD2_AUS]
+    torch.manual_seed(0)
+    teacher = save_timm_classifier(tmp_path / "timm_au", build_timm_classifier("test_resnet", len(au))[0],
+                                   "test_resnet", 40, [0.5] * 3, [0.25] * 3, {"task": "au", "labels": au},
+                                   {"stage": "au"})
+    table, cache = expression_table(tiny_world), tmp_path / "cache"
+    taught, _, report = teacher_au_labels(table, *au_arrays(table, "cexpr"), teacher, cache_dir=cache,
+                                          progress=False)
+    assert (report.labelled, report.reused) == (len(table), False)
+    assert_teacher_cache(cache, teacher, table["path"])
+    on = direct_probs(teacher, table["path"]) >= 0.5
+    for j, name in enumerate(labels.AFFWILD2_AUS):  # each teacher AU fills its C-EXPR-DB column
+        np.testing.assert_array_equal(taught[:, list(labels.CEXPR_AUS).index(name)], on[:, j])
+    weights = teacher / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert not teacher_au_labels(table, *au_arrays(table, "cexpr"), teacher, cache_dir=cache,
+                                 progress=False)[2].reused  # the timm export's weights file is in the stamp
 
 
 def test_stage_caches_teacher_outputs_and_a_resume_reuses_them(tiny_world, tmp_path, capsys):

@@ -2,8 +2,9 @@
 
 Rows with a basic or compound expression get a KL target (one-hot, or 0.5 on each emotion of the pair);
 rows with AU labels get them over the 17 C-EXPR-DB AUs (unlabelled AUs masked); images without any AU label
-can be labelled by an AU teacher (``loss.au_teacher``: an AU-stage export), as the paper does: the processes
-share those rows on their devices, and the teacher's outputs are kept in ``<run>/au_teacher`` for resumes. The
+can be labelled by an AU teacher (``loss.au_teacher``: an AU-stage export, ViT or timm), as the paper does:
+the processes share those rows on their devices, and the teacher's outputs are kept in ``<run>/au_teacher``
+for resumes. The
 engine sees one (B, E + 17) output: expression logits, then sigmoid AU logits. The best (EMA) weights are
 exported to ``<run>/export`` (``abaw_ce.models.cexprnet.save_export``): ``model.safetensors``, ``cexprnet.json``
 and the AU description tokenizer.
@@ -43,10 +44,10 @@ from abaw_ce.data.labelled import FaceTransform, TableSamples
 from abaw_ce.data.table import au_arrays
 from abaw_ce.data.video_frames import crop_frame_rows, finished_record, fresh_partial, is_frame_row, publish_cache
 from abaw_ce.errors import InputError, OptionError
-from abaw_ce.models import export as exports
 from abaw_ce.models.au_text import encode, train_tokenizer
 from abaw_ce.models.backbones import build_backbone
 from abaw_ce.models.cexprnet import CExprNet, expression_outputs, save_export
+from abaw_ce.models.timm_classifier import classifier_meta, load_any_classifier
 from abaw_ce.train import curriculum as curriculum_lib
 from abaw_ce.train import engine, runs
 from abaw_ce.train.engine import fold_assignment, load_tables, run_single
@@ -178,7 +179,7 @@ def _export_folder(teacher: Path) -> Path:
 
 def _teacher_head(teacher: Path) -> dict[str, Any]:
     """The export's head, read from its metadata alone (cached outputs need no weights)."""
-    head = exports.read_encoder_meta(_export_folder(teacher)).get("head") or {}
+    head = classifier_meta(_export_folder(teacher))["meta"].get("head") or {}
     if head.get("task") != "au":
         raise InputError(teacher, f"loss.au_teacher must be an AU-stage export; this one's head is "
                                   f"{head.get('task')!r}")
@@ -199,7 +200,7 @@ def _teacher_stamp(teacher: Path, paths: Sequence[str]) -> dict[str, Any]:
     images = hashlib.blake2b(digest_size=16)
     for path in paths:
         images.update(json.dumps([path, *_file_signature(path)]).encode())
-    files = [_export_folder(teacher) / name for name in (exports.WEIGHTS_FILE, exports.META_FILE)]
+    files = classifier_meta(_export_folder(teacher))["files"]
     return {"teacher": {str(f.resolve()): _file_signature(f) for f in files},
             "rows": len(paths), "images": images.hexdigest()}
 
@@ -235,8 +236,8 @@ def _label_shares(rows: pd.DataFrame, teacher: Path, batch_size: int, num_worker
     """Every process runs the teacher on its contiguous share of the rows, on its device; the shares are
     gathered in process order, which is row order. Returns the probabilities and each process's row count."""
     state = runs.process_state()
-    model, meta = exports.load_classifier(teacher)
-    transform = FaceTransform(meta["arch"].img_size, meta["mean"], meta["std"], train=False)
+    model, info = load_any_classifier(teacher)
+    transform = FaceTransform(info["img_size"], info["mean"], info["std"], train=False)
     # one dataset over all the rows: an unreadable image is replaced as it is under a single process
     samples = SeededSamples(TableSamples(rows, np.zeros((len(rows), 1))), transform, seed=0)
     with state.split_between_processes(list(range(len(samples)))) as share:

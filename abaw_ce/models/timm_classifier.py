@@ -28,8 +28,9 @@ from torch import nn
 from abaw_ce import labels
 from abaw_ce.errors import InputError, OptionError
 from abaw_ce.files import write_folder_atomically
-from abaw_ce.models.export import read_encoder_meta
 from abaw_ce.models.export import META_FILE as VIT_META_FILE
+from abaw_ce.models.export import WEIGHTS_FILE as VIT_WEIGHTS_FILE
+from abaw_ce.models.export import load_classifier, read_encoder_meta
 from abaw_ce.models.registry import export_kind, read_versioned_meta, register_kind
 
 log = logging.getLogger(__name__)
@@ -285,5 +286,17 @@ def classifier_meta(export_dir: str | Path) -> dict[str, Any]:
         size = int(meta["arch"].img_size)
     else:
         raise InputError(export_dir, f"a {kind} export, not a classifier of the AU/emotion stages (vit or timm)")
+    files = [export_dir / name for name in ((MODEL_FILE, META_FILE) if kind == KIND else (VIT_WEIGHTS_FILE,
+                                                                                          VIT_META_FILE))]
     return {"kind": kind, "labels": (meta.get("head") or {}).get("labels"), "img_size": size,
-            "mean": list(meta["mean"]), "std": list(meta["std"]), "meta": meta}
+            "mean": list(meta["mean"]), "std": list(meta["std"]), "meta": meta, "files": files}
+
+
+def load_any_classifier(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """A classifier export of either kind (ViT or timm) with its head, whatever it labels (AUs, emotions):
+    (model in eval mode giving one logit per head label, ``classifier_meta`` of the folder)."""
+    path = Path(path)
+    export_dir = path.parent if path.is_file() else path
+    info = classifier_meta(export_dir)
+    model = load_timm_classifier(export_dir)[0] if info["kind"] == KIND else load_classifier(export_dir)[0]
+    return model.eval(), info
