@@ -6,7 +6,8 @@ same number of epochs (the curriculum's sum):
 
 - a small ViT, without and with the curriculum;
 - a CNN (``timm:<name>``, resnet18d by default), without and with the curriculum;
-- the same ViT distilled from the CNN run with the curriculum (the DeiT way), with the curriculum too.
+- the same ViT distilled from the CNN run with the curriculum (the DeiT way), with the curriculum too, its faces
+  normalised as the teacher's.
 
 Each run goes through ``make_submission`` on the world's test videos (faces found once and cached) and is
 scored against their ground truth: compound macro F1 with the seconds each training epoch took (validation
@@ -26,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from abaw_ce import challenge_file
 from abaw_ce.files import atomic_write_json, atomic_write_text
 from abaw_ce.finetune import train_emotion
+from abaw_ce.models.timm_classifier import classifier_meta
 from abaw_ce.submission.pipeline import make_submission
 from abaw_ce.synth.world import generate_world
 from abaw_ce.train import runs
@@ -56,13 +58,14 @@ def recipes(cnn: str) -> tuple[Recipe, ...]:
 
 
 def _recipe_config(recipe: Recipe, world: dict, run_dir: Path, seed: int, epochs: Sequence[int],
-                   shares: Sequence[float], teacher_dir: Path | None) -> DictConfig:
+                   shares: Sequence[float], teacher_dir: Path | None, folds: Sequence[int]) -> DictConfig:
     specs = world["datasets"]
     model = ({"backbone": "vit", "encoder": "none", "arch": VIT_ARCH} if recipe.backbone == "vit"
              else {"backbone": recipe.backbone, "img_size": IMG_SIZE})
     values = {
         "model": model,
-        "data": {"datasets": [specs[k] for k in LABELLED], "fold_seed": seed},
+        "data": {"datasets": [specs[k] for k in LABELLED], "fold_seed": seed,
+                 **_teacher_normalisation(teacher_dir, folds)},
         "distill": {"teachers": str(teacher_dir) if teacher_dir is not None else None},
         "train": {"seed": seed, "epochs": int(sum(epochs)),
                   "curriculum": {"enabled": recipe.curriculum, "epochs": list(epochs),
@@ -71,6 +74,14 @@ def _recipe_config(recipe: Recipe, world: dict, run_dir: Path, seed: int, epochs
     }
     base = runs.load_config("emotion", [runs.packaged_config("emotion_demo")], [])
     return OmegaConf.merge(base, OmegaConf.create(values), OmegaConf.create(recipe.overrides))
+
+
+def _teacher_normalisation(teacher_dir: Path | None, folds: Sequence[int]) -> dict:
+    """A student sees its faces normalised as its teacher does (the distillation requires one preprocessing)."""
+    if teacher_dir is None:
+        return {}
+    meta = classifier_meta(teacher_dir / f"fold_{folds[0]}" / "export")
+    return {"mean": meta["mean"], "std": meta["std"]}
 
 
 def _epoch_seconds(run_dir: Path, folds: Sequence[int], seconds: float) -> float | None:
@@ -112,7 +123,7 @@ def run_recipe_comparison(out: str | Path, seed: int = 0, scale: str = "small", 
             continue
         print(f"== recipe {recipe.name} (backbone {recipe.backbone}, curriculum {recipe.curriculum}"
               + (f", taught by {recipe.teacher}" if recipe.teacher else "") + f"), folds {list(folds)}")
-        config = _recipe_config(recipe, world, run_dir, seed, epochs, shares, teacher_dir)
+        config = _recipe_config(recipe, world, run_dir, seed, epochs, shares, teacher_dir, folds)
         resumed = (run_dir / runs.CONFIG_FILE).is_file()
         t0 = time.perf_counter()
         train_emotion(config, resume=str(run_dir) if resumed else None, folds=folds)
