@@ -45,10 +45,10 @@ def packaged_config(name: str) -> Path:
 
 
 def _spaced_mapping(item: str) -> str:
-    """``key={a:1,b:[2,3]}`` as YAML reads it: a flow mapping needs a space after each key's colon, which a
-    shell command line rarely has (YAML would read ``a:1`` as one plain string)."""
+    """``key={a:1,b:[2,3]}`` or ``key=[{a:1},{a:2}]`` as YAML reads it: a flow mapping needs a space after each
+    key's colon, which a shell command line rarely has (YAML would read ``a:1`` as one plain string)."""
     key, _, value = item.partition("=")
-    if not value.lstrip().startswith("{"):
+    if not value.lstrip().startswith(("{", "[")) or "{" not in value:
         return item
     return key + "=" + re.sub(r"([{,]\s*)([A-Za-z_][\w.-]*):(?=\S)", r"\1\2: ", value)
 
