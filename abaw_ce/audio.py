@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from abaw_ce.errors import InputError
+from abaw_ce.progress import progress_bar
 from abaw_ce.video import frame_times
 
 LOG_FLOOR = 1e-6
@@ -141,10 +142,8 @@ def video_frame_windows(path: str | Path, frames: np.ndarray, width: int = 96,
 def video_spectrograms(videos: list[str], s: MelSettings = MelSettings(), progress: bool = True
                        ) -> tuple[dict[str, torch.Tensor], dict[str, FrameClock], list[str]]:
     """Log-mel spectrogram and frame clock of each video; the third value lists videos without audio."""
-    from tqdm.auto import tqdm
-
     spectrograms, clocks, silent = {}, {}, []
-    for video in tqdm(videos, desc="audio spectrograms", unit="video", disable=not progress):
+    for video in progress_bar(videos, desc="audio spectrograms", unit="video", disable=not progress):
         track = read_audio(video, s.sample_rate)
         if track is None:
             silent.append(video)

@@ -15,13 +15,13 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 from torchvision.utils import save_image
-from tqdm.auto import tqdm
 
 from abaw_ce.data.images import FaceImages
 from abaw_ce.errors import OptionError
 from abaw_ce.models.export import encoder_state_from_pretraining, save_encoder
 from abaw_ce.models.mae import DecoderArch, MaskedAutoencoder
 from abaw_ce.models.vit import VitArch, vit_arch
+from abaw_ce.progress import progress_bar
 from abaw_ce.train import runs
 from abaw_ce.train.loop import (STATUS_FILE, LossMonitor, NonFiniteLoss, TrainLog, epoch_batches,
                                 make_accelerator, restore, train_step,
@@ -251,8 +251,8 @@ def _begin(run: _MaeRun) -> None:
     accelerator, progress = run.accelerator, run.progress
     run.monitor = LossMonitor(accelerator, run.run_dir, "mae", run.config.train.keep_checkpoints,
                               last_good=run.checkpoint)
-    run.bar = tqdm(total=run.total_updates, initial=progress.update, desc="mae", unit="upd",
-                   disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    run.bar = progress_bar(total=run.total_updates, initial=progress.update, desc="mae", unit="upd",
+                           disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     run.log_now = TrainLog(accelerator, run.monitor, run.metrics, run.bar, run.optimizer, progress,
                            run.updates_per_epoch, run.effective_batch)
     run.model.train()

@@ -35,7 +35,6 @@ from accelerate.utils import broadcast_object_list, gather_object, set_seed
 from omegaconf import DictConfig
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm.auto import tqdm
 
 from abaw_ce import audio, fusion, labels
 from abaw_ce.cexprnet.model import LossWeights, cexprnet_loss
@@ -48,6 +47,7 @@ from abaw_ce.models.au_text import encode, train_tokenizer
 from abaw_ce.models.backbones import build_backbone
 from abaw_ce.models.cexprnet import CExprNet, expression_outputs, save_export
 from abaw_ce.models.timm_classifier import classifier_meta, load_any_classifier
+from abaw_ce.progress import progress_bar
 from abaw_ce.train import curriculum as curriculum_lib
 from abaw_ce.train import engine, runs
 from abaw_ce.train.engine import fold_assignment, load_tables, run_single
@@ -254,7 +254,7 @@ def _teacher_probs(model: nn.Module, samples: Dataset, device: torch.device, bat
     model.eval()
     probs = [np.zeros((0, model.num_classes), dtype=np.float32)]  # a process without rows gathers an empty part
     with torch.inference_mode():
-        for batch in tqdm(loader, desc="AU teacher", unit="batch", disable=not progress, dynamic_ncols=True):
+        for batch in progress_bar(loader, desc="AU teacher", unit="batch", disable=not progress, dynamic_ncols=True):
             probs.append(torch.sigmoid(model(batch["image"].to(device)).float()).cpu().numpy())
     return np.concatenate(probs)
 

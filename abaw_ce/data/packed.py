@@ -31,10 +31,10 @@ import pandas as pd
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from abaw_ce.data.image_file import UnreadableImage, read_rgb_array
 from abaw_ce.errors import InputError
+from abaw_ce.progress import progress_bar
 
 FORMAT_NAME = "abaw-ce-packed"
 FORMAT_VERSION = 1
@@ -447,7 +447,7 @@ def pack_image_files(paths: Sequence[str | Path], out_dir: str | Path, height: i
     with PackedWriter(out_dir, height, width, overwrite=overwrite,
                       extra_meta={"packed_from": "image files", "resize": "PIL bilinear"}) as writer, \
             concurrent.futures.ThreadPoolExecutor(threads) as pool, \
-            tqdm(total=len(paths), unit="img", desc=f"packing {Path(out_dir).name}") as progress:
+            progress_bar(total=len(paths), unit="img", desc=f"packing {Path(out_dir).name}") as progress:
         for start in range(0, len(paths), PACK_CHUNK):
             stop = min(start + PACK_CHUNK, len(paths))
             images = list(pool.map(_read_image, paths[start:stop], [height] * (stop - start),

@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from abaw_ce.data.processes import process_state
 from abaw_ce.data.writers import save_image
 from abaw_ce.errors import InputError
 from abaw_ce.faces.detectors import make_detector
 from abaw_ce.faces.pipeline import process_video
+from abaw_ce.progress import progress_bar
 from abaw_ce.video import VIDEO_SUFFIXES
 
 DONE_FILE = "done.json"
@@ -120,7 +120,7 @@ def frames_to_crops(table: pd.DataFrame, out_dir: str | Path, detector: str = "a
     face_detector = make_detector(detector)
     detector_name = type(face_detector).__name__
     with_face: dict[str, set[int]] = {}
-    for video in tqdm(videos, desc="video-frame crops", unit="video", disable=not progress):
+    for video in progress_bar(videos, desc="video-frame crops", unit="video", disable=not progress):
         path = Path(video)
         if not path.is_file():
             raise InputError(path, "video of labelled frames not found")

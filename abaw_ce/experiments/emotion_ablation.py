@@ -36,7 +36,8 @@ def run_ablation(config: DictConfig, out_dir: Path, folds: Sequence[int] | None 
         variant = OmegaConf.merge(config, OmegaConf.create({
             "model": {"encoder": config.model.encoder if mae else "none"},
             "distill": {"teachers": str(out_dir / "+MAE") if distill else None},
-            "train": {"epochs": epochs, "ema": ema, "mixup_alpha": alpha if mix else 0.0, "curriculum": {"enabled": curriculum}},
+            "train": {"epochs": epochs, "ema": ema, "mixup_alpha": alpha if mix else 0.0,
+                      "curriculum": {"enabled": curriculum}},
             "output": {"dir": str(out_dir / name), "overwrite": False}}))
         run_dir = out_dir / name
         resume = str(run_dir) if (run_dir / runs.CONFIG_FILE).is_file() else None
@@ -48,7 +49,7 @@ def run_ablation(config: DictConfig, out_dir: Path, folds: Sequence[int] | None 
                      "curriculum": curriculum,
                      "f1": float(table["Average"].mean()) if not table.empty else float("nan"),
                      "folds": len(table)})
-    md = write_ablation_table(rows, out_dir, note=f"EMA warm-up (train.ema_warmup): {'on' if config.train.ema_warmup else 'off'}; "
-                                                   f"{epochs} epoch(s) per fold")
+    warmup = "on" if config.train.ema_warmup else "off"
+    md = write_ablation_table(rows, out_dir, note=f"EMA warm-up (train.ema_warmup): {warmup}; {epochs} epoch(s) per fold")
     print(md.read_text(encoding="utf-8"))
     return md

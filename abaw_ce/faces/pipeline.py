@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
-from tqdm import tqdm
 
 from abaw_ce.data.image_file import UnreadableImage, read_rgb_array
 from abaw_ce.data.packed import PackedWriter
@@ -27,6 +26,7 @@ from abaw_ce.faces.align import align_face
 from abaw_ce.faces.cache import EntryBuilder, FaceEntry, FrameFaces, cache_key, file_digest
 from abaw_ce.faces.detectors import Detection, FaceDetector, make_detector
 from abaw_ce.faces.tracking import MainFaceTracker, main_face_index
+from abaw_ce.progress import progress_bar
 from abaw_ce.video import VIDEO_SUFFIXES, VideoReader, open_video
 
 log = logging.getLogger(__name__)
@@ -322,8 +322,8 @@ class _FaceRun:
         with open_video(path) as video, EntryBuilder(entry_path, self.size, self.settings) as builder:
             error = ""
             show_bar = self.progress and video.expected_frames >= FRAME_BAR_MIN_FRAMES
-            with tqdm(total=video.expected_frames or None, desc=path.name, unit="frame", leave=False,
-                      disable=not show_bar) as bar:
+            with progress_bar(total=video.expected_frames or None, desc=path.name, unit="frame", leave=False,
+                              disable=not show_bar) as bar:
                 try:
                     for item in process_video(video, self.detector, self.size, self.batch_size):
                         builder.add(item)
@@ -413,7 +413,7 @@ def run_faces(input_dir: str | Path, out_dir: str | Path, detector: str | FaceDe
             frames_csv.writerow(["video", "frame", "face_found"])
             run = _FaceRun(input_path, face_detector, size, work_dir, cache_dir is not None, batch_size,
                            progress, writer, frames_csv)
-            with tqdm(files, desc="faces", unit="file", disable=not progress) as bar:
+            with progress_bar(files, desc="faces", unit="file", disable=not progress) as bar:
                 for path in bar:
                     bar.set_postfix_str(path.name, refresh=False)
                     report.files.append(run.process(path, names[path]))

@@ -20,7 +20,6 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from abaw_ce import labels
 from abaw_ce.audio import FrameClock, MelSettings, frame_windows, log_mel, read_audio
@@ -29,6 +28,7 @@ from abaw_ce.errors import InputError, OptionError
 from abaw_ce.faces.pipeline import FRAMES_CSV, STORE_DIR
 from abaw_ce.fusion import common_scale
 from abaw_ce.models.registry import is_export, load_export
+from abaw_ce.progress import progress_bar
 from abaw_ce.submission.run_checks import is_finished
 
 PROBS_DIR = "probs"
@@ -169,7 +169,7 @@ def predict_crops(store_dir: str | Path, models: Sequence[LoadedModel], shares: 
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
     starts = range(0, len(faces), batch_size)
     views = (False, True) if flip else (False,)
-    for start in tqdm(starts, desc="inference", unit="batch", disable=not progress):
+    for start in progress_bar(starts, desc="inference", unit="batch", disable=not progress):
         rows = np.arange(start, min(start + batch_size, len(faces)))
         crops = faces.get_batch(rows).to(device, non_blocking=True)
         total = torch.zeros(len(rows), n_outputs, device=device)

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm.auto import tqdm
 
 from abaw_ce import challenge_file, labels
 from abaw_ce.data import writers
 from abaw_ce.errors import OptionError
 from abaw_ce.files import atomic_write_text
+from abaw_ce.progress import progress_bar
 from abaw_ce.synth.face import MARGIN, Identity, Pose, aligned_matrix, composite, render_face
 
 AU_ON = 0.4  # an AU intensity at or above this is labelled present
@@ -356,8 +356,8 @@ def generate_world(out: str | Path, seed: int = 0, scale: str | Scale = "tiny", 
     size = s.image_size
     counts: dict[str, int] = {}
 
-    bar = tqdm(total=s.unlabeled + s.rafdb_basic + s.rafdb_compound + s.affectnet + s.affwild2_videos
-               + s.cexpr_videos + s.test_videos, desc=f"synth {scale}", unit="item")
+    bar = progress_bar(total=s.unlabeled + s.rafdb_basic + s.rafdb_compound + s.affectnet + s.affwild2_videos
+                       + s.cexpr_videos + s.test_videos, desc=f"synth {scale}", unit="item")
 
     # unlabeled faces (MAE pretraining): any expression, identities in folders
     r = rng[0]

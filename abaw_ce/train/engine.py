@@ -28,12 +28,12 @@ from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm.auto import tqdm
 
 from abaw_ce.data import folds as folds_lib
 from abaw_ce.data.adapters import load_dataset
 from abaw_ce.data.table import concat_tables
 from abaw_ce.errors import OptionError
+from abaw_ce.progress import progress_bar
 from abaw_ce.train import runs
 from abaw_ce.train.loop import (STATUS_FILE, LossMonitor, NonFiniteLoss, TrainLog, epoch_batches,
                                 make_accelerator, read_status, restore, train_step,
@@ -286,8 +286,8 @@ def _announce(run: _Fit, train_size: int, val_size: int) -> None:
                           f"(patience {t.patience}), EMA {_ema_words(run.ema)}, mixup "
                           f"{'alpha ' + str(t.mixup_alpha) if t.mixup_alpha else 'off'}, distillation "
                           f"{'on' if run.teacher is not None else 'off'} -> {run.run_dir}")
-    run.bar = tqdm(total=run.total_updates, initial=progress.update, desc=run.stage, unit="upd",
-                   disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    run.bar = progress_bar(total=run.total_updates, initial=progress.update, desc=run.stage, unit="upd",
+                           disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     run.log_train = TrainLog(accelerator, run.monitor, run.metrics, run.bar, run.optimizer, progress,
                              run.updates_per_epoch, run.images_per_update)
 
