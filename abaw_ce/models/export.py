@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,25 +86,31 @@ def read_encoder_meta(export_dir: str | Path) -> dict[str, Any]:
     return meta
 
 
+def state_mismatch(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor],
+                   may_be_absent: Callable[[str], bool] = lambda key: False, source: str = "checkpoint") -> str:
+    """What keeps ``state`` from loading into a model whose state dict is ``expected``: missing keys (but
+    those ``may_be_absent`` accepts), unexpected keys and shape mismatches, eight of each at most; "" when it fits."""
+    missing = sorted(k for k in expected if k not in state and not may_be_absent(k))
+    unexpected = sorted(k for k in state if k not in expected)
+    shapes = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in state
+                    if k in expected and tuple(state[k].shape) != tuple(expected[k].shape))
+    parts = []
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                         (f"shape mismatches ({source} vs model)", shapes)):
+        if items:
+            shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
+            parts.append(f"{title}: {shown}")
+    return "; ".join(parts)
+
+
 def check_encoder_state(state: Mapping[str, torch.Tensor], arch: VitArch, path: str | Path,
                         num_classes: int = 0) -> None:
     """Raise InputError listing missing, unexpected and wrongly shaped keys against ``arch``."""
-    expected = {k: tuple(v.shape) for k, v in
-                build_vit(arch, pooled_norm=True, num_classes=num_classes).state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    shapes = sorted(f"{k} {got[k]} vs {expected[k]}" for k in set(got) & set(expected) if got[k] != expected[k])
-    if missing or unexpected or shapes:
-        parts = []
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches (checkpoint vs model)", shapes)):
-            if items:
-                shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-                parts.append(f"{title}: {shown}")
+    mismatch = state_mismatch(state, build_vit(arch, pooled_norm=True, num_classes=num_classes).state_dict())
+    if mismatch:
         described = (f"ViT img {arch.img_size}, patch {arch.patch_size}, width {arch.embed_dim}, "
                      f"depth {arch.depth}, heads {arch.num_heads}")
-        raise InputError(path, f"checkpoint does not match the architecture ({described}); " + "; ".join(parts))
+        raise InputError(path, f"checkpoint does not match the architecture ({described}); {mismatch}")
 
 
 def _resize_pos_embed(state: dict[str, torch.Tensor], arch: VitArch) -> None:

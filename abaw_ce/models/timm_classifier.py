@@ -30,7 +30,7 @@ from abaw_ce.errors import InputError, OptionError
 from abaw_ce.files import write_folder_atomically
 from abaw_ce.models.export import META_FILE as VIT_META_FILE
 from abaw_ce.models.export import WEIGHTS_FILE as VIT_WEIGHTS_FILE
-from abaw_ce.models.export import load_classifier, read_encoder_meta
+from abaw_ce.models.export import load_classifier, read_encoder_meta, state_mismatch
 from abaw_ce.models.registry import export_kind, read_versioned_meta, register_kind
 
 log = logging.getLogger(__name__)
@@ -137,22 +137,12 @@ def load_weights(model: nn.Module, state: Mapping[str, torch.Tensor], path: str 
     else missing, unexpected or of another shape is refused, naming the file."""
     head = () if keep_head else _classifier_prefixes(model)
     state = {k: v for k, v in state.items() if not k.startswith(head)} if head else dict(state)
-    expected = model.state_dict()
-    missing = sorted(k for k in expected if k not in state and not (head and k.startswith(head))
-                     and not k.endswith("num_batches_tracked"))  # a counter some checkpoints leave out
-    unexpected = sorted(k for k in state if k not in expected)
-    shapes = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(expected[k].shape)}" for k in state
-                    if k in expected and tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or shapes:
-        parts = []
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches (file vs model)", shapes)):
-            if items:
-                shown = ", ".join(items[:8]) + (f", ... ({len(items)} in all)" if len(items) > 8 else "")
-                parts.append(f"{title}: {shown}")
+    mismatch = state_mismatch(state, model.state_dict(), source="file", may_be_absent=lambda k: bool(
+        (head and k.startswith(head)) or k.endswith("num_batches_tracked")))  # a counter some checkpoints lack
+    if mismatch:
         arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
         raise InputError(path, f"weights do not fit timm model {arch} "
-                               f"(a timm state dict of the same model is expected); " + "; ".join(parts))
+                               f"(a timm state dict of the same model is expected); {mismatch}")
     model.load_state_dict(state, strict=False)
 
 
