@@ -186,5 +186,5 @@ class TrainLog:
         self.accelerator.log({k: v for k, v in record.items() if k != "update"}, step=progress.update)
         if self.accelerator.is_main_process:
             self.metrics.append(record)
-        self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
+        self.bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}", refresh=False)  # the bar redraws on its own pace
         self.tick, self.tick_update = now, progress.update
