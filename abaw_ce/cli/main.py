@@ -31,10 +31,10 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _recipe(args: argparse.Namespace) -> int:
-    from abaw_ce.experiments.recipe_comparison import run_recipe_comparison
+    from abaw_ce.experiments.recipe_comparison import run_recipe_seeds
 
-    run_recipe_comparison(args.out, seed=args.seed, scale=args.scale, folds=args.folds, cnn=args.cnn,
-                          epochs=args.epochs, shares=args.shares, only=args.only)
+    run_recipe_seeds(args.out, seeds=args.seeds, scale=args.scale, folds=args.folds, cnn=args.cnn,
+                     epochs=args.epochs, shares=args.shares, only=args.only)
     return 0
 
 
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     recipe = sub.add_parser("recipe", help="compare the fold-stage recipes (ViT / CNN, curriculum, distillation) "
                                            "on a synthetic world; a stopped comparison continues")
     recipe.add_argument("--out", type=Path, required=True)
-    recipe.add_argument("--seed", type=int, default=0, help="world seed (also the training and fold seed)")
+    recipe.add_argument("--seeds", type=_int_list, default=[0],
+                        help="world seeds, e.g. 0,1,2 (each also the training and fold seed); one folder each")
     recipe.add_argument("--scale", choices=["tiny", "small", "medium"], default="small")
     recipe.add_argument("--folds", type=_int_list, default=[0], help="folds trained per recipe (default 0)")
     recipe.add_argument("--cnn", default="timm:resnet18d", help="the CNN backbone (timm:<name>)")

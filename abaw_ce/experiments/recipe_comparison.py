@@ -13,10 +13,15 @@ Each run goes through ``make_submission`` on the world's test videos (faces foun
 scored against their ground truth: compound macro F1 with the seconds each training epoch took (validation
 included). ``recipe.md`` and ``recipe.json`` hold the table. A run already finished under ``out`` is reused and
 an unfinished one resumed, so a stopped comparison continues where it was.
+
+``run_recipe_seeds`` repeats the comparison on worlds of several seeds (``out/seed_<s>``) and sums them up in
+``out/recipe_seeds.md`` / ``.json`` / ``.png``: each recipe's F1 per seed, their mean and spread, and the mean
+seconds per epoch.
 """
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -155,3 +160,81 @@ def recipe_table(results: dict, seed: int, scale: str) -> str:
         lines.append(f"| {name} | {r['backbone']} | {'✓' if r['curriculum'] else '×'} | {r['teacher'] or '–'} | "
                      f"{','.join(map(str, r['folds']))} | {r['compound_f1']:.4f} | {per_epoch} |")
     return "\n".join(lines) + "\n"
+
+
+def run_recipe_seeds(out: str | Path, seeds: Sequence[int], **kwargs) -> dict[int, dict]:
+    """``run_recipe_comparison`` on the world of each seed under ``out/seed_<s>``, then the summary table and
+    chart over the seeds; returns {seed: results}."""
+    out = Path(out)
+    if not seeds:
+        raise ValueError("no world seed given")
+    by_seed = {}
+    for seed in seeds:
+        print(f"=== world seed {seed}")
+        (out / f"seed_{seed}").mkdir(parents=True, exist_ok=True)
+        by_seed[int(seed)] = run_recipe_comparison(out / f"seed_{seed}", seed=seed, **kwargs)
+    scale = kwargs.get("scale", "small")
+    summary = seeds_summary(by_seed)
+    atomic_write_json(out / "recipe_seeds.json", {"scale": scale, "seeds": list(by_seed), "recipes": summary})
+    md = out / "recipe_seeds.md"
+    atomic_write_text(md, seeds_table(summary, list(by_seed), scale), overwrite=True)
+    _seeds_chart(summary, list(by_seed), scale, out / "recipe_seeds.png")
+    print(md.read_text(encoding="utf-8"))
+    return by_seed
+
+
+def seeds_summary(by_seed: dict[int, dict]) -> dict[str, dict]:
+    """Per recipe (in the order first met): its settings, F1 of each seed that ran it, mean, population
+    standard deviation and the mean of the known seconds per epoch."""
+    summary: dict[str, dict] = {}
+    for seed, results in by_seed.items():
+        for name, r in results.items():
+            entry = summary.setdefault(name, {"backbone": r["backbone"], "curriculum": r["curriculum"],
+                                              "teacher": r["teacher"], "f1": {}, "seconds": []})
+            entry["f1"][seed] = r["compound_f1"]
+            if r["seconds_per_epoch"] is not None:
+                entry["seconds"].append(r["seconds_per_epoch"])
+    for entry in summary.values():
+        scores = list(entry["f1"].values())
+        entry["mean_f1"] = round(statistics.fmean(scores), 4)
+        entry["std_f1"] = round(statistics.pstdev(scores), 4)
+        seconds = entry.pop("seconds")
+        entry["seconds_per_epoch"] = round(statistics.fmean(seconds), 1) if seconds else None
+    return summary
+
+
+def seeds_table(summary: dict[str, dict], seeds: Sequence[int], scale: str) -> str:
+    lines = [f"Compound macro F1 on the test videos of the {scale} world, world seeds {', '.join(map(str, seeds))}\n",
+             "| recipe | backbone | curriculum | teacher | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | mean ± sd | s/epoch |",
+             "|---|---|---|---|" + "---|" * len(seeds) + "---|---|"]
+    for name, e in summary.items():
+        scores = " | ".join(f"{e['f1'][s]:.4f}" if s in e["f1"] else "–" for s in seeds)
+        per_epoch = "–" if e["seconds_per_epoch"] is None else f"{e['seconds_per_epoch']:.1f}"
+        lines.append(f"| {name} | {e['backbone']} | {'✓' if e['curriculum'] else '×'} | {e['teacher'] or '–'} | "
+                     f"{scores} | {e['mean_f1']:.4f} ± {e['std_f1']:.4f} | {per_epoch} |")
+    return "\n".join(lines) + "\n"
+
+
+def _seeds_chart(summary: dict[str, dict], seeds: Sequence[int], scale: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    fig, ax = plt.subplots(figsize=(1.6 * len(names) + 2, 3.5))
+    ax.bar(range(len(names)), [summary[n]["mean_f1"] for n in names], color="#9ecae1", label="mean")
+    for i, name in enumerate(names):
+        scores = [summary[name]["f1"][s] for s in seeds if s in summary[name]["f1"]]
+        ax.scatter([i] * len(scores), scores, color="#08519c", s=14, zorder=3,
+                   label="one world seed" if i == 0 else None)
+    ax.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("compound macro F1")
+    ax.set_title(f"recipes on the {scale} world, seeds {', '.join(map(str, seeds))}")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
