@@ -1,27 +1,18 @@
 """Command line of stage 3, the 5-fold basic-emotion runs (``finetune/emotion.py``), or the Table-2 ablation."""
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
+from abaw_ce.cli.arguments import comma_ints
 from abaw_ce.cli.common import guarded, stage_config, stage_parser
 from abaw_ce.experiments.emotion_ablation import run_ablation
 from abaw_ce.finetune import train_emotion
 
 
-def _fold_list(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--folds takes comma-separated fold numbers like 0,2; got {text!r}")
-
-
 def main_emotion(argv: list[str] | None = None) -> int:
     parser = stage_parser("finetune/emotion.py", "emotion")
-    parser.add_argument("--folds", type=_fold_list, help="comma-separated folds to train (default: all)")
+    parser.add_argument("--folds", type=comma_ints, help="comma-separated folds to train (default: all)")
     parser.add_argument("--ablation", metavar="OUT_DIR", type=Path,
                         help="run the Table-2 ablation (6 settings, the last with train.curriculum) into OUT_DIR "
                              "and write ablation.md")

@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from abaw_ce.cli.arguments import comma_ints
 from abaw_ce.errors import run_command
 
 
@@ -36,13 +37,6 @@ def _recipe(args: argparse.Namespace) -> int:
     run_recipe_seeds(args.out, seeds=args.seeds, scale=args.scale, folds=args.folds, cnn=args.cnn,
                      epochs=args.epochs, shares=args.shares, only=args.only)
     return 0
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 0,2; got {text!r}") from None
 
 
 def _labels(args: argparse.Namespace) -> int:
@@ -90,12 +84,12 @@ def main(argv: list[str] | None = None) -> int:
     recipe = sub.add_parser("recipe", help="compare the fold-stage recipes (ViT / CNN, curriculum, distillation) "
                                            "on a synthetic world; a stopped comparison continues")
     recipe.add_argument("--out", type=Path, required=True)
-    recipe.add_argument("--seeds", type=_int_list, default=[0],
+    recipe.add_argument("--seeds", type=comma_ints, default=[0],
                         help="world seeds, e.g. 0,1,2 (each also the training and fold seed); one folder each")
     recipe.add_argument("--scale", choices=["tiny", "small", "medium"], default="small")
-    recipe.add_argument("--folds", type=_int_list, default=[0], help="folds trained per recipe (default 0)")
+    recipe.add_argument("--folds", type=comma_ints, default=[0], help="folds trained per recipe (default 0)")
     recipe.add_argument("--cnn", default="timm:resnet18d", help="the CNN backbone (timm:<name>)")
-    recipe.add_argument("--epochs", type=_int_list, default=[5, 5, 3, 3],
+    recipe.add_argument("--epochs", type=comma_ints, default=[5, 5, 3, 3],
                         help="curriculum stage epochs; runs without it train their sum")
     recipe.add_argument("--shares", type=lambda t: [float(x) for x in t.split(",")], default=[0.0, 0.2, 0.4, 1.0],
                         help="compound share of each curriculum stage")

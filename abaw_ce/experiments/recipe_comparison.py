@@ -24,7 +24,7 @@ import json
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -46,10 +46,9 @@ LABELLED = ("rafdb_basic", "rafdb_compound", "affectnet", "affwild2_expr")
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    backbone: str  # "vit" or "cnn"
+    backbone: str  # "vit" or "timm:<name>"
     curriculum: bool
     teacher: str | None = None  # name of the recipe whose run teaches this one
-    overrides: dict = field(default_factory=dict)
 
 
 def recipes(cnn: str) -> tuple[Recipe, ...]:
@@ -78,7 +77,7 @@ def _recipe_config(recipe: Recipe, world: dict, run_dir: Path, seed: int, epochs
         "output": {"dir": str(run_dir)},
     }
     base = runs.load_config("emotion", [runs.packaged_config("emotion_demo")], [])
-    return OmegaConf.merge(base, OmegaConf.create(values), OmegaConf.create(recipe.overrides))
+    return OmegaConf.merge(base, OmegaConf.create(values))
 
 
 def _teacher_normalisation(teacher_dir: Path | None, folds: Sequence[int]) -> dict:
