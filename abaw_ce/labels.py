@@ -113,6 +113,21 @@ VA_RANGES: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
 }
 VA_RANGES["other"] = VA_RANGES["Other"]
 
+# How strongly each basic emotion raises vocal arousal (loudness, pitch movement, speaking rate), from -1 calm
+# to 1 agitated; a compound's is the mean of its pair's. Used only to give the synthetic voices the partial,
+# class-shared cue real speech carries: anger, fear and surprise agitated, sadness subdued.
+VOCAL_AROUSAL: dict[str, float] = {"anger": 0.8, "fear": 0.7, "surprise": 0.7, "happiness": 0.5,
+                                   "disgust": 0.2, "sadness": -0.6, "neutral": 0.0, "contempt": 0.0}
+
+
+def vocal_arousal(name: str) -> float:
+    """Vocal arousal of a basic emotion, neutral, a compound (mean of its pair) or Other (0)."""
+    kind = expression_kind(name)
+    if kind == "compound":
+        pair = COMPOUND_PAIRS[CEXPR_CLASSES[compound_index(name)]]
+        return float(np.mean([VOCAL_AROUSAL[e] for e in pair]))
+    return VOCAL_AROUSAL.get(normalise_name(name), 0.0)
+
 
 # --- action units -----------------------------------------------------------------------------------
 AFFWILD2_AUS: tuple[int, ...] = (1, 2, 4, 6, 7, 10, 12, 15, 23, 24, 25, 26)

@@ -4,7 +4,7 @@ import numpy as np
 from abaw_ce import labels, challenge_file
 from abaw_ce.audio import (LOG_FLOOR, MelSettings, frame_windows, log_mel, mel_filterbank, read_audio,
                            video_frame_windows)
-from abaw_ce.synth.world import class_tone, write_video
+from abaw_ce.synth.world import write_video
 
 
 def peak_hz(window, s=MelSettings()):
@@ -45,21 +45,46 @@ def test_windows_past_the_ends_are_padded_with_the_floor():
     assert bank.shape == (64, 201) and (bank >= 0).all() and (bank.sum(1) > 0).all()
 
 
-def test_synthetic_test_videos_carry_their_class_in_the_audio(tiny_world):
+def _pitch_hz(samples, sr=16000):
+    """Fundamental of the loudest 50 ms stretch: the autocorrelation peak between 80 and 300 Hz."""
+    hop = sr // 20
+    chunks = samples[: len(samples) // hop * hop].reshape(-1, hop)
+    loudest = chunks[np.argmax((chunks ** 2).sum(1))]
+    ac = np.correlate(loudest, loudest, "full")[hop - 1:]
+    lags = np.arange(sr // 300, sr // 80)
+    return sr / lags[np.argmax(ac[lags])]
+
+
+def test_synthetic_voices_belong_to_speakers_not_classes():
+    from abaw_ce.synth.voice import Voice, speech
+
+    fps, n = 25, 250
+    envelope = np.ones(n, np.float32)
+    rng = np.random.default_rng(0)
+    voices = [Voice.random(rng) for _ in range(2)]
+    # the pitch follows the speaker whatever the class; the class moves it only a little
+    for voice in voices:
+        for name in ("Happily_Surprised", "Sadly_Angry"):
+            audio = speech(voice, [name] * n, envelope, fps, np.random.default_rng(1))
+            assert abs(_pitch_hz(audio) - voice.pitch) < 0.2 * voice.pitch
+    # people pause: a good part of every clip is near silence
+    audio = speech(voices[0], ["Angrily_Surprised"] * n, envelope, fps, np.random.default_rng(2))
+    frames = np.abs(audio[: len(audio) // 400 * 400].reshape(-1, 400)).max(1)
+    assert 0.15 < (frames < 0.1).mean() < 0.85
+    # arousal shifts loudness on average (partly: single segments overlap)
+    def loudness(name, seed):
+        clip = speech(voices[1], [name] * n, envelope, fps, np.random.default_rng(seed))
+        return float(np.sqrt((clip ** 2).mean()))
+    agitated = [loudness("Angrily_Surprised", s) for s in range(12)]
+    subdued = [loudness("Sadly_Fearful", s) for s in range(12)]
+    assert np.mean(agitated) > np.mean(subdued) and max(subdued) > min(agitated)
+
+
+def test_tiny_world_test_set_has_three_segments_of_every_class(tiny_world):
     truth = challenge_file.read_submission(tiny_world / "test_ground_truth" / "ground_truth.txt")
-    part = truth[truth["video"] == "test001"].reset_index(drop=True)
-    import av
-    with av.open(str(tiny_world / "test" / "test001.mp4")) as c:
-        fps = float(c.streams.video[0].average_rate)
-    windows = video_frame_windows(tiny_world / "test" / "test001.mp4", part["frame"].to_numpy(), width=16)
-    # the middle frame of each segment: its audio pitch is its class tone
-    segment = (part["label"] != part["label"].shift()).cumsum()
-    for _, rows in part.groupby(segment):
-        if len(rows) < fps / 2:
-            continue
-        middle = rows.index[len(rows) // 2]
-        tone = class_tone(labels.CHALLENGE_COMPOUNDS[int(rows["label"].iloc[0])])
-        assert abs(peak_hz(windows[middle]) - tone) < 0.12 * tone, (middle, tone)
+    assert truth["video"].nunique() >= 8
+    starts = truth[(truth["label"] != truth["label"].shift()) | (truth["video"] != truth["video"].shift())]
+    assert starts["label"].value_counts().reindex(range(7), fill_value=0).min() >= 3
 
 
 def test_frame_audio_samples_cut_shifted_windows_and_standardise():

@@ -15,7 +15,8 @@ from abaw_ce.synth import face as F
 from abaw_ce.synth.world import Scale, generate_world, sample_aus, timeline
 
 MICRO = Scale(image_size=64, unlabeled=20, rafdb_basic=21, rafdb_compound=14, affectnet=14, affwild2_videos=2,
-              affwild2_frames=(20, 30), cexpr_videos=1, test_videos=2, video_seconds=(1.5, 2.0))
+              affwild2_frames=(20, 30), cexpr_videos=1, test_videos=2, video_seconds=(1.5, 2.0),
+              test_segments_per_class=1)
 
 
 @pytest.fixture(scope="module")

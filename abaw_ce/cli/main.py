@@ -1,4 +1,4 @@
-"""The `abaw-ce` command: demo, synth, recipe, faces, validate, labels, import-encoder.
+"""The `abaw-ce` command: demo, synth, recipe, faces, validate, analyze, labels, import-encoder.
 
 Each subcommand imports its library modules when chosen: they pull in torch, and `abaw-ce labels` or `--help`
 should not wait for it."""
@@ -36,6 +36,16 @@ def _recipe(args: argparse.Namespace) -> int:
 
     run_recipe_seeds(args.out, seeds=args.seeds, scale=args.scale, folds=args.folds, cnn=args.cnn,
                      epochs=args.epochs, shares=args.shares, only=args.only)
+    return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from abaw_ce.submission.analysis import analyze_submission
+
+    result = analyze_submission(args.submission, args.ground_truth, args.out, faces=args.faces, title=args.title,
+                                overwrite=args.overwrite)
+    print(f"report: {args.out / 'report.md'}")
+    print(f"macro F1: {result['macro_f1']:.4f} over {result['frames']} frames of {result['videos']} videos")
     return 0
 
 
@@ -102,6 +112,19 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--num-heads", type=int, default=None, help="only for non-standard widths")
     imp.add_argument("--overwrite", action="store_true")
     imp.set_defaults(func=_import_encoder)
+    analyze = sub.add_parser("analyze", help="error analysis of a challenge file against the ground truth: "
+                                             "per-class figures, confusions, F1 by segment position and by face "
+                                             "found, per-video timelines, in a report")
+    analyze.add_argument("submission", type=Path, help="the challenge file to analyse")
+    analyze.add_argument("--ground-truth", type=Path, required=True, help="a challenge file of the true classes")
+    analyze.add_argument("--faces", type=Path, default=None,
+                         help="the faces step's frames.csv (video, frame, face_found): F1 with and without a "
+                              "face, shaded timelines")
+    analyze.add_argument("--out", type=Path, required=True)
+    analyze.add_argument("--title", default="", help="the report's title")
+    analyze.add_argument("--overwrite", action="store_true",
+                         help="replace --out even when it holds something other than an earlier analysis")
+    analyze.set_defaults(func=_analyze)
     sub.add_parser("labels", help="print the label orders and the emotion→AU prior").set_defaults(func=_labels)
     sub.add_parser("validate", help="validate a challenge file (same as submit/validate.py)", add_help=False)
     sub.add_parser("faces", help="detect, align and pack faces of an image or video folder", add_help=False)

@@ -29,6 +29,7 @@ from abaw_ce.errors import OptionError
 from abaw_ce.files import atomic_write_text
 from abaw_ce.progress import progress_bar
 from abaw_ce.synth.face import MARGIN, Identity, Pose, aligned_matrix, composite, render_face
+from abaw_ce.synth.voice import SAMPLE_RATE, Voice, speech
 
 AU_ON = 0.4  # an AU intensity at or above this is labelled present
 
@@ -45,12 +46,13 @@ class Scale:
     cexpr_videos: int
     test_videos: int
     video_seconds: tuple[float, float]
+    test_segments_per_class: int  # each challenge class opens at least this many test-video segments
 
 
 SCALES = {
-    "tiny": Scale(112, 200, 210, 140, 140, 6, (30, 60), 10, 4, (3.0, 5.0)),
-    "small": Scale(112, 2000, 1400, 700, 1000, 20, (80, 160), 8, 10, (6.0, 12.0)),
-    "medium": Scale(224, 10000, 6000, 3000, 4000, 60, (150, 300), 20, 30, (10.0, 25.0)),
+    "tiny": Scale(112, 200, 210, 140, 140, 6, (30, 60), 10, 8, (3.0, 5.0), 3),
+    "small": Scale(112, 2000, 1400, 700, 1000, 20, (80, 160), 8, 10, (6.0, 12.0), 3),
+    "medium": Scale(224, 10000, 6000, 3000, 4000, 60, (150, 300), 20, 30, (10.0, 25.0), 3),
 }
 
 
@@ -217,6 +219,17 @@ def _segments(names: list[str | None], fps: float) -> list[tuple[float, float, s
     return out
 
 
+def deal_segments(rng: np.random.Generator, classes: tuple[str, ...], rounds: int, videos: int
+                  ) -> list[tuple[str, ...]]:
+    """Opening segments per video: ``rounds`` shuffled copies of ``classes`` dealt round-robin, redrawn
+    until no video has the same class twice in a row (two equal neighbours would merge into one segment)."""
+    while True:
+        dealt = [str(c) for _ in range(rounds) for c in rng.permutation(classes)]
+        hands = [tuple(dealt[v::videos]) for v in range(videos)]
+        if all(a != b for hand in hands for a, b in zip(hand, hand[1:])):
+            return hands
+
+
 VFR_TIME_BASE = Fraction(1, 1000)  # millisecond timestamps for variable-frame-rate videos
 
 
@@ -261,16 +274,9 @@ def write_video(path: Path, frames, fps: int, width: int, height: int, audio: np
             out.mux(astream.encode())
 
 
-def class_tone(name: str | None) -> float:
-    """Audio pitch that carries the class (a voice-like cue the audio branch can learn)."""
-    if name is None:
-        return 0.0
-    return 180.0 * 2 ** (labels.compound_index(name) / 6)
-
-
 def render_video(path: Path, rng: np.random.Generator, seconds: float, classes: tuple[str, ...],
                  gaps: bool, first: tuple[str, ...] = ()) -> tuple[list[str | None], np.ndarray, int]:
-    """A C-EXPR-DB-style video: one identity in a scene, moving, with faceless stretches and audio.
+    """A C-EXPR-DB-style video: one identity in a scene, moving, with faceless stretches and its voice.
 
     Returns the per-frame class names, whether a face is visible in each frame, and the frame rate.
     """
@@ -306,13 +312,8 @@ def render_video(path: Path, rng: np.random.Generator, seconds: float, classes: 
             m[:, 2] += [cx - c0, cy - c0]
             yield degrade(composite(render, scene, m), rng, 0.5)
 
-    sample_rate = 16000
-    ts = np.arange(int(n / fps * sample_rate)) / sample_rate
-    frame_of_sample = np.minimum((ts * fps).astype(int), n - 1)
-    pitch = np.array([class_tone(names[k]) for k in range(n)])[frame_of_sample]
-    audio = 0.3 * np.sin(2 * np.pi * np.cumsum(pitch) / sample_rate) * envelope[frame_of_sample]
-    audio += rng.normal(0, 0.02, len(ts))
-    write_video(path, frames(), fps, width, height, audio, sample_rate)
+    audio = speech(Voice.random(rng), names, envelope, fps, rng)
+    write_video(path, frames(), fps, width, height, audio, SAMPLE_RATE)
     return names, ~absent, fps
 
 
@@ -445,14 +446,15 @@ def generate_world(out: str | Path, seed: int = 0, scale: str | Scale = "tiny", 
     r = rng[5]
     truth: dict[str, list[int]] = {}
     visible_rows = ["video,frame,face_visible"]
-    # Every class appears somewhere (a class missing from the ground truth caps macro F1 at 6/7): a shuffled
-    # order of the 7 is dealt out over the videos as their opening segments.
-    dealt = [str(c) for c in r.permutation(labels.CHALLENGE_COMPOUNDS)]
+    # Every class appears in several segments (a class missing from the ground truth caps macro F1 at 6/7,
+    # and a class seen once scores all or nothing): shuffled rounds of the 7 are dealt out over the videos
+    # as their opening segments.
+    opening_by_video = deal_segments(r, labels.CHALLENGE_COMPOUNDS, s.test_segments_per_class, s.test_videos)
     for v in range(s.test_videos):
         vid = f"test{v:03d}"
         names, visible, _ = render_video(out / "test" / f"{vid}.mp4", r, r.uniform(*s.video_seconds),
                                       labels.CHALLENGE_COMPOUNDS, gaps=False,
-                                      first=tuple(dealt[v::s.test_videos]))
+                                      first=opening_by_video[v])
         truth[vid] = [labels.compound_index(n) for n in names]
         visible_rows += [f"{vid},{k + 1},{int(flag)}" for k, flag in enumerate(visible)]
         bar.update()
