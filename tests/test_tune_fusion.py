@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from abaw_ce import labels
 from abaw_ce.cli.tune_fusion import main
@@ -61,13 +62,17 @@ def test_out_of_fold_compounds_are_read_from_runs(tmp_path):
 def test_the_command_writes_a_grid_and_a_choice(tiny_world, tmp_path, capsys):
     truth = labelled_video_frames(tiny_world / "cexpr")
     assert truth["label"].between(0, 6).all() and truth["video"].nunique() >= 2
-    run = fake_fold_run(tmp_path / "run", folds=1)
+    runs = [fake_fold_run(tmp_path / "run", folds=1), fake_fold_run(tmp_path / "other", folds=2)]
     out = tmp_path / "tuned"
-    argv = ["--videos", str(tiny_world / "cexpr"), "--models", str(run), "--out", str(out),
+    argv = ["--videos", str(tiny_world / "cexpr"), "--models", *map(str, runs), "--out", str(out),
             "--detector", "opencv", "--crop-size", "48", "--windows", "5", "9"]
     assert main(argv) == 0, capsys.readouterr().err
     choice = json.loads((out / "choice.json").read_text())
     grid = pd.read_csv(out / "grid.csv")
     assert choice["macro_f1"] == grid["macro_f1"].max() and choice["labelled_frames"] == len(truth)
     assert "--smoothing" in choice["make_submission_flags"] and (out / "grid.png").is_file()
+    fitted = json.loads((out / "run_weights.json").read_text())
+    assert sum(fitted["weights"]) == pytest.approx(1) and choice["run_weights"] == fitted["weights"]
+    flags = choice["make_submission_flags"]
+    assert flags[flags.index("--run-weights") + 1:][:2] == [f"{w:g}" for w in fitted["weights"]]
     assert main(argv) == 2 and "refusing to overwrite" in capsys.readouterr().err

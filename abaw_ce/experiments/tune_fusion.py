@@ -1,12 +1,15 @@
-"""Choose the fusion rule and the temporal smoothing on labelled videos; fit weighted fusion.
+"""Choose the run weights, the fusion rule and the temporal smoothing on labelled videos; fit weighted fusion.
 
 ``submit/tune_fusion.py --videos ROOT --models RUN [RUN ...] --out DIR``: ROOT is C-EXPR-DB-style
-(``videos/`` + ``annotation/<id>.csv``). The videos go through make_submission's own path once (faces, every
-fold model); then every fusion rule x smoothing filter x window is scored by macro F1 over the 7 challenge
-classes on the labelled frames, from the cached per-video probabilities. Weighted fusion is fitted on the
-runs' out-of-fold probabilities of compound images (RAF-DB compound rows of ``oof.csv``), which the videos
-never saw, so its video score is a fair one. Written to DIR: ``grid.csv``, ``grid.png``, ``choice.json`` (the
-best setting and the make_submission flags that select it) and ``fusion_weights.json`` (for
+(``videos/`` + ``annotation/<id>.csv``), labelled videos that no run trained on. The videos go through
+make_submission's own path once (faces, every model of every run, audio runs on the sound). With several runs,
+each run's weight and the smoothing window are fitted first (``submission.run_weights``: a grid over the
+simplex of weights, so a weak run gets little or nothing); then every fusion rule x smoothing filter x window is
+scored by macro F1 over the 7 challenge classes on the labelled frames, with the runs mixed by those weights.
+Weighted fusion is fitted on the runs' out-of-fold probabilities of compound images (RAF-DB compound rows of
+``oof.csv``), which the videos never saw, so its video score is a fair one. Written to DIR: ``grid.csv``,
+``grid.png``, ``choice.json`` (the best setting and the make_submission flags that select it, run weights
+included), ``run_weights.json`` and ``run_weights_grid.csv`` (several runs) and ``fusion_weights.json`` (for
 ``--fusion-weights``).
 """
 from __future__ import annotations
@@ -21,10 +24,10 @@ import pandas as pd
 
 from abaw_ce import challenge_file, fusion, labels
 from abaw_ce.data.adapters import cexpr_segments, segments_to_frames
-from abaw_ce.errors import InputError, OptionError
+from abaw_ce.errors import InputError
 from abaw_ce.files import atomic_write_text
-from abaw_ce.submission.inference import PROBS_DIR, load_models, read_video_probs
-from abaw_ce.submission.pipeline import make_submission, video_labels
+from abaw_ce.submission.pipeline import video_labels
+from abaw_ce.submission.run_weights import fit_run_weights, run_frame_probs
 from abaw_ce.video import video_info
 
 DEFAULT_WINDOWS = (1, 3, 5, 9, 15, 25, 41)
@@ -136,19 +139,24 @@ def tune_fusion(videos_root: str | Path, runs: Sequence[str | Path], out_dir: st
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{out_dir} is not empty; refusing to overwrite it (pass --overwrite)")
-    audio = [str(m.path) for m in load_models(runs) if m.modality == "audio"]
-    if audio:
-        raise OptionError(f"tune_fusion scores the visual runs' probabilities; leave the audio run(s) out: "
-                         f"{', '.join(audio)}")
     truth = labelled_video_frames(videos_root)
     out_dir.mkdir(parents=True, exist_ok=True)
-    work = out_dir / "work"
-    make_submission(Path(videos_root) / "videos", runs, out_dir / "labelled_videos.txt", work_dir=work,
-                    detector=detector, crop_size=crop_size, flip=flip, overwrite=True, progress=progress)
-    per_video = {p.stem: read_video_probs(p) for p in sorted((work / PROBS_DIR).glob("*.npz"))}
-    found = [probs[face] for _, face, probs in per_video.values() if face.any()]
-    fallback = (np.concatenate(found).mean(axis=0) if found
-                else np.full(len(labels.BASIC_EMOTIONS), 0.5))
+    per_run = run_frame_probs(Path(videos_root) / "videos", runs, out_dir / "work", detector=detector,
+                              crop_size=crop_size, flip=flip, progress=progress)
+    run_weights = [1.0]
+    if len(runs) > 1:
+        fit = fit_run_weights(per_run, truth, windows=windows)
+        fit.grid.to_csv(out_dir / "run_weights_grid.csv", index=False)
+        atomic_write_text(out_dir / "run_weights.json", json.dumps(
+            {**fit.to_dict(), "runs": [str(r) for r in runs],
+             "fitted_on": f"{len(truth)} labelled frames of {truth['video'].nunique()} videos in {videos_root}"},
+            indent=2) + "\n", overwrite=True)
+        run_weights = fit.weights
+    # the runs mixed with their weights; every frame is already filled, so nothing is filled again below
+    per_video = {video: (frames, np.ones(len(frames), bool), sum(w * run[video][2] for w, run in
+                                                                zip(run_weights, per_run) if w > 0))
+                 for video, (frames, _, _) in per_run[0].items()}
+    fallback = np.full(len(labels.BASIC_EMOTIONS), 1.0 / len(labels.BASIC_EMOTIONS))
 
     oof_probs, oof_classes = oof_compound_probs(runs)
     weights = fusion.fit_weighted_fusion(oof_probs, oof_classes) if len(oof_classes) else None
@@ -164,11 +172,14 @@ def tune_fusion(videos_root: str | Path, runs: Sequence[str | Path], out_dir: st
     flags = (["--fusion-weights", str(out_dir / "fusion_weights.json")] if best["method"] == "weighted"
              else ["--fusion", str(best["method"])])
     flags += ["--smoothing", str(best["smoothing"]), "--window", str(int(best["window"]))]
+    if len(runs) > 1:
+        flags += ["--run-weights", *(f"{w:g}" for w in run_weights)]
     choice = {"method": str(best["method"]), "smoothing": str(best["smoothing"]), "window": int(best["window"]),
               "macro_f1": float(best["macro_f1"]),
               "default_macro_f1": float(default["macro_f1"].iloc[0]) if len(default) else None,
               "labelled_frames": int(len(truth)), "videos": sorted(per_video),
-              "weighted_fit_images": int(len(oof_classes)), "make_submission_flags": flags}
+              "weighted_fit_images": int(len(oof_classes)), "run_weights": run_weights,
+              "make_submission_flags": flags}
     atomic_write_text(out_dir / "choice.json", json.dumps(choice, indent=2) + "\n", overwrite=True)
     return {"choice": choice, "grid": grid}
 

@@ -1,0 +1,57 @@
+"""Run weights fitted on labelled videos: a weak run gets little weight, and the mixture scored while fitting is
+the one make_submission writes with those weights."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from abaw_ce import challenge_file
+from abaw_ce.submission.pipeline import make_submission
+from abaw_ce.submission.run_weights import fit_run_weights, mixed_labels, run_frame_probs, simplex_grid
+from tests.test_make_submission import fake_fold_run, videos_folder
+from tests.test_tune_fusion import probs_for
+
+
+def test_simplex_grid_covers_the_weights_summing_to_one():
+    grid = simplex_grid(3, 0.5)
+    assert sorted(map(tuple, grid.tolist())) == sorted([(1, 0, 0), (0, 1, 0), (0, 0, 1), (0.5, 0.5, 0),
+                                                        (0.5, 0, 0.5), (0, 0.5, 0.5)])
+    assert np.allclose(simplex_grid(4, 0.1).sum(1), 1) and len(simplex_grid(4, 0.1)) == 286
+
+
+def test_a_run_of_noise_gets_no_weight():
+    rng = np.random.default_rng(0)
+    good, noise, truth = {}, {}, []
+    for v in range(3):
+        classes = np.repeat(rng.permutation(7)[:4], 30)
+        frames = np.arange(1, len(classes) + 1)
+        found = np.ones(len(classes), bool)
+        p = probs_for(classes, rng, flicker=0.2)
+        good[f"v{v}"] = (frames, found, p / p.sum(1, keepdims=True))
+        q = rng.uniform(0, 1, p.shape)
+        noise[f"v{v}"] = (frames, found, q / q.sum(1, keepdims=True))
+        truth.append(pd.DataFrame({"video": f"v{v}", "frame": frames, "label": classes}))
+    truth = pd.concat(truth, ignore_index=True)
+    fit = fit_run_weights([noise, good], truth, windows=(1, 9), step=0.25)
+    assert fit.weights[1] >= 0.75 and fit.weights[0] <= 0.25
+    assert fit.macro_f1 >= fit.equal_macro_f1 and fit.macro_f1 >= max(fit.alone_macro_f1)
+    assert fit.alone_macro_f1[1] > 0.8 > 0.4 > fit.alone_macro_f1[0]
+    assert len(fit.grid) == 5 * 2  # 5 weightings of 2 runs at step 0.25, 2 windows
+    with pytest.raises(ValueError, match="without predictions"):
+        fit_run_weights([noise, good], truth.assign(video="elsewhere"))
+
+
+def test_fitted_mixture_is_what_make_submission_writes(tiny_world, tmp_path):
+    videos, template = videos_folder(tiny_world, tmp_path / "videos", names=("test000", "test001"))
+    runs = [fake_fold_run(tmp_path / "a", folds=1), fake_fold_run(tmp_path / "b", folds=2)]
+    per_run = run_frame_probs(videos, runs, tmp_path / "work", detector="opencv", crop_size=48)
+    assert set(per_run[0]) == {"test000", "test001"}
+    for frames, found, probs in per_run[1].values():
+        assert np.isfinite(probs).all() and np.allclose(probs.sum(1), 1, atol=1e-5) and len(frames) == len(found)
+    weights = [0.3, 0.7]
+    expected = mixed_labels(per_run, weights, "gaussian", 5)
+    made = make_submission(videos, runs, tmp_path / "sub.txt", work_dir=tmp_path / "work", detector="opencv",
+                           crop_size=48, window=5, run_weights=weights, progress=False)
+    written = challenge_file.read_submission(tmp_path / "sub.txt")
+    merged = written.merge(expected, on=["video", "frame"], suffixes=("", "_fit"))
+    assert len(merged) == len(written) and (merged["label"] == merged["label_fit"]).all()
+    assert made["run_weights"] == weights
