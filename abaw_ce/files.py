@@ -21,11 +21,21 @@ def atomic_write_text(path: str | Path, text: str, overwrite: bool = False) -> P
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes the file private; give it an ordinary file's mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once at import: os.umask can only be read by setting it
 
 
 def atomic_write_json(path: str | Path, data: Any) -> Path:

@@ -83,3 +83,17 @@ def test_a_misspelt_dataset_key_is_one_line_from_the_emotion_stage(tmp_path, cap
     assert err.startswith("error: data.datasets entry of format rafdb_basic: got an unexpected keyword argument "
                           "'colour'") and err.count("\n") == 1
     assert not run.exists()  # a refused setup leaves nothing behind
+
+
+def test_atomic_writes_get_an_ordinary_file_mode_and_refuse_to_overwrite(tmp_path):
+    import os
+    import stat
+
+    from abaw_ce import files
+
+    path = files.atomic_write_text(tmp_path / "report.md", "x\n")
+    if os.name != "nt":  # as open() would create it, not mkstemp's private 0600
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~files._UMASK
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        files.atomic_write_text(path, "y\n")
+    assert path.read_text() == "x\n" and list(tmp_path.iterdir()) == [path]
