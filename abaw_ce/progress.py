@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 from tqdm.auto import tqdm
 
-FILE_INTERVAL_S = 30.0
+FILE_INTERVAL_S = 10.0
 
 
 class LineStream:
