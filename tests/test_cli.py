@@ -40,21 +40,33 @@ def test_demo_runs_and_protects_other_folders(tmp_path):
     assert not (out / "stale.txt").exists()
     summary = json.loads((out / "demo_summary.json").read_text())
     assert summary["valid"] and summary["runs_valid"] and summary["quick"]
-    assert set(summary["stage_seconds"]) == {"world", "mae", "au", "emotion", "cexprnet", "audio", "submission"}
-    assert set(summary["macro_f1_by_runs"]) == {"5 ViT folds", "C-EXPR-NET visual", "C-EXPR-NET-A (audio)",
-                                                "visual runs together"}
+    assert set(summary["stage_seconds"]) == {"world", "mae", "au", "emotion", "cexprnet", "audio", "weights",
+                                             "submission", "checks"}
+    assert set(summary["macro_f1_by_runs"]) == {"5 ViT folds", "C-EXPR-NET visual", "C-EXPR-NET-A audio"}
+    for fit in summary["run_weights"].values():
+        assert abs(sum(fit["weights"]) - 1) < 1e-6 and fit["labelled_frames"] > 0
+    assert min(summary["segments_per_class"].values()) >= 3
     for status in (Path(summary["runs"]["mae"]) / "status.json", Path(summary["runs"]["au"]) / "status.json",
                    Path(summary["runs"]["cexprnet"]) / "status.json",
                    Path(summary["runs"]["cexprnet_audio"]) / "status.json",
                    *sorted(Path(summary["runs"]["emotion"]).glob("fold_*/status.json"))):
         assert json.loads(status.read_text())["state"] == "finished", status
-    assert S.validate_submission(out / "submission.txt", template=out / "world" / "test_ground_truth" / "template.txt").ok
-    last = res.stdout.strip().splitlines()[-3:]
+    template = out / "world" / "test_ground_truth" / "template.txt"
+    assert S.validate_submission(out / "submission.txt", template=template).ok
+    assert S.validate_submission(out / "visual_submission.txt", template=template).ok
+    truth = S.read_submission(out / "world" / "test_ground_truth" / "ground_truth.txt")
+    last = res.stdout.strip().splitlines()[-6:]
     assert last[0] == f"ground truth: {out / 'world' / 'test_ground_truth' / 'ground_truth.txt'}"
-    assert last[1] == f"submission: {out / 'submission.txt'}"
-    scored = S.score(S.read_submission(out / "submission.txt"),
-                     S.read_submission(out / "world" / "test_ground_truth" / "ground_truth.txt"))
-    assert last[2] == f"compound macro F1: {scored.macro_f1:.4f}"  # the file on disk, scored afresh
+    assert last[1] == f"visual-only submission: {out / 'visual_submission.txt'}"
+    visual = S.score(S.read_submission(out / "visual_submission.txt"), truth)
+    assert last[2] == f"visual-only compound macro F1: {visual.macro_f1:.4f}"  # the file on disk, scored afresh
+    audio = S.score(S.read_submission(out / "by_runs" / "C-EXPR-NET-A_audio.txt"), truth)
+    assert last[3] == f"audio-only compound macro F1: {audio.macro_f1:.4f}"
+    assert last[4] == f"submission: {out / 'submission.txt'}"
+    scored = S.score(S.read_submission(out / "submission.txt"), truth)
+    assert last[5] == f"compound macro F1: {scored.macro_f1:.4f}"
+    report = (out / "analysis" / "report.md").read_text()
+    assert "timelines/" in report and (out / "analysis" / "confusion.png").is_file()
     assert "| fold-5 |" in res.stdout
     mine = tmp_path / "mine"
     mine.mkdir()

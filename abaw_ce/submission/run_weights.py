@@ -114,5 +114,5 @@ def fit_run_weights(per_run: Sequence[FrameProbs], truth: pd.DataFrame, windows:
     weight_cols = [f"w{i}" for i in range(n)]
     equal_f1 = grid[grid["distance_to_equal"] < 1e-9]["macro_f1"].max()
     alone = [float(grid[grid[c] == 1.0]["macro_f1"].max()) for c in weight_cols]
-    return RunWeightFit([round(float(best[c]), 4) for c in weight_cols], int(best["window"]),
+    return RunWeightFit([float(best[c]) for c in weight_cols], int(best["window"]),
                         float(best["macro_f1"]), float(equal_f1), alone, grid)
