@@ -41,12 +41,15 @@ def test_a_run_of_noise_gets_no_weight():
 
 
 def test_fitted_mixture_is_what_make_submission_writes(tiny_world, tmp_path):
-    videos, template = videos_folder(tiny_world, tmp_path / "videos", names=("test000", "test001"))
+    videos, _ = videos_folder(tiny_world, tmp_path / "videos", names=("test000", "test001"))
+    for old, new in (("test000", "007"), ("test001", "012")):  # C-EXPR-DB names videos by number: 007 is not 7
+        (videos / f"{old}.mp4").rename(videos / f"{new}.mp4")
     runs = [fake_fold_run(tmp_path / "a", folds=1), fake_fold_run(tmp_path / "b", folds=2)]
     per_run = run_frame_probs(videos, runs, tmp_path / "work", detector="opencv", crop_size=48)
-    assert set(per_run[0]) == {"test000", "test001"}
+    assert set(per_run[0]) == {"007", "012"}
     for frames, found, probs in per_run[1].values():
         assert np.isfinite(probs).all() and np.allclose(probs.sum(1), 1, atol=1e-5) and len(frames) == len(found)
+        assert found.mean() > 0.5  # the faces found are matched to their frames
     weights = [0.3, 0.7]
     expected = mixed_labels(per_run, weights, "gaussian", 5)
     made = make_submission(videos, runs, tmp_path / "sub.txt", work_dir=tmp_path / "work", detector="opencv",

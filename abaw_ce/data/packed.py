@@ -298,8 +298,10 @@ def read_index(store_dir: str | Path) -> pd.DataFrame:
         header = next(csv.reader(handle), [])
     if header[:2] != list(RESERVED_COLUMNS):
         raise InputError(index_path, f"header starts with {header[:2]}, expected {list(RESERVED_COLUMNS)}", 1)
-    # Keys stay verbatim strings ("001", "NA"); in other columns only an empty cell (None at write) is missing.
-    index = pd.read_csv(index_path, dtype={"key": str}, keep_default_na=False,
+    # Keys, and the names of videos and files, stay verbatim strings ("001", "NA": a video named 007 is not 7);
+    # in other columns only an empty cell (None at write) is missing.
+    names = {column: str for column in ("key", "video", "path") if column in header}
+    index = pd.read_csv(index_path, dtype=names, keep_default_na=False,
                         na_values={name: [""] for name in header[2:]})
     if len(index) != meta["count"]:
         raise InputError(index_path, f"has {len(index)} rows, {META_FILE} says count is {meta['count']}")

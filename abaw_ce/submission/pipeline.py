@@ -135,15 +135,15 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     checked, models, shares = _checked_models(runs, device, run_weights, track, allow_partial)
     work = Path(work_dir) if work_dir is not None else out.with_name(out.stem + "_work")
     videos = Path(videos)
-    name_of, names = _video_names(videos, work, template, template_rows)
-    faces_dir, damaged, left_out = _faces_of_videos(videos, work, name_of, names, template_rows, detector,
+    name_of, names = video_names(videos, work, template, template_rows)
+    faces_dir, damaged, left_out = faces_of_videos(videos, work, name_of, names, template_rows, detector,
                                                     crop_size, progress)
     audio_weight = shares.modality_share("audio")
-    probs = _visual_probs(faces_dir, models, shares, audio_weight, batch_size, flip, device, progress)
+    probs = visual_probs(faces_dir, models, shares, audio_weight, batch_size, flip, device, progress)
     per_video = save_video_probs(faces_dir, probs, work / PROBS_DIR)
     if not per_video:
         raise InputError(videos, "no video could be decoded here")
-    audio_of = (_audio_probs(videos, name_of, per_video, models, shares, device, batch_size)
+    audio_of = (audio_probs_of_videos(videos, name_of, per_video, models, shares, device, batch_size)
                 if audio_weight > 0 else {})
     fallback = _fallback_probs(probs, audio_of, audio_weight)
     if template_rows is not None:
@@ -176,7 +176,7 @@ def _checked_models(runs: Sequence[str | Path], device: str, run_weights: Sequen
     return checked, models, shares
 
 
-def _video_names(videos: Path, work: Path, template: str | Path | None, template_rows: pd.DataFrame | None
+def video_names(videos: Path, work: Path, template: str | Path | None, template_rows: pd.DataFrame | None
                  ) -> tuple[dict[str, str], set[str]]:
     """The folder's files (relative path -> the name the faces step files its frames under) and the names of
     its videos; InputError when there is no video, or the template lists one that is not here."""
@@ -199,7 +199,7 @@ def _video_names(videos: Path, work: Path, template: str | Path | None, template
     return name_of, names
 
 
-def _faces_of_videos(videos: Path, work: Path, name_of: dict[str, str], names: set[str],
+def faces_of_videos(videos: Path, work: Path, name_of: dict[str, str], names: set[str],
                      template_rows: pd.DataFrame | None, detector: str, crop_size: int, progress: bool
                      ) -> tuple[Path, dict[str, Any], list[str]]:
     """The faces step on the folder: its folder, the damaged (partly decoded) videos by name, and what is left
@@ -224,7 +224,7 @@ def _faces_of_videos(videos: Path, work: Path, name_of: dict[str, str], names: s
     return faces_dir, damaged, left_out
 
 
-def _visual_probs(faces_dir: Path, models: list, shares: RunShares, audio_weight: float, batch_size: int,
+def visual_probs(faces_dir: Path, models: list, shares: RunShares, audio_weight: float, batch_size: int,
                   flip: bool, device: str, progress: bool) -> np.ndarray:
     """(faces, 6) probabilities of the visual runs for every face crop; NaN when the audio runs carry every
     share (the crops are then not looked at)."""
@@ -234,7 +234,7 @@ def _visual_probs(faces_dir: Path, models: list, shares: RunShares, audio_weight
     return np.full((len(PackedFaces(faces_dir / STORE_DIR)), len(labels.BASIC_EMOTIONS)), np.nan, np.float32)
 
 
-def _audio_probs(videos: Path, name_of: dict[str, str], per_video: dict[str, Path], models: list,
+def audio_probs_of_videos(videos: Path, name_of: dict[str, str], per_video: dict[str, Path], models: list,
                  shares: RunShares, device: str, batch_size: int) -> dict[str, np.ndarray | None]:
     """Per video, the audio runs' probabilities at its decoded frames (None for a video without sound)."""
     file_of = {n: videos / path for path, n in name_of.items()}

@@ -19,7 +19,7 @@ import pandas as pd
 
 from abaw_ce import challenge_file, fusion, labels
 from abaw_ce.submission.inference import RunShares, load_models, read_video_probs, save_video_probs
-from abaw_ce.submission.pipeline import _audio_probs, _faces_of_videos, _video_names, _visual_probs
+from abaw_ce.submission.pipeline import audio_probs_of_videos, faces_of_videos, video_names, visual_probs
 
 # One run's per-frame probabilities: video -> (decoded frames, face found, filled (frames, 6) probabilities).
 FrameProbs = dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -32,19 +32,17 @@ def run_frame_probs(videos: str | Path, runs: Sequence[str | Path], work: str | 
     would mix them: a visual run's faceless frames filled from their neighbours, an audio run's read from the
     sound (a video without sound, or without any face, takes the run's mean over the other videos)."""
     videos, work = Path(videos), Path(work)
-    name_of, names = _video_names(videos, work, None, None)
-    faces_dir, _, _ = _faces_of_videos(videos, work, name_of, names, None, detector, crop_size, progress)
+    name_of, names = video_names(videos, work, None, None)
+    faces_dir, _, _ = faces_of_videos(videos, work, name_of, names, None, detector, crop_size, progress)
     out = []
     for i, run in enumerate(runs):
         models = load_models([run], device)
         shares = RunShares.of(models, None, n_runs=1)
         audio = shares.modality_share("audio") >= 1.0
-        crops = _visual_probs(faces_dir, models, shares, 1.0 if audio else 0.0, batch_size, flip, device,
-                              progress)
-        per_video = {v: read_video_probs(p) for v, p in
-                     save_video_probs(faces_dir, crops, work / f"run_probs_{i}").items()}
-        heard = _audio_probs(videos, name_of, {v: work / f"run_probs_{i}" / f"{v}.npz" for v in per_video},
-                             models, shares, device, batch_size) if audio else {}
+        crops = visual_probs(faces_dir, models, shares, 1.0 if audio else 0.0, batch_size, flip, device, progress)
+        saved = save_video_probs(faces_dir, crops, work / f"run_probs_{i}")
+        per_video = {v: read_video_probs(p) for v, p in saved.items()}
+        heard = audio_probs_of_videos(videos, name_of, saved, models, shares, device, batch_size) if audio else {}
         filled: dict[str, np.ndarray | None] = {}
         for video, (frames, found, probs) in per_video.items():
             if audio:
