@@ -286,7 +286,8 @@ def _train_emotion_folds(config: DictConfig, run_dir: Path, resuming: bool, fold
             loss_fn=loss_fn, evaluate=lambda p, y, m: evaluate_multilabel(p, y, names),
             export=_export_fn("emotion", "emotion", names, meta, fold_dir, val_table, mean, std),
             teacher=teacher, resume_from=runs.resume_point(fold_dir) if resuming else None,
-            epoch_info=curriculum.epoch_info if curriculum is not None else None)
+            epoch_info=curriculum.epoch_info if curriculum is not None else None,
+            select_from=curriculum.final_stage_start if curriculum is not None else 0)
 
 
 def train_au(config: DictConfig, resume: str | None = None, overrides: Sequence[str] = ()) -> Path:

@@ -51,6 +51,7 @@ def samples(table, y, curriculum=FOUR_STAGES, seed=SEED):
 def test_stages_epochs_and_bad_settings():
     c = FOUR_STAGES
     assert c.total_epochs == 4 and [c.stage(e) for e in range(6)] == [0, 1, 2, 3, 3, 3]
+    assert c.final_stage_start == 3 and cl.Curriculum((5, 5, 3, 3), (0, 0.2, 0.4, 1.0)).final_stage_start == 13
     c = cl.Curriculum(epochs=(5, 5, 3, 3), compound_share=(0, 0.2, 0.4, 1.0))
     assert [c.stage(e) for e in (0, 4, 5, 9, 10, 12, 13, 15)] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert c.epoch_info(11) == {"curriculum_stage": 2, "compound_share": 0.4}
@@ -159,6 +160,8 @@ def test_emotion_stage_trains_a_fold_with_the_curriculum(emotion_run, capsys):
     records = fold_records(run)
     assert [r["curriculum_stage"] for r in records] == [0, 1, 1]
     assert [r["compound_share"] for r in records] == [0.0, 0.5, 0.5]
+    # the model is chosen in the last stage only: epoch 0 (no compounds yet) is never the best
+    assert records[0]["best_epoch"] == -1 and status["best_epoch"] in (1, 2)
     report = (run / "fold_report.md").read_text()
     assert "Curriculum (train.curriculum)" in report and "| Epoch | Stage | Compound share | fold-1 |" in report
     assert "| 2 | 1 | 0.5 |" in report and "Best epochs: fold-1 epoch" in report
@@ -198,7 +201,9 @@ def test_cexprnet_runs_a_one_epoch_per_stage_curriculum(tiny_world, tmp_path, ca
     assert "curriculum of 2 stages" in out.out and "2 epochs in all" in out.out
     records = [r for r in json.loads((run / "metrics.json").read_text()) if "val_score" in r]
     assert [(r["curriculum_stage"], r["compound_share"]) for r in records] == [(0, 0.0), (1, 0.6)]
-    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["best_epoch"] == 1  # chosen in the last stage
+    assert "(the best is chosen from epoch 1 on)" in out.out
     # the multi-class head cannot carry two emotions: the curriculum (on by default) is skipped, and said
     assert main_cexprnet(["--demo", "model.expr_head=multiclass", "loss.dist=0", "loss.au=0", expression,
                           "model.img_size=32", "train.batch_size=16", "train.stop_after_updates=1",

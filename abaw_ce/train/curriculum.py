@@ -70,6 +70,11 @@ class Curriculum:
     def total_epochs(self) -> int:
         return int(sum(self.epochs))
 
+    @property
+    def final_stage_start(self) -> int:
+        """The first epoch of the last stage: the model is chosen there (earlier stages train another mix)."""
+        return int(sum(self.epochs[:-1]))
+
     def stage(self, epoch: int) -> int:
         """The stage epoch ``epoch`` (from 0) belongs to; epochs past the end stay in the last stage."""
         ends = np.cumsum(self.epochs).tolist()

@@ -152,14 +152,17 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
         teacher: nn.Module | None = None, resume_from: Path | None = None,
         activation: Callable[[torch.Tensor], torch.Tensor] = torch.sigmoid,
         train_order: Sampler | None = None, extra_state: Sequence[Any] = (),
-        epoch_info: Callable[[int], dict[str, Any]] | None = None) -> FitResult:
+        epoch_info: Callable[[int], dict[str, Any]] | None = None, select_from: int = 0) -> FitResult:
     """Train ``model`` with the recipe in ``config`` (sections optim/train); the run folder must exist.
     ``activation`` turns the model's outputs into the probabilities ``evaluate`` and ``export`` receive;
     ``train_order`` replaces the shuffled epoch order (e.g. a ``GroupedBatchOrder``); ``extra_state`` (modules
     moved to the device, optimizers...) is saved in every checkpoint and restored on resume; ``epoch_info(epoch)``
-    adds fields to each epoch's validation record (e.g. a curriculum's stage)."""
+    adds fields to each epoch's validation record (e.g. a curriculum's stage). Epochs before ``select_from`` are
+    validated and logged, but neither become the best nor count toward early stopping (a curriculum's earlier
+    stages train another task: their compound scores say nothing of the final model's)."""
     run = _set_up(stage, config, run_dir, model, train_set, val_set, teacher, train_order)
     run.epoch_info = epoch_info
+    run.select_from = min(int(select_from), int(config.train.epochs) - 1)  # the last epoch can always be chosen
     _register_state(run, extra_state)
     _start(run, resume_from)
     _announce(run, len(train_set), len(val_set))
@@ -197,6 +200,7 @@ class _Fit:
     bar: Any = field(init=False)
     log_train: TrainLog = field(init=False)
     epoch_info: Callable[[int], dict[str, Any]] | None = field(default=None, init=False)
+    select_from: int = field(default=0, init=False)
 
     @property
     def total_updates(self) -> int:
@@ -357,7 +361,8 @@ def _validate(run: _Fit, evaluate: EvaluateFn, export: ExportFn,
     eval_model = run.ema.module if run.ema is not None else run.unwrapped
     outputs = predict(eval_model, run.val_loader, accelerator, activation)
     result = evaluate(outputs["probs"], outputs["target"], outputs["mask"])
-    improved = stopping.step(result["score"], progress.epoch)
+    selecting = progress.epoch >= run.select_from
+    improved = stopping.step(result["score"], progress.epoch) if selecting else False
     record = {"update": progress.update, "epoch": progress.epoch, "val_score": result["score"],
               "best_epoch": stopping.best_epoch, **(run.epoch_info(progress.epoch) if run.epoch_info else {})}
     accelerator.log({"val_score": result["score"]}, step=progress.update)
@@ -368,7 +373,8 @@ def _validate(run: _Fit, evaluate: EvaluateFn, export: ExportFn,
             runs.atomic_write_json(run_dir / VALIDATION_FILE, {**result, "epoch": progress.epoch,
                                                                "update": progress.update})
     accelerator.wait_for_everyone()
-    best = " (best)" if improved else f" (best {stopping.best_score:.4f} at epoch {stopping.best_epoch})"
+    best = (" (best)" if improved else f" (best {stopping.best_score:.4f} at epoch {stopping.best_epoch})"
+            if selecting else f" (the best is chosen from epoch {run.select_from} on)")
     accelerator.print(f"{run.stage}: epoch {progress.epoch} validation score {result['score']:.4f}{best}")
 
 
