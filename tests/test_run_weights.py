@@ -6,7 +6,9 @@ import pytest
 
 from abaw_ce import challenge_file
 from abaw_ce.submission.pipeline import make_submission
-from abaw_ce.submission.run_weights import fit_run_weights, mixed_labels, run_frame_probs, simplex_grid
+from abaw_ce.errors import OptionError
+from abaw_ce.submission.run_weights import (SCORE_FLOOR, fit_run_weights, log_loss, mixed_labels, run_frame_probs,
+                                             simplex_grid)
 from tests.test_make_submission import fake_fold_run, videos_folder
 from tests.test_tune_fusion import probs_for
 
@@ -31,13 +33,31 @@ def test_a_run_of_noise_gets_no_weight():
         noise[f"v{v}"] = (frames, found, q / q.sum(1, keepdims=True))
         truth.append(pd.DataFrame({"video": f"v{v}", "frame": frames, "label": classes}))
     truth = pd.concat(truth, ignore_index=True)
-    fit = fit_run_weights([noise, good], truth, windows=(1, 9), step=0.25)
-    assert fit.weights[1] >= 0.75 and fit.weights[0] <= 0.25
-    assert fit.macro_f1 >= fit.equal_macro_f1 and fit.macro_f1 >= max(fit.alone_macro_f1)
-    assert fit.alone_macro_f1[1] > 0.8 > 0.4 > fit.alone_macro_f1[0]
-    assert len(fit.grid) == 5 * 2  # 5 weightings of 2 runs at step 0.25, 2 windows
+    for criterion in ("log_loss", "macro_f1"):
+        fit = fit_run_weights([noise, good], truth, windows=(1, 9), step=0.25, criterion=criterion)
+        assert fit.criterion == criterion and fit.weights[1] >= 0.75 and fit.weights[0] <= 0.25
+        assert fit.alone_macro_f1[1] > 0.8 > 0.4 > fit.alone_macro_f1[0]
+        assert len(fit.grid) == 5 * 2  # 5 weightings of 2 runs at step 0.25, 2 windows
+        chosen = (fit.grid["w1"] == fit.weights[1]) & (fit.grid["window"] == fit.window)
+        if criterion == "macro_f1":
+            assert fit.macro_f1 >= fit.equal_macro_f1 and fit.macro_f1 >= max(fit.alone_macro_f1)
+        else:
+            assert fit.log_loss == fit.grid["log_loss"].min() == float(fit.grid.loc[chosen, "log_loss"].iloc[0])
     with pytest.raises(ValueError, match="without predictions"):
         fit_run_weights([noise, good], truth.assign(video="elsewhere"))
+    with pytest.raises(OptionError, match="criterion"):
+        fit_run_weights([noise, good], truth, criterion="accuracy")
+
+
+def test_log_loss_of_fused_scores_by_hand():
+    keys = pd.DataFrame({"video": ["a", "a", "b"], "frame": [1, 2, 1]})
+    scores = np.zeros((3, 7))
+    scores[0, [0, 1]] = [3.0, 1.0]   # the true class 0 holds 3/4 of the scores
+    scores[1, [2, 3]] = [1.0, 1.0]   # the true class 3 holds 1/2
+    scores[2, 5] = 2.0               # the true class 4 holds nothing: the floor
+    truth = pd.DataFrame({"video": ["a", "a", "b", "b"], "frame": [1, 2, 1, 9], "label": [0, 3, 4, 1]})
+    expected = -(np.log(0.75) + np.log(0.5) + 2 * np.log(SCORE_FLOOR)) / 4  # frame b/9 was never decoded
+    assert log_loss(keys, scores, truth) == pytest.approx(expected)
 
 
 def test_fitted_mixture_is_what_make_submission_writes(tiny_world, tmp_path):

@@ -156,7 +156,8 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     for name, fit in fits.items():
         chosen = visual if name == "visual" else list(every_run)
         print(f"      {name} runs: weights " + ", ".join(f"{r} {w:.1f}" for r, w in zip(chosen, fit.weights))
-              + f", window {fit.window}: validation F1 {fit.macro_f1:.4f} (equal weights {fit.equal_macro_f1:.4f}; "
+              + f", window {fit.window}: validation log loss {fit.log_loss:.4f} (the criterion), F1 {fit.macro_f1:.4f} "
+              + f"(equal weights {fit.equal_macro_f1:.4f}; "
               + ", ".join(f"{r} alone {f:.4f}" for r, f in zip(chosen, fit.alone_macro_f1)) + ")")
     summary["run_weights"] = {name: {"runs": visual if name == "visual" else list(every_run), **fit.to_dict(),
                                      "labelled_frames": int(len(truth_val))} for name, fit in fits.items()}
