@@ -121,6 +121,20 @@ def test_opencv_detector_on_insightface_photos(opencv_detector, tom):
         assert 0.0 < detection.score <= 1.0
 
 
+def test_a_dark_face_before_a_brighter_backdrop_is_found(opencv_detector, tom):
+    """Global equalisation leaves a dark face little contrast before a brighter backdrop; the second, local
+    (CLAHE) search finds it. Measured: the first search alone misses every frame below."""
+    plain = OpenCVDetector(local_contrast=False)
+    nose = arcface_template(112)[2] * 96 / 112 + np.array([100, 60])
+    for darkness, backdrop in ((0.5, 120), (0.35, 200), (0.2, 120)):
+        frame = np.full((240, 320, 3), backdrop, np.uint8)
+        frame[60:156, 100:196] = cv2.resize((tom * darkness).astype(np.uint8), (96, 96))
+        assert plain.detect(frame) == []
+        found = opencv_detector.detect(frame)
+        assert len(found) == 1 and _contains(found[0].box, nose), (darkness, backdrop)
+    assert "clahe" in opencv_detector.settings and "clahe" not in plain.settings  # the faces cache key
+
+
 def test_opencv_landmarks_close_to_truth_on_tom(opencv_detector, tom):
     # Paste the aligned crop, enlarged and rotated, where its true landmarks are known.
     background = _background(360, 480, seed=1)

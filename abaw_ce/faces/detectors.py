@@ -285,13 +285,18 @@ class OpenCVDetector(FaceDetector):
     Defaults (scaleFactor 1.1, minNeighbors 5, frames searched at <= 800 px): on insightface's t1.jpg and on
     pastes of its Tom Hanks crop they found as many faces, with as few false ones, as a finer 1.05 / 6 search
     at about 1.5x its speed; fewer neighbours let hands and fabric through.
+
+    The search runs on the globally equalised frame; when it finds nothing, it runs once more on a locally
+    equalised one (CLAHE). A dark face before a bright or similar-toned background keeps little contrast under
+    global equalisation: on one synthetic world the first search alone found 79 % of the visible faces, missing
+    whole videos of dark-skinned identities, and the second search brought that to 98 % with no false face.
     """
 
     name = "opencv"
 
     def __init__(self, cascade: str = "default", scale_factor: float = 1.1, min_neighbors: int = 5,
                  min_face_fraction: float = 0.05, max_side: int | None = 800, pad_fraction: float = 0.1,
-                 find_eyes: bool = True):
+                 find_eyes: bool = True, local_contrast: bool = True):
         if cascade not in _HAAR_FACE_FILES:
             raise ValueError(f"unknown cascade {cascade!r}; expected one of {', '.join(_HAAR_FACE_FILES)}")
         if scale_factor <= 1.0:
@@ -303,6 +308,8 @@ class OpenCVDetector(FaceDetector):
         self.max_side = int(max_side) if max_side else None
         self.pad_fraction = float(pad_fraction)
         self.find_eyes = bool(find_eyes)
+        self.local_contrast = bool(local_contrast)
+        self._clahe = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)) if self.local_contrast else None
         self._faces = _load_cascade(_HAAR_FACE_FILES[cascade])
         self._eyes = _load_cascade(_HAAR_EYE_FILE) if self.find_eyes else None
 
@@ -310,7 +317,8 @@ class OpenCVDetector(FaceDetector):
     def settings(self) -> str:
         return (f"opencv:{self.cascade}:sf={self.scale_factor}:mn={self.min_neighbors}:"
                 f"min={self.min_face_fraction}:max_side={self.max_side}:pad={self.pad_fraction}:"
-                f"eyes={self.find_eyes}:box={HAAR_TEMPLATE_SCALE},{HAAR_TEMPLATE_SHIFT_Y}")
+                f"eyes={self.find_eyes}:box={HAAR_TEMPLATE_SCALE},{HAAR_TEMPLATE_SHIFT_Y}"
+                + (":clahe=2,8" if self.local_contrast else ""))
 
     def detect(self, image_rgb: np.ndarray) -> list[Detection]:
         image_rgb = check_image(image_rgb)
@@ -322,22 +330,23 @@ class OpenCVDetector(FaceDetector):
             scale = self.max_side / max(height, width)
             gray = cv2.resize(gray, (max(1, round(width * scale)), max(1, round(height * scale))),
                               interpolation=cv2.INTER_AREA)
-        # Evens out exposure: the cascades were trained on contrast-normalised faces.
-        equalised = cv2.equalizeHist(gray)
         short_side = min(gray.shape)
         min_face = max(_MIN_HAAR_FACE, round(self.min_face_fraction * short_side))
         # A replicated border lets the cascade frame faces that touch the image edge (tight crops).
         pad = round(self.pad_fraction * short_side)
-        if pad:
-            gray = cv2.copyMakeBorder(gray, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-            equalised = cv2.copyMakeBorder(equalised, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        if min(gray.shape) < min_face:
+
+        def padded(image: np.ndarray) -> np.ndarray:
+            return cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else image
+
+        if min(gray.shape) + 2 * pad < min_face:
             return []
-        boxes, _levels, weights = self._faces.detectMultiScale3(
-            equalised, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(min_face, min_face),
-            outputRejectLevels=True)
+        # Evens out exposure: the cascades were trained on contrast-normalised faces.
+        boxes, weights = self._search(padded(cv2.equalizeHist(gray)), min_face)
+        if not len(boxes) and self._clahe is not None:
+            boxes, weights = self._search(padded(self._clahe.apply(gray)), min_face)
+        gray = padded(gray)
         detections = []
-        for (x, y, w, h), weight in zip(np.asarray(boxes).reshape(-1, 4), np.asarray(weights).reshape(-1)):
+        for (x, y, w, h), weight in zip(boxes, weights):
             box = np.array([x, y, x + w, y + h], dtype=np.float64)
             landmarks = landmarks_in_box(box)
             eyes = self._find_eye_pair(gray, box, landmarks[:2]) if self._eyes is not None else None
@@ -349,6 +358,12 @@ class OpenCVDetector(FaceDetector):
             score = 1.0 / (1.0 + math.exp(-float(weight)))
             detections.append(Detection(box=box, score=score, landmarks=landmarks))
         return detections
+
+    def _search(self, image: np.ndarray, min_face: int) -> tuple[np.ndarray, np.ndarray]:
+        boxes, _levels, weights = self._faces.detectMultiScale3(
+            image, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(min_face, min_face),
+            outputRejectLevels=True)
+        return np.asarray(boxes).reshape(-1, 4), np.asarray(weights).reshape(-1)
 
     def _find_eye_pair(self, gray: np.ndarray, box: np.ndarray, expected: np.ndarray) -> np.ndarray | None:
         """Centres of (left, right) eyes found in the upper face, or None when no plausible pair is found."""
