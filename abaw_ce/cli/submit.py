@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="go on when a run fails its checks (a fold missing or unfinished): its finished folds "
                              "are used and the summary names the rest")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
+                        help="inference precision (auto: bf16 on a GPU that supports it, else fp32)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     return run_command(lambda: _submit(args))
@@ -53,7 +55,7 @@ def _submit(args: argparse.Namespace) -> None:
                               fusion_weights=fusion_weights, smoothing=args.smoothing, window=args.window,
                               flip=args.flip, batch_size=args.batch_size, overwrite=args.overwrite,
                               run_weights=args.run_weights, track=args.track,
-                              allow_partial=args.allow_partial)
+                              allow_partial=args.allow_partial, precision=args.precision)
     for report in summary["per_video"]:
         for note in report["notes"]:
             print(f"{report['video']}: {note}")

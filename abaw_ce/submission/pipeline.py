@@ -27,6 +27,7 @@ from abaw_ce.faces.pipeline import STORE_DIR, entry_names, file_kind, list_input
 from abaw_ce.submission.inference import (PROBS_DIR, RunShares, load_models, predict_audio, predict_crops,
                                          read_video_probs, save_video_probs)
 from abaw_ce.submission.run_checks import RunCheck, check_runs, is_finished
+from abaw_ce.train.loop import inference_bf16
 from abaw_ce.video import VIDEO_SUFFIXES
 
 
@@ -119,12 +120,13 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
                     window: int = 9, flip: bool = False, batch_size: int = 256, device: str | None = None,
                     overwrite: bool = False, progress: bool = True,
                     run_weights: Sequence[float] | None = None, track: str = "auto",
-                    allow_partial: bool = False) -> dict[str, Any]:
+                    allow_partial: bool = False, precision: str = "auto") -> dict[str, Any]:
     """Write the challenge file for every video under ``videos``; returns the summary (also saved as JSON).
     ``track`` other than "auto" requires every run to be of that track (emotion or cexprnet). Runs that fail the
     run checks (a fold missing or unfinished, a broken fold) are refused unless ``allow_partial``: then the
     finished folds are used and the summary lists what was left out. ``fusion_weights`` is the fitted weighted
-    fusion (``tune_fusion``'s, for ``method="weighted"``); ``run_weights`` weigh the runs against each other."""
+    fusion (``tune_fusion``'s, for ``method="weighted"``); ``run_weights`` weigh the runs against each other.
+    ``precision`` follows the training rule (``auto``: bf16 on a GPU that supports it, else fp32)."""
     import torch
 
     out = Path(out)
@@ -139,7 +141,8 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     faces_dir, damaged, left_out = faces_of_videos(videos, work, name_of, names, template_rows, detector,
                                                     crop_size, progress)
     audio_weight = shares.modality_share("audio")
-    probs = visual_probs(faces_dir, models, shares, audio_weight, batch_size, flip, device, progress)
+    probs = visual_probs(faces_dir, models, shares, audio_weight, batch_size, flip, device, progress,
+                         inference_bf16(precision, device))
     per_video = save_video_probs(faces_dir, probs, work / PROBS_DIR)
     if not per_video:
         raise InputError(videos, "no video could be decoded here")
@@ -225,12 +228,13 @@ def faces_of_videos(videos: Path, work: Path, name_of: dict[str, str], names: se
 
 
 def visual_probs(faces_dir: Path, models: list, shares: RunShares, audio_weight: float, batch_size: int,
-                  flip: bool, device: str, progress: bool) -> np.ndarray:
+                  flip: bool, device: str, progress: bool, bf16: bool | None = None) -> np.ndarray:
     """(faces, 6) probabilities of the visual runs for every face crop; NaN when the audio runs carry every
-    share (the crops are then not looked at)."""
+    share (the crops are then not looked at). ``bf16`` None: the ``auto`` precision rule."""
     if audio_weight < 1.0:
+        bf16 = inference_bf16("auto", device) if bf16 is None else bf16
         return predict_crops(faces_dir / STORE_DIR, models, shares, batch_size=batch_size, flip=flip,
-                             device=device, bf16=device.startswith("cuda"), progress=progress)
+                             device=device, bf16=bf16, progress=progress)
     return np.full((len(PackedFaces(faces_dir / STORE_DIR)), len(labels.BASIC_EMOTIONS)), np.nan, np.float32)
 
 

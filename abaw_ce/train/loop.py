@@ -34,6 +34,16 @@ def resolve_precision(choice: str | bool) -> str:
     return choice
 
 
+def inference_bf16(choice: str | bool, device: str) -> bool:
+    """Whether inference on ``device`` runs under bf16 autocast, by the training rule: ``auto`` takes bf16 on a
+    GPU that supports it and fp32 elsewhere; an explicit ``bf16`` is honoured on the CPU (it catches dtype
+    errors before a GPU user meets them) and falls back to fp32 on a GPU without bf16."""
+    resolved = resolve_precision(choice)
+    if resolved != "bf16":
+        return False
+    return not str(device).startswith("cuda") or torch.cuda.is_bf16_supported()
+
+
 def make_accelerator(run_dir: Path, precision: str | bool, grad_accum: int) -> Accelerator:
     """Accumulation counted by updates (not tied to the end of the loader), TensorBoard under the run."""
     return Accelerator(

@@ -1,0 +1,68 @@
+"""The precision rule and the GPU paths, run on the CPU: bf16 fold training and inference, and the device check's
+smoke run (the same code as on a GPU, tiny sizes)."""
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from abaw_ce import challenge_file
+from abaw_ce.cli.emotion import main_emotion
+from abaw_ce.errors import OptionError
+from abaw_ce.submission.pipeline import make_submission
+from abaw_ce.train.loop import inference_bf16, resolve_precision
+from tests.test_curriculum import TINY_VIT
+from tests.test_finetune_stages import rafdb
+from tests.test_make_submission import fake_fold_run, videos_folder
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import gpu_check  # noqa: E402
+
+
+def test_one_precision_rule_for_training_and_inference(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_precision("auto") == "no" and resolve_precision("fp32") == "no" and resolve_precision(False) == "no"
+    assert not inference_bf16("auto", "cpu") and inference_bf16("bf16", "cpu") and not inference_bf16("fp32", "cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for supported, expected in ((True, "bf16"), (False, "no")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert resolve_precision("auto") == expected
+        assert inference_bf16("auto", "cuda") is supported and inference_bf16("bf16", "cuda:0") is supported
+    with pytest.raises(OptionError, match="train.precision"):
+        resolve_precision("int8")
+
+
+def test_fold_training_and_inference_under_bf16_on_the_cpu(tiny_world, tmp_path):
+    run = tmp_path / "bf16"
+    assert main_emotion(["--demo", *TINY_VIT, rafdb(tiny_world), "train.precision=bf16", "train.epochs=1",
+                         "train.curriculum.enabled=false", f"output.dir={run}"]) == 0
+    status = json.loads((run / "fold_0" / "status.json").read_text())
+    assert status["state"] == "finished" and np.isfinite(status["best_score"])
+    videos, template = videos_folder(tiny_world, tmp_path / "videos", names=("test000",))
+    folds = fake_fold_run(tmp_path / "fake", folds=2)
+    written = {}
+    for precision in ("bf16", "fp32"):
+        out = tmp_path / f"{precision}.txt"
+        make_submission(videos, [folds], out, template=template, work_dir=tmp_path / "work", detector="opencv",
+                        crop_size=48, progress=False, precision=precision)
+        assert challenge_file.validate_submission(out, template=template).ok
+        written[precision] = challenge_file.read_submission(out)["label"].to_numpy()
+    assert (written["bf16"] == written["fp32"]).mean() > 0.9  # bf16 rounds, it does not change the answer
+
+
+def test_gpu_check_smoke_runs_every_part_on_the_cpu(tiny_world, capsys):
+    assert gpu_check.main(["--smoke", "--source-videos", str(tiny_world / "test")]) == 0
+    out = capsys.readouterr().out
+    assert "precision bf16 (smoke)" in out
+    flops = float(re.search(r"([\d.e+-]+) GFLOP per image counted", out).group(1))
+    # counted on a real step: more than the encoder's forward on the visible quarter of the tokens
+    arch = gpu_check.SMOKE.arch
+    assert flops * 1e9 > 2 * 2 * arch.depth * (arch.num_patches // 4) * 12 * arch.embed_dim ** 2 * 0.5
+    assert re.search(r"emotion fine-tuning .* [\d.]+ images/s", out)
+    lines = [line for line in out.splitlines() if line.startswith("make_submission")]
+    assert len(lines) == 2 and all(f"{gpu_check.SMOKE.frames} frames" in line for line in lines)
+    assert "models only (faces cached)" in lines[1] and "gpu_check done" in out
