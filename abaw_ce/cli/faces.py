@@ -1,4 +1,8 @@
-"""`python -m abaw_ce.faces INPUT --out DIR`: aligned main-face crops of a folder of videos and/or images."""
+"""`python -m abaw_ce.faces INPUT --out DIR`: aligned main-face crops of a folder of videos and/or images.
+
+Over several processes: `python -m torch.distributed.run --nproc_per_node N -m abaw_ce.faces INPUT --out DIR`
+(or under `accelerate launch`): the files are dealt to the processes and the main one writes the outputs.
+"""
 from __future__ import annotations
 
 import argparse
@@ -50,7 +54,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     def faces() -> int:
         with logging_redirect_tqdm():  # log lines above the progress bar, not through it
             report = run_faces(args.input, args.out, detector=args.detector, size=args.size, cache_dir=args.cache,
-                               overwrite=args.overwrite, batch_size=args.batch_size, progress=not args.no_progress)
+                               overwrite=args.overwrite, batch_size=args.batch_size, progress=not args.no_progress,
+                               distributed=True)
+        if report is None:  # another process of a multi-process launch: the main one writes and reports
+            return 0
         print(report.summary())
         return 0 if report.totals["faces_found"] > 0 else 1
 

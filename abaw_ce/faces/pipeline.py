@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +39,10 @@ REPORT_JSON = "faces_report.json"
 DEFAULT_BATCH = 32
 # Videos at least this long get their own frame progress bar.
 FRAME_BAR_MIN_FRAMES = 300
+# Under several processes without a cache folder, per-file results are kept here (inside --out) until the run
+# ends, so that a killed run restarts only the files it had not finished.
+SHARD_WORK_DIR = ".faces-work"
+SHARD_POLL_S = 2.0
 STATUSES = ("ok", "partial", "no_face", "error", "skipped")
 
 
@@ -369,14 +374,77 @@ class _FaceRun:
                              else "no face found")
 
 
+def launched_processes() -> tuple[int, int]:
+    """(this process's rank, number of processes) as torchrun, ``accelerate launch`` or MPI set them."""
+    for rank_key, size_key in (("RANK", "WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE"),
+                               ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")):
+        if os.environ.get(size_key):
+            return int(os.environ.get(rank_key, "0") or 0), int(os.environ[size_key])
+    return 0, 1
+
+
+def share_files(files: Sequence[Path], processes: int) -> list[list[Path]]:
+    """Files dealt to processes by size, largest first, each to the process with the fewest bytes so far (a
+    long video does not leave one process working alone); each share keeps the input order."""
+    sizes = {path: (path.stat().st_size if path.is_file() else 0) for path in files}
+    loads, shares = [0] * processes, [[] for _ in range(processes)]
+    order = {path: i for i, path in enumerate(files)}
+    for path in sorted(files, key=lambda p: (-sizes[p], order[p])):
+        chosen = min(range(processes), key=lambda r: (loads[r], r))
+        loads[chosen] += sizes[path]
+        shares[chosen].append(path)
+    return [sorted(share, key=order.__getitem__) for share in shares]
+
+
+def _launch_token() -> str:
+    """The same string in every process of one launch (torchrun's agent is their common parent), another in the
+    next launch: a finished-share marker of a killed launch is never taken for this one's."""
+    return f"{os.environ.get('TORCHELASTIC_RUN_ID', '')}-{os.getppid()}"
+
+
+def _faces_of_share(input_path: Path, files: Sequence[Path], rank: int, processes: int, detector: FaceDetector,
+                    size: int, work_dir: Path, batch_size: int, progress: bool) -> None:
+    """One process's share: each file's entry built into ``work_dir`` (files already there are skipped), then
+    a marker that this share is done. A file that fails is left to the merging process, which reports it."""
+    run = _FaceRun(input_path, detector, size, work_dir, True, batch_size, progress, None, None)
+    mine = share_files(files, processes)[rank]
+    with progress_bar(mine, desc=f"faces, process {rank + 1}/{processes}", unit="file", disable=not progress) as bar:
+        for path in bar:
+            if file_kind(path) == "other":
+                continue
+            try:
+                if (work_dir / f"{cache_key(file_digest(path), run.settings, size)}.npz").is_file():
+                    continue  # done before this launch (a killed run, or the cache)
+                run._entry(path, file_kind(path))
+            except Exception as err:  # reported by the merge, which meets the same file again
+                log.debug("process %d: %s failed (%s); the merge will report it", rank, path, err)
+    (work_dir / f".share-{_launch_token()}-{rank}.done").write_text(f"{len(mine)} files\n", encoding="utf-8")
+
+
+def _wait_for_shares(work_dir: Path, processes: int) -> None:
+    """Until every process has marked its share done (files, not a collective: a share may take hours)."""
+    token = _launch_token()
+    while not all((work_dir / f".share-{token}-{r}.done").exists() for r in range(processes)):
+        time.sleep(SHARD_POLL_S)
+    for r in range(processes):
+        (work_dir / f".share-{token}-{r}.done").unlink(missing_ok=True)
+
+
 def run_faces(input_dir: str | Path, out_dir: str | Path, detector: str | FaceDetector = "auto", size: int = 224,
               cache_dir: str | Path | None = None, overwrite: bool = False, batch_size: int = DEFAULT_BATCH,
-              progress: bool = True, detector_options: dict[str, Any] | None = None) -> FacesReport:
+              progress: bool = True, detector_options: dict[str, Any] | None = None,
+              distributed: bool = False) -> FacesReport | None:
     """Aligned main-face crops of every video and image under input_dir, written to out_dir.
 
     Writes ``out_dir/crops`` (packed store; index columns path, video, frame (-1 for images), x1, y1, x2, y2,
     score), ``out_dir/frames.csv`` and ``out_dir/faces_report.json``; returns the report. With cache_dir,
     each file's results are kept there under its content hash, so a rerun decodes nothing it has seen.
+
+    ``distributed`` and several launched processes (torchrun, ``accelerate launch``): the files are dealt to
+    the processes, each builds its files' results in the cache folder (``out_dir/.faces-work`` without one,
+    removed at the end), and the main process then writes the outputs from them, in input order: the same
+    frames table and byte-identical crops as one process. A killed run, started again, redoes only the files
+    without a result. Only the main process returns the report; the others return None.
     """
     input_path = Path(input_dir)
     out_dir = Path(out_dir)
@@ -391,6 +459,20 @@ def run_faces(input_dir: str | Path, out_dir: str | Path, detector: str | FaceDe
         raise InputError(input_path, "no files in this folder")
     face_detector = detector if isinstance(detector, FaceDetector) else make_detector(
         detector, **(detector_options or {}))
+    rank, processes = launched_processes() if distributed else (0, 1)
+    if processes > 1:
+        shard_dir = Path(cache_dir) if cache_dir is not None else out_dir / SHARD_WORK_DIR
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        _faces_of_share(input_path, files, rank, processes, face_detector, size, shard_dir, batch_size,
+                        progress and rank == 0)
+        if rank != 0:
+            return None
+        _wait_for_shares(shard_dir, processes)
+        report = run_faces(input_path, out_dir, face_detector, size, shard_dir, overwrite, batch_size, progress)
+        if cache_dir is None:
+            shutil.rmtree(shard_dir, ignore_errors=True)
+        report.cache_dir = str(Path(cache_dir).resolve()) if cache_dir else None
+        return report
 
     out_dir.mkdir(parents=True, exist_ok=True)
     report = FacesReport(input=str(input_path.resolve()), output=str(out_dir.resolve()),

@@ -1,0 +1,87 @@
+"""The faces step over 2 processes against 1, on the same files, in the same run; outputs compared byte for byte.
+
+    python benchmarks/faces_scaling.py                       # renders a tiny synthetic world's test videos
+    python benchmarks/faces_scaling.py --input videos/ --detector insightface --processes 4
+
+Each side runs the real command (``python -m abaw_ce.faces`` and ``python -m torch.distributed.run
+--nproc_per_node N -m abaw_ce.faces``) in a fresh folder; the 1-process side goes first and second in turn over
+the rounds, so machine noise hits both. Last line: ``N processes vs 1: <x>x, outputs identical: yes|no``.
+"""
+from __future__ import annotations
+
+import argparse
+import filecmp
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from abaw_ce.faces.pipeline import FRAMES_CSV, STORE_DIR  # noqa: E402
+
+OUTPUTS = [FRAMES_CSV, f"{STORE_DIR}/faces.u8", f"{STORE_DIR}/index.csv", f"{STORE_DIR}/meta.json"]
+
+
+def faces_command(processes: int, source: Path, out: Path, detector: str, size: int) -> list[str]:
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                 "--master_port", str(29500 + os.getpid() % 1000)] if processes > 1 else [sys.executable])
+    return [*launcher, "-m", "abaw_ce.faces", str(source), "--out", str(out), "--detector", detector,
+            "--size", str(size), "--no-progress"]
+
+
+def timed_run(command: list[str]) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode not in (0, 1):  # 1: no face at all, still a finished run
+        sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def identical(a: Path, b: Path) -> bool:
+    return all((a / name).is_file() and filecmp.cmp(a / name, b / name, shallow=False) for name in OUTPUTS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", type=Path, help="folder of videos and/or images (default: a tiny world's test "
+                                                   "videos, rendered)")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--detector", default="opencv")
+    parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        source = args.input
+        if source is None:
+            from abaw_ce.synth.world import generate_world
+
+            generate_world(tmp / "world", seed=0, scale="tiny")
+            source = tmp / "world" / "test"
+        seconds: dict[int, list[float]] = {1: [], args.processes: []}
+        same = True
+        for round_ in range(args.rounds):
+            order = [1, args.processes] if round_ % 2 == 0 else [args.processes, 1]
+            outs = {}
+            for processes in order:
+                outs[processes] = tmp / f"out{round_}_{processes}"
+                seconds[processes].append(timed_run(faces_command(processes, source, outs[processes], args.detector,
+                                                                  args.size)))
+            same = same and identical(outs[1], outs[args.processes])
+    one, many = statistics.median(seconds[1]), statistics.median(seconds[args.processes])
+    files = sum(1 for p in Path(source).rglob("*") if p.is_file()) if args.input else "the tiny world's test"
+    print(f"faces step on {files} files, detector {args.detector}, crops {args.size} px, median of {args.rounds} "
+          f"round(s): 1 process {one:.1f} s, {args.processes} processes {many:.1f} s (os.cpu_count() = "
+          f"{os.cpu_count()})")
+    print(f"{args.processes} processes vs 1: {one / many:.2f}x, outputs identical: {'yes' if same else 'no'}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
