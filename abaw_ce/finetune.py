@@ -287,7 +287,7 @@ def _train_emotion_folds(config: DictConfig, run_dir: Path, resuming: bool, fold
             export=_export_fn("emotion", "emotion", names, meta, fold_dir, val_table, mean, std),
             teacher=teacher, resume_from=runs.resume_point(fold_dir) if resuming else None,
             epoch_info=curriculum.epoch_info if curriculum is not None else None,
-            select_from=curriculum.final_stage_start if curriculum is not None else 0)
+            select_from=curriculum.selection_start(t.epochs) if curriculum is not None else 0)
 
 
 def train_au(config: DictConfig, resume: str | None = None, overrides: Sequence[str] = ()) -> Path:

@@ -52,6 +52,8 @@ def test_stages_epochs_and_bad_settings():
     c = FOUR_STAGES
     assert c.total_epochs == 4 and [c.stage(e) for e in range(6)] == [0, 1, 2, 3, 3, 3]
     assert c.final_stage_start == 3 and cl.Curriculum((5, 5, 3, 3), (0, 0.2, 0.4, 1.0)).final_stage_start == 13
+    long = cl.Curriculum((5, 5, 3, 3), (0, 0.2, 0.4, 1.0))
+    assert [long.selection_start(e) for e in (16, 20, 13, 10, 3)] == [13, 13, 10, 5, 0]  # the stage a run ends in
     c = cl.Curriculum(epochs=(5, 5, 3, 3), compound_share=(0, 0.2, 0.4, 1.0))
     assert [c.stage(e) for e in (0, 4, 5, 9, 10, 12, 13, 15)] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert c.epoch_info(11) == {"curriculum_stage": 2, "compound_share": 0.4}

@@ -49,7 +49,7 @@ def test_files_are_dealt_by_size_and_keep_their_order(tmp_path):
 def test_two_processes_write_what_one_writes_and_a_killed_run_redoes_only_the_rest(tiny_world, tmp_path):
     source = mixed_folder(tiny_world, tmp_path / "in")
     one = run_faces(source, tmp_path / "one", detector="opencv", size=48, progress=False)
-    done = faces_launch(source, tmp_path / "two", 29541)
+    done = faces_launch(source, tmp_path / "two", 29561)
     assert done.stdout.count("crops:") == 1  # one summary, from the main process
     for name in OUTPUTS:
         assert filecmp.cmp(tmp_path / "one" / name, tmp_path / "two" / name, shallow=False), name
@@ -65,7 +65,7 @@ def test_two_processes_write_what_one_writes_and_a_killed_run_redoes_only_the_re
         marker.unlink()  # that launch's marker says nothing about the next one
     kept = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npz")}
     assert kept
-    faces_launch(source, tmp_path / "resumed", 29542, "--cache", str(cache))
+    faces_launch(source, tmp_path / "resumed", 29562, "--cache", str(cache))
     for name in OUTPUTS:
         assert filecmp.cmp(tmp_path / "one" / name, tmp_path / "resumed" / name, shallow=False), name
     after = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npz")}

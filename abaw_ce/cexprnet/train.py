@@ -464,4 +464,4 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
                loss_fn=loss_fn, evaluate=lambda p, y, k: evaluate(p, y, k, head), export=export,
                resume_from=resume_point(run_dir) if resuming else None, activation=probability_fn(head),
                epoch_info=curriculum.epoch_info if curriculum is not None else None,
-               select_from=curriculum.final_stage_start if curriculum is not None else 0)
+               select_from=curriculum.selection_start(t.epochs) if curriculum is not None else 0)

@@ -75,6 +75,11 @@ class Curriculum:
         """The first epoch of the last stage: the model is chosen there (earlier stages train another mix)."""
         return int(sum(self.epochs[:-1]))
 
+    def selection_start(self, run_epochs: int) -> int:
+        """The first epoch of the last stage a run of ``run_epochs`` epochs reaches (the model is chosen there;
+        a run stopped inside the curriculum chooses in the stage it ends in)."""
+        return int(sum(self.epochs[:self.stage(max(int(run_epochs), 1) - 1)]))
+
     def stage(self, epoch: int) -> int:
         """The stage epoch ``epoch`` (from 0) belongs to; epochs past the end stay in the last stage."""
         ends = np.cumsum(self.epochs).tolist()
