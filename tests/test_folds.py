@@ -48,8 +48,21 @@ def test_check_folds_catches_leak():
 
 def test_too_few_groups_is_explained():
     t = make_table(["x.jpg"] * 6, "tiny", ["g1", "g1", "g2", "g2", "g3", "g3"], ["happiness"] * 6)
-    with pytest.raises(ValueError, match="source 'tiny' has 3 group"):
+    with pytest.raises(ValueError, match="source 'tiny' has 3 group.*no other source gives fold"):
         F.assign_folds(t, 5)
+
+
+def test_a_small_source_beside_larger_ones_goes_whole_group_to_a_fold(caplog):
+    small = make_table([f"t/{i}.jpg" for i in range(6)], "tiny", ["g1", "g1", "g2", "g2", "g3", "g3"],
+                       ["happiness"] * 6, frame=list(range(1, 7)))
+    table = pd.concat([mixed_table(), small], ignore_index=True)
+    folds = F.assign_folds(table, 5, seed=1)
+    assert np.array_equal(folds, F.assign_folds(table, 5, seed=1))
+    t = table.assign(fold=folds)
+    tiny = t[t["source"] == "tiny"]
+    assert tiny.groupby("group")["fold"].nunique().eq(1).all() and tiny["fold"].nunique() == 3  # a fold each
+    assert sorted(t[t["source"] == "stills"]["fold"].unique()) == [0, 1, 2, 3, 4]  # the others untouched
+    assert "source 'tiny' has 3 group(s) for 5 folds" in caplog.text
 
 
 def test_save_and_reload(tmp_path):

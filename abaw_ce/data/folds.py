@@ -6,6 +6,7 @@ in both roles and no identity or video crosses between training and validation.
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from abaw_ce.errors import InputError, OptionError
 
 FOLD_FILE_COLUMNS = ("path", "frame", "source", "group", "fold")
+log = logging.getLogger(__name__)
 
 
 def _strata(table: pd.DataFrame) -> np.ndarray:
@@ -28,12 +30,17 @@ def assign_folds(table: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> np.nda
     if n_folds < 2:
         raise OptionError(f"n_folds must be at least 2, got {n_folds}")
     folds = np.full(len(table), -1, dtype=np.int64)
+    small: dict[str, int] = {}
     for source, rows in table.groupby("source", sort=True).indices.items():
         part = table.iloc[rows]
         n_groups = part["group"].nunique()
         if n_groups < n_folds:
-            raise OptionError(f"source {source!r} has {n_groups} group(s); {n_folds} folds need at least "
-                              f"{n_folds} distinct identities/videos")
+            # each group whole into its own fold (seeded); the other sources give the rest a validation part
+            groups = sorted(part["group"].astype(str).unique())
+            chosen = np.random.default_rng(seed).permutation(n_folds)[:n_groups]
+            folds[rows] = part["group"].astype(str).map(dict(zip(groups, chosen))).to_numpy(np.int64)
+            small[source] = n_groups
+            continue
         # One row per group (RAF-DB, AffectNet) makes grouping a no-op: the plain stratified split gives
         # the same guarantee and scales to a million rows.
         singletons = n_groups == len(part)
@@ -45,6 +52,14 @@ def assign_folds(table: pd.DataFrame, n_folds: int = 5, seed: int = 0) -> np.nda
             warnings.simplefilter("ignore", UserWarning)
             for k, (_, val_idx) in enumerate(splitter.split(np.zeros(len(part)), y, part["group"].to_numpy())):
                 folds[rows[val_idx]] = k
+    empty = [k for k in range(n_folds) if not (folds == k).any()]
+    if small and empty:
+        source, n_groups = next(iter(small.items()))
+        raise OptionError(f"source {source!r} has {n_groups} group(s); {n_folds} folds need at least {n_folds} "
+                          f"distinct identities/videos, and no other source gives fold(s) {empty} a validation part")
+    for source, n_groups in small.items():
+        log.warning("source %r has %d group(s) for %d folds: each goes whole to one fold, and the other folds "
+                    "validate on none of it", source, n_groups, n_folds)
     check_folds(table.assign(fold=folds), n_folds)
     return folds
 
