@@ -6,6 +6,15 @@ from __future__ import annotations
 import os
 
 
+def launched_processes() -> tuple[int, int]:
+    """(this process's rank, number of processes) as torchrun, ``accelerate launch`` or MPI set them."""
+    for rank_key, size_key in (("RANK", "WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE"),
+                               ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")):
+        if os.environ.get(size_key):
+            return int(os.environ.get(rank_key, "0") or 0), int(os.environ[size_key])
+    return 0, 1
+
+
 def cpu_processes_requested() -> bool:
     """True under torchrun/MPI on a machine without CUDA: Accelerate then needs ``cpu=True`` to use gloo."""
     import torch

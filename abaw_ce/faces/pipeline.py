@@ -22,6 +22,7 @@ import numpy as np
 
 from abaw_ce.data.image_file import UnreadableImage, read_rgb_array
 from abaw_ce.data.packed import PackedWriter
+from abaw_ce.data.processes import launched_processes
 from abaw_ce.errors import InputError, OptionError, require_file
 from abaw_ce.faces.align import align_face
 from abaw_ce.faces.cache import EntryBuilder, FaceEntry, FrameFaces, cache_key, file_digest
@@ -301,12 +302,14 @@ class _FaceRun:
             log.warning("%s: %s: %s", record.path, record.status, record.reason)
         return record
 
-    def _entry(self, path: Path, kind: str) -> tuple[FaceEntry, bool]:
-        require_file(path, kind)
+    def entry_path(self, path: Path) -> Path:
         if not self.use_cache:  # a staging file only: no need to hash the input
-            entry_path = self.work_dir / f"{uuid.uuid4().hex}.npz"
-        else:
-            entry_path = self.work_dir / f"{cache_key(file_digest(path), self.settings, self.size)}.npz"
+            return self.work_dir / f"{uuid.uuid4().hex}.npz"
+        return self.work_dir / f"{cache_key(file_digest(path), self.settings, self.size)}.npz"
+
+    def _entry(self, path: Path, kind: str, entry_path: Path | None = None) -> tuple[FaceEntry, bool]:
+        require_file(path, kind)
+        entry_path = entry_path or self.entry_path(path)
         if self.use_cache and entry_path.is_file():
             try:
                 return FaceEntry.load(entry_path), True
@@ -374,15 +377,6 @@ class _FaceRun:
                              else "no face found")
 
 
-def launched_processes() -> tuple[int, int]:
-    """(this process's rank, number of processes) as torchrun, ``accelerate launch`` or MPI set them."""
-    for rank_key, size_key in (("RANK", "WORLD_SIZE"), ("PMI_RANK", "PMI_SIZE"),
-                               ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE")):
-        if os.environ.get(size_key):
-            return int(os.environ.get(rank_key, "0") or 0), int(os.environ[size_key])
-    return 0, 1
-
-
 def share_files(files: Sequence[Path], processes: int) -> list[list[Path]]:
     """Files dealt to processes by size, largest first, each to the process with the fewest bytes so far (a
     long video does not leave one process working alone); each share keeps the input order."""
@@ -413,9 +407,10 @@ def _faces_of_share(input_path: Path, files: Sequence[Path], rank: int, processe
             if file_kind(path) == "other":
                 continue
             try:
-                if (work_dir / f"{cache_key(file_digest(path), run.settings, size)}.npz").is_file():
+                entry_path = run.entry_path(path)
+                if entry_path.is_file():
                     continue  # done before this launch (a killed run, or the cache)
-                run._entry(path, file_kind(path))
+                run._entry(path, file_kind(path), entry_path)
             except Exception as err:  # reported by the merge, which meets the same file again
                 log.debug("process %d: %s failed (%s); the merge will report it", rank, path, err)
     (work_dir / f".share-{_launch_token()}-{rank}.done").write_text(f"{len(mine)} files\n", encoding="utf-8")
