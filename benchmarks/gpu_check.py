@@ -147,37 +147,17 @@ def check_finetune(sizes: Sizes, device: torch.device, precision: str) -> None:
           f"{sizes.tune_batch * sizes.steps / seconds:.1f} images/s; {peak_memory(device)}", flush=True)
 
 
-def long_videos(world_test: Path, out: Path, frames: int) -> int:
-    """Videos made of the world's test videos played one after another until ``frames`` frames are written
-    (one output video per pass over them); returns the frames written."""
-    import av
+def long_videos(world_test: Path, out: Path, frames: int, per_video: int = 1000) -> int:
+    """Videos of ``per_video`` frames made of the world's test videos played in turn until ``frames`` frames are
+    written, each stamped apart (identical videos would be found in the faces cache); returns the frames written."""
+    from abaw_ce.synth.world import looped_video
 
     sources = sorted(world_test.glob("*.mp4"))
-    out.mkdir(parents=True, exist_ok=True)
     written, index = 0, 0
     while written < frames:
-        with av.open(str(out / f"long{index:03d}.mp4"), "w") as sink:
-            stream = None
-            for source in sources:
-                with av.open(str(source)) as container:
-                    for frame in container.decode(video=0):
-                        image = frame.to_ndarray(format="rgb24")
-                        if stream is None:
-                            stream = sink.add_stream("libx264", rate=30)
-                            stream.height, stream.width = image.shape[:2]
-                            stream.pix_fmt = "yuv420p"
-                            stream.options = {"preset": "ultrafast", "crf": "23"}
-                        if image.shape[:2] != (stream.height, stream.width):
-                            continue  # one resolution per output video
-                        for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                            sink.mux(packet)
-                        written += 1
-                        if written >= frames:
-                            break
-                if written >= frames:
-                    break
-            for packet in stream.encode():
-                sink.mux(packet)
+        rotated = sources[index % len(sources):] + sources[:index % len(sources)]
+        written += looped_video(rotated, out / f"long{index:03d}.mp4", min(per_video, frames - written),
+                                stamp=index + 1)
         index += 1
     return written
 

@@ -66,3 +66,26 @@ def test_gpu_check_smoke_runs_every_part_on_the_cpu(tiny_world, capsys):
     lines = [line for line in out.splitlines() if line.startswith("make_submission")]
     assert len(lines) == 2 and all(f"{gpu_check.SMOKE.frames} frames" in line for line in lines)
     assert "models only (faces cached)" in lines[1] and "gpu_check done" in out
+
+
+def test_a_cnn_goes_channels_last_on_a_gpu_only():
+    """The layout rule of training and inference: CNN weights NHWC on a GPU (tensor cores), untouched on a CPU, and a
+    ViT (one convolution, its patch embedding) untouched everywhere. The rule reads the device; no GPU is needed."""
+    import timm
+    import torch
+
+    from abaw_ce.models.plain_cnn import NAME
+    from abaw_ce.models.vit import build_vit
+    from abaw_ce.train.loop import device_layout, prefers_channels_last
+    from tests.test_make_submission import ARCH
+
+    def nhwc(model):
+        return all(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+                   for p in model.parameters() if p.dim() == 4 and p.shape[1] > 1 and p.shape[-1] > 1)
+
+    cnn, vit = timm.create_model(NAME, num_classes=6), build_vit(ARCH, num_classes=6)
+    assert prefers_channels_last(cnn) and not prefers_channels_last(vit)
+    assert not nhwc(device_layout(cnn, "cpu"))
+    assert nhwc(device_layout(cnn, "cuda")) and not nhwc(device_layout(vit, "cuda"))
+    x = torch.rand(2, 3, 64, 64)
+    assert cnn(x).shape == (2, 6)  # still runs on NCHW input

@@ -38,6 +38,9 @@ def build_parser(prog: str = "python -m abaw_ce.faces") -> argparse.ArgumentPars
     parser.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
     parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH,
                         help=f"video frames decoded and detected together (default: {DEFAULT_BATCH})")
+    parser.add_argument("--redetect-every", type=_positive_int, default=1, metavar="K",
+                        help="videos: search near the tracked face, with a full search at least every K frames and "
+                             "wherever the local one finds none (default 1: a full search on every frame)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         with logging_redirect_tqdm():  # log lines above the progress bar, not through it
             report = run_faces(args.input, args.out, detector=args.detector, size=args.size, cache_dir=args.cache,
                                overwrite=args.overwrite, batch_size=args.batch_size, progress=not args.no_progress,
-                               distributed=True)
+                               distributed=True, redetect_every=args.redetect_every)
         if report is None:  # another process of a multi-process launch: the main one writes and reports
             return 0
         print(report.summary())

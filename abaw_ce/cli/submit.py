@@ -1,4 +1,7 @@
-"""Command line of ``submit/make_submission.py``: write the challenge file for a folder of test videos."""
+"""Command line of ``submit/make_submission.py``: write the challenge file for a folder of test videos.
+
+Under ``accelerate launch`` or ``python -m torch.distributed.run --nproc_per_node N`` the videos' faces and the
+inference batches are split over the processes; the main process writes the file."""
 from __future__ import annotations
 
 import argparse
@@ -37,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                         help="inference precision (auto: bf16 on a GPU that supports it, else fp32)")
+    parser.add_argument("--redetect-every", type=int, default=1, metavar="K",
+                        help="faces step: search near the tracked face, with a full search at least every K frames "
+                             "and wherever the local one finds none (default 1: a full search on every frame)")
+    parser.add_argument("--workers", type=int, help="crop loader processes (default: up to 4 on a GPU, 0 on a CPU)")
+    parser.add_argument("--compile", action="store_true", help="run the models through torch.compile (pays off on "
+                                                               "long jobs: the first batches compile)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     return run_command(lambda: _submit(args))
@@ -55,7 +64,11 @@ def _submit(args: argparse.Namespace) -> None:
                               fusion_weights=fusion_weights, smoothing=args.smoothing, window=args.window,
                               flip=args.flip, batch_size=args.batch_size, overwrite=args.overwrite,
                               run_weights=args.run_weights, track=args.track,
-                              allow_partial=args.allow_partial, precision=args.precision)
+                              allow_partial=args.allow_partial, precision=args.precision, distributed=True,
+                              redetect_every=args.redetect_every, workers=args.workers,
+                              compile_models=args.compile)
+    if summary is None:  # another process of a launch: the main one reports
+        return
     for report in summary["per_video"]:
         for note in report["notes"]:
             print(f"{report['video']}: {note}")

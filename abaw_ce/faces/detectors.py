@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -94,6 +94,11 @@ class FaceDetector:
 
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
         return [self.detect(image) for image in images]
+
+    def detect_near(self, image_rgb: np.ndarray, box: Sequence[float]) -> list[Detection]:
+        """Faces of about the size of ``box`` (x1, y1, x2, y2) around it, as a video tracker needs from one frame
+        to the next. Detectors without a cheaper local search run the full one."""
+        return self.detect(image_rgb)
 
     @property
     def settings(self) -> str:
@@ -240,6 +245,10 @@ _HAAR_EYE_FILE = "haarcascade_eye.xml"
 _MIN_HAAR_FACE = 24
 # Eye search: upscale small faces to this width so eyes exceed the eye cascade's 20 px window.
 _EYE_SEARCH_FACE_WIDTH = 120
+# Search near a tracked face: the region is the box grown by this share of its side on every side (faces move
+# less than that between frames), and faces between 1/ratio and ratio times its side are looked for.
+NEAR_MARGIN = 0.5
+NEAR_SIZE_RATIO = 1.3
 
 
 @lru_cache(maxsize=1)
@@ -334,16 +343,50 @@ class OpenCVDetector(FaceDetector):
         min_face = max(_MIN_HAAR_FACE, round(self.min_face_fraction * short_side))
         # A replicated border lets the cascade frame faces that touch the image edge (tight crops).
         pad = round(self.pad_fraction * short_side)
-
-        def padded(image: np.ndarray) -> np.ndarray:
-            return cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_REPLICATE) if pad else image
-
         if min(gray.shape) + 2 * pad < min_face:
             return []
+        return self._faces_in(gray, (pad,) * 4, (min_face, 0), lambda x: (x - pad) / scale)
+
+    def detect_near(self, image_rgb: np.ndarray, box: Sequence[float]) -> list[Detection]:
+        """The search restricted to a region around ``box`` and to faces within NEAR_SIZE_RATIO of its size.
+
+        The full search scans every window size from the smallest face up on the whole frame; near a known face
+        only a few sizes over a small region are left, about an order of magnitude less work. The region is
+        searched at full resolution, equalised on its own.
+        """
+        image_rgb = check_image(image_rgb)
+        height, width = image_rgb.shape[:2]
+        x1, y1, x2, y2 = (float(v) for v in box)
+        side = max(x2 - x1, y2 - y1)
+        if not side > 0:
+            return self.detect(image_rgb)
+        margin = NEAR_MARGIN * side
+        left, top = max(0, math.floor(x1 - margin)), max(0, math.floor(y1 - margin))
+        right, bottom = min(width, math.ceil(x2 + margin)), min(height, math.ceil(y2 + margin))
+        if right - left < _MIN_HAAR_FACE or bottom - top < _MIN_HAAR_FACE:
+            return self.detect(image_rgb)
+        gray = cv2.cvtColor(np.ascontiguousarray(image_rgb[top:bottom, left:right]), cv2.COLOR_RGB2GRAY)
+        # Replicated border only where the region meets the frame's edge, as the full search pads the frame.
+        pad = round(self.pad_fraction * min(height, width))
+        sides = tuple(pad if touches else 0 for touches in (top == 0, bottom == height, left == 0, right == width))
+        min_face = max(_MIN_HAAR_FACE, math.floor(side / NEAR_SIZE_RATIO))
+        max_face = max(min_face + 1, math.ceil(side * NEAR_SIZE_RATIO))
+        shift = np.array([left - sides[2], top - sides[0]], dtype=np.float64)
+        return self._faces_in(gray, sides, (min_face, max_face),
+                              lambda x: x + (np.tile(shift, 2) if x.shape == (4,) else shift))
+
+    def _faces_in(self, gray: np.ndarray, pads: tuple[int, int, int, int], sizes: tuple[int, int],
+                  to_caller: Callable[[np.ndarray], np.ndarray]) -> list[Detection]:
+        """Faces of a grey search image, equalised then given a replicated border of ``pads`` (top, bottom, left,
+        right); ``sizes``: smallest and largest face side (0: no largest); ``to_caller`` maps points of the
+        padded image back to the caller's pixels."""
+        def padded(image: np.ndarray) -> np.ndarray:
+            return cv2.copyMakeBorder(image, *pads, cv2.BORDER_REPLICATE) if any(pads) else image
+
         # Evens out exposure: the cascades were trained on contrast-normalised faces.
-        boxes, weights = self._search(padded(cv2.equalizeHist(gray)), min_face)
+        boxes, weights = self._search(padded(cv2.equalizeHist(gray)), sizes)
         if not len(boxes) and self._clahe is not None:
-            boxes, weights = self._search(padded(self._clahe.apply(gray)), min_face)
+            boxes, weights = self._search(padded(self._clahe.apply(gray)), sizes)
         gray = padded(gray)
         detections = []
         for (x, y, w, h), weight in zip(boxes, weights):
@@ -352,17 +395,15 @@ class OpenCVDetector(FaceDetector):
             eyes = self._find_eye_pair(gray, box, landmarks[:2]) if self._eyes is not None else None
             if eyes is not None:
                 landmarks = _move_to_eyes(landmarks, eyes)
-            # Back from the padded, downscaled search image to the caller's pixels.
-            box = (box - pad) / scale
-            landmarks = (landmarks - pad) / scale
             score = 1.0 / (1.0 + math.exp(-float(weight)))
-            detections.append(Detection(box=box, score=score, landmarks=landmarks))
+            detections.append(Detection(box=to_caller(box), score=score, landmarks=to_caller(landmarks)))
         return detections
 
-    def _search(self, image: np.ndarray, min_face: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, image: np.ndarray, sizes: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        smallest, largest = sizes
         boxes, _levels, weights = self._faces.detectMultiScale3(
-            image, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(min_face, min_face),
-            outputRejectLevels=True)
+            image, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(smallest, smallest),
+            maxSize=(largest, largest) if largest else (0, 0), outputRejectLevels=True)
         return np.asarray(boxes).reshape(-1, 4), np.asarray(weights).reshape(-1)
 
     def _find_eye_pair(self, gray: np.ndarray, box: np.ndarray, expected: np.ndarray) -> np.ndarray | None:

@@ -12,22 +12,22 @@ import logging
 import os
 import shutil
 import tempfile
-import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import cv2
 import numpy as np
 
 from abaw_ce.data.image_file import UnreadableImage, read_rgb_array
 from abaw_ce.data.packed import PackedWriter
-from abaw_ce.data.processes import launched_processes
+from abaw_ce.data.processes import cores_per_process, launched_processes, mark_done, wait_for_marks
 from abaw_ce.errors import InputError, OptionError, require_file
 from abaw_ce.faces.align import align_face
 from abaw_ce.faces.cache import EntryBuilder, FaceEntry, FrameFaces, cache_key, file_digest
 from abaw_ce.faces.detectors import Detection, FaceDetector, make_detector
-from abaw_ce.faces.tracking import MainFaceTracker, main_face_index
+from abaw_ce.faces.tracking import MainFaceTracker, TrackedSearch, main_face_index
 from abaw_ce.progress import progress_bar
 from abaw_ce.video import VIDEO_SUFFIXES, VideoReader, open_video
 
@@ -43,7 +43,6 @@ FRAME_BAR_MIN_FRAMES = 300
 # Under several processes without a cache folder, per-file results are kept here (inside --out) until the run
 # ends, so that a killed run restarts only the files it had not finished.
 SHARD_WORK_DIR = ".faces-work"
-SHARD_POLL_S = 2.0
 STATUSES = ("ok", "partial", "no_face", "error", "skipped")
 
 
@@ -70,17 +69,19 @@ def _frame_faces(frame: int, image: np.ndarray, detection: Detection | None, siz
 
 
 def process_video(video: str | Path | VideoReader, detector: FaceDetector, size: int = 224,
-                  batch_size: int = DEFAULT_BATCH, tracker: MainFaceTracker | None = None) -> Iterator[FrameFaces]:
-    """Per-frame results (1-based frame numbers) of the main face of a video, decoded batch by batch.
+                  batch_size: int = DEFAULT_BATCH, tracker: MainFaceTracker | None = None,
+                  redetect_every: int = 1) -> Iterator[FrameFaces]:
+    """Per-frame results (1-based frame numbers) of the main face of a video, decoded batch by batch; with
+    ``redetect_every`` > 1, frames after a tracked face are searched near it (``TrackedSearch``).
 
     When decoding fails part-way, the frames decoded before the failure are yielded first, then the
     InputError is raised.
     """
     if not isinstance(video, VideoReader):
         with open_video(video) as reader:
-            yield from process_video(reader, detector, size, batch_size, tracker)
+            yield from process_video(reader, detector, size, batch_size, tracker, redetect_every)
         return
-    tracker = tracker if tracker is not None else MainFaceTracker()
+    search = TrackedSearch(detector, redetect_every, tracker)
     batch: list[np.ndarray] = []
     next_frame = 1
     failure: InputError | None = None
@@ -94,22 +95,25 @@ def process_video(video: str | Path | VideoReader, detector: FaceDetector, size:
             failure = err
             break
         if len(batch) >= batch_size:
-            yield from _track_batch(batch, next_frame, detector, tracker, size)
+            yield from _track_batch(batch, next_frame, search, size)
             next_frame += len(batch)
             batch = []
     if batch:
-        yield from _track_batch(batch, next_frame, detector, tracker, size)
+        yield from _track_batch(batch, next_frame, search, size)
     if failure is not None:
         raise failure
 
 
-def _track_batch(images: list[np.ndarray], first_frame: int, detector: FaceDetector, tracker: MainFaceTracker,
-                 size: int) -> list[FrameFaces]:
-    results = []
-    for offset, (image, detections) in enumerate(zip(images, detector.detect_batch(images))):
-        chosen = tracker.update(detections, image.shape)
-        results.append(_frame_faces(first_frame + offset, image, chosen, size))
-    return results
+def _track_batch(images: list[np.ndarray], first_frame: int, search: TrackedSearch, size: int
+                 ) -> list[FrameFaces]:
+    return [_frame_faces(first_frame + offset, image, chosen, size)
+            for offset, (image, chosen) in enumerate(zip(images, search.faces(images)))]
+
+
+def video_settings(detector_settings: str, redetect_every: int) -> str:
+    """What decides a video's faces: the detector's settings, and how often the tracked search re-runs the full
+    one (part of the cache key and of the report)."""
+    return detector_settings + (f":redetect_every={int(redetect_every)}" if redetect_every != 1 else "")
 
 
 @dataclass(eq=False)
@@ -264,10 +268,12 @@ class _FaceRun:
     """State of one run_faces call: detector, destinations, and per-file processing."""
 
     def __init__(self, root: Path, detector: FaceDetector, size: int, work_dir: Path, use_cache: bool,
-                 batch_size: int, progress: bool, writer: Any, frames_csv: Any):
+                 batch_size: int, progress: bool, writer: Any, frames_csv: Any, redetect_every: int = 1):
         self.root = root
         self.detector = detector
         self.settings = detector.settings
+        self.redetect_every = redetect_every
+        self.video_settings = video_settings(detector.settings, redetect_every)
         self.size = size
         self.work_dir = work_dir
         self.use_cache = use_cache
@@ -305,7 +311,8 @@ class _FaceRun:
     def entry_path(self, path: Path) -> Path:
         if not self.use_cache:  # a staging file only: no need to hash the input
             return self.work_dir / f"{uuid.uuid4().hex}.npz"
-        return self.work_dir / f"{cache_key(file_digest(path), self.settings, self.size)}.npz"
+        settings = self.video_settings if file_kind(path) == "video" else self.settings
+        return self.work_dir / f"{cache_key(file_digest(path), settings, self.size)}.npz"
 
     def _entry(self, path: Path, kind: str, entry_path: Path | None = None) -> tuple[FaceEntry, bool]:
         require_file(path, kind)
@@ -327,13 +334,14 @@ class _FaceRun:
 
     def _video_entry(self, path: Path, entry_path: Path) -> FaceEntry:
 
-        with open_video(path) as video, EntryBuilder(entry_path, self.size, self.settings) as builder:
+        with open_video(path) as video, EntryBuilder(entry_path, self.size, self.video_settings) as builder:
             error = ""
             show_bar = self.progress and video.expected_frames >= FRAME_BAR_MIN_FRAMES
             with progress_bar(total=video.expected_frames or None, desc=path.name, unit="frame", leave=False,
                               disable=not show_bar) as bar:
                 try:
-                    for item in process_video(video, self.detector, self.size, self.batch_size):
+                    for item in process_video(video, self.detector, self.size, self.batch_size,
+                                              redetect_every=self.redetect_every):
                         builder.add(item)
                         bar.update(1)
                 except InputError as err:
@@ -390,17 +398,11 @@ def share_files(files: Sequence[Path], processes: int) -> list[list[Path]]:
     return [sorted(share, key=order.__getitem__) for share in shares]
 
 
-def _launch_token() -> str:
-    """The same string in every process of one launch (torchrun's agent is their common parent), another in the
-    next launch: a finished-share marker of a killed launch is never taken for this one's."""
-    return f"{os.environ.get('TORCHELASTIC_RUN_ID', '')}-{os.getppid()}"
-
-
 def _faces_of_share(input_path: Path, files: Sequence[Path], rank: int, processes: int, detector: FaceDetector,
-                    size: int, work_dir: Path, batch_size: int, progress: bool) -> None:
+                    size: int, work_dir: Path, batch_size: int, progress: bool, redetect_every: int = 1) -> None:
     """One process's share: each file's entry built into ``work_dir`` (files already there are skipped), then
     a marker that this share is done. A file that fails is left to the merging process, which reports it."""
-    run = _FaceRun(input_path, detector, size, work_dir, True, batch_size, progress, None, None)
+    run = _FaceRun(input_path, detector, size, work_dir, True, batch_size, progress, None, None, redetect_every)
     mine = share_files(files, processes)[rank]
     with progress_bar(mine, desc=f"faces, process {rank + 1}/{processes}", unit="file", disable=not progress) as bar:
         for path in bar:
@@ -413,22 +415,13 @@ def _faces_of_share(input_path: Path, files: Sequence[Path], rank: int, processe
                 run._entry(path, file_kind(path), entry_path)
             except Exception as err:  # reported by the merge, which meets the same file again
                 log.debug("process %d: %s failed (%s); the merge will report it", rank, path, err)
-    (work_dir / f".share-{_launch_token()}-{rank}.done").write_text(f"{len(mine)} files\n", encoding="utf-8")
-
-
-def _wait_for_shares(work_dir: Path, processes: int) -> None:
-    """Until every process has marked its share done (files, not a collective: a share may take hours)."""
-    token = _launch_token()
-    while not all((work_dir / f".share-{token}-{r}.done").exists() for r in range(processes)):
-        time.sleep(SHARD_POLL_S)
-    for r in range(processes):
-        (work_dir / f".share-{token}-{r}.done").unlink(missing_ok=True)
+    mark_done(work_dir, "share", rank, f"{len(mine)} files")
 
 
 def run_faces(input_dir: str | Path, out_dir: str | Path, detector: str | FaceDetector = "auto", size: int = 224,
               cache_dir: str | Path | None = None, overwrite: bool = False, batch_size: int = DEFAULT_BATCH,
               progress: bool = True, detector_options: dict[str, Any] | None = None,
-              distributed: bool = False) -> FacesReport | None:
+              distributed: bool = False, redetect_every: int = 1) -> FacesReport | None:
     """Aligned main-face crops of every video and image under input_dir, written to out_dir.
 
     Writes ``out_dir/crops`` (packed store; index columns path, video, frame (-1 for images), x1, y1, x2, y2,
@@ -440,12 +433,17 @@ def run_faces(input_dir: str | Path, out_dir: str | Path, detector: str | FaceDe
     removed at the end), and the main process then writes the outputs from them, in input order: the same
     frames table and byte-identical crops as one process. A killed run, started again, redoes only the files
     without a result. Only the main process returns the report; the others return None.
+
+    ``redetect_every`` k > 1: in a video, a frame after one with the tracked face is searched only near that face,
+    with a full search at least every k frames and wherever the local search finds nothing (``TrackedSearch``).
     """
     input_path = Path(input_dir)
     out_dir = Path(out_dir)
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size <= 0:
         raise OptionError(f"crop size must be a positive integer, got {size!r}")
     size = int(size)
+    if isinstance(redetect_every, bool) or not isinstance(redetect_every, (int, np.integer)) or redetect_every < 1:
+        raise OptionError(f"redetect_every must be a whole number >= 1, got {redetect_every!r}")
     if not input_path.exists():
         raise InputError(input_path, "input folder not found")
     _check_output(out_dir, overwrite)
@@ -456,14 +454,16 @@ def run_faces(input_dir: str | Path, out_dir: str | Path, detector: str | FaceDe
         detector, **(detector_options or {}))
     rank, processes = launched_processes() if distributed else (0, 1)
     if processes > 1:
+        cv2.setNumThreads(cores_per_process(processes))  # OpenCV would start a thread per core in every process
         shard_dir = Path(cache_dir) if cache_dir is not None else out_dir / SHARD_WORK_DIR
         shard_dir.mkdir(parents=True, exist_ok=True)
         _faces_of_share(input_path, files, rank, processes, face_detector, size, shard_dir, batch_size,
-                        progress and rank == 0)
+                        progress and rank == 0, redetect_every)
         if rank != 0:
             return None
-        _wait_for_shares(shard_dir, processes)
-        report = run_faces(input_path, out_dir, face_detector, size, shard_dir, overwrite, batch_size, progress)
+        wait_for_marks(shard_dir, "share", range(processes))
+        report = run_faces(input_path, out_dir, face_detector, size, shard_dir, overwrite, batch_size, progress,
+                           redetect_every=redetect_every)
         if cache_dir is None:
             shutil.rmtree(shard_dir, ignore_errors=True)
         report.cache_dir = str(Path(cache_dir).resolve()) if cache_dir else None
@@ -471,7 +471,7 @@ def run_faces(input_dir: str | Path, out_dir: str | Path, detector: str | FaceDe
 
     out_dir.mkdir(parents=True, exist_ok=True)
     report = FacesReport(input=str(input_path.resolve()), output=str(out_dir.resolve()),
-                         detector=face_detector.settings, size=size,
+                         detector=video_settings(face_detector.settings, redetect_every), size=size,
                          cache_dir=str(Path(cache_dir).resolve()) if cache_dir else None)
     names = entry_names(files, input_path)
     writer = PackedWriter(out_dir / STORE_DIR, size, size, overwrite=overwrite,
@@ -489,7 +489,7 @@ def run_faces(input_dir: str | Path, out_dir: str | Path, detector: str | FaceDe
             frames_csv = csv.writer(frames_handle)
             frames_csv.writerow(["video", "frame", "face_found"])
             run = _FaceRun(input_path, face_detector, size, work_dir, cache_dir is not None, batch_size,
-                           progress, writer, frames_csv)
+                           progress, writer, frames_csv, redetect_every)
             with progress_bar(files, desc="faces", unit="file", disable=not progress) as bar:
                 for path in bar:
                     bar.set_postfix_str(path.name, refresh=False)

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from abaw_ce.faces.detectors import Detection
+from abaw_ce.faces.detectors import Detection, FaceDetector
 
 # A face at the image corner keeps this share of its area as prominence; one at the centre keeps all of it.
 CORNER_WEIGHT = 0.25
@@ -76,4 +76,42 @@ class MainFaceTracker:
             return None
         self.last_box = chosen.box
         self.missed = 0
+        return chosen
+
+
+class TrackedSearch:
+    """The tracked face of each frame of a video, found with less detection work.
+
+    With ``redetect_every`` k > 1, a frame that follows one where the face was tracked is searched only near that
+    face (``FaceDetector.detect_near``), and a full search runs at least every k frames (a new, more prominent face
+    is then seen) and on every frame the local search leaves without a face, so a face that moved far or came
+    back is looked for on the whole frame as before. k = 1 runs the full search on every frame.
+    """
+
+    def __init__(self, detector: FaceDetector, redetect_every: int = 1, tracker: MainFaceTracker | None = None):
+        if isinstance(redetect_every, bool) or int(redetect_every) != redetect_every or redetect_every < 1:
+            raise ValueError(f"redetect_every must be a whole number >= 1, got {redetect_every!r}")
+        self.detector = detector
+        self.redetect_every = int(redetect_every)
+        self.tracker = tracker if tracker is not None else MainFaceTracker()
+        self.since_full = 0  # frames since the last full search
+        self.full_searches = 0
+
+    def faces(self, images: Sequence[np.ndarray]) -> list[Detection | None]:
+        """The tracked face (or None) of each of these consecutive frames."""
+        if self.redetect_every == 1:
+            self.full_searches += len(images)
+            return [self.tracker.update(found, image.shape)
+                    for image, found in zip(images, self.detector.detect_batch(images))]
+        chosen = []
+        for image in images:
+            found: list[Detection] = []
+            if self.since_full < self.redetect_every and not self.tracker.lost and self.tracker.missed == 0:
+                found = self.detector.detect_near(image, self.tracker.last_box)
+            if found:
+                self.since_full += 1
+            else:
+                found = self.detector.detect(image)
+                self.since_full, self.full_searches = 1, self.full_searches + 1
+            chosen.append(self.tracker.update(found, image.shape))
         return chosen

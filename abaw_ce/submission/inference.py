@@ -10,6 +10,7 @@ later without running the models again (``probs/<video>.npz``: frames, face_foun
 from __future__ import annotations
 
 import contextlib
+import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from abaw_ce import labels
 from abaw_ce.audio import FrameClock, MelSettings, frame_windows, log_mel, read_audio
@@ -30,6 +32,7 @@ from abaw_ce.fusion import common_scale
 from abaw_ce.models.registry import is_export, load_export
 from abaw_ce.progress import progress_bar
 from abaw_ce.submission.run_checks import is_finished
+from abaw_ce.train.loop import device_layout
 
 PROBS_DIR = "probs"
 # The submission's name for the track of an export kind, where it differs (a ViT or timm classifier: the emotion
@@ -79,14 +82,18 @@ def find_exports(run: str | Path) -> list[Path]:
     return exports
 
 
-def load_models(runs: Sequence[str | Path], device: torch.device | str = "cpu") -> list[LoadedModel]:
+def load_models(runs: Sequence[str | Path], device: torch.device | str = "cpu", compile_models: bool = False
+                ) -> list[LoadedModel]:
     """Every export of every run; all must output the six basic emotions in the kit's order (``load_export``
-    refuses any other)."""
+    refuses any other). A CNN on a GPU is made channels-last; ``compile_models`` wraps each in ``torch.compile``."""
     loaded = []
     for r, run in enumerate(runs):
         for path in find_exports(run):
             module, meta = load_export(path)
-            loaded.append(LoadedModel(path, module.to(device).eval(), int(meta["img_size"]), list(meta["mean"]),
+            module = device_layout(module.to(device).eval(), device)
+            if compile_models:
+                module = torch.compile(module)
+            loaded.append(LoadedModel(path, module, int(meta["img_size"]), list(meta["mean"]),
                                       list(meta["std"]), track=TRACK_OF_KIND.get(meta["kind"], meta["kind"]),
                                       run_index=r, modality=meta["modality"], audio=meta["audio"],
                                       scores=meta["scores"]))
@@ -95,13 +102,20 @@ def load_models(runs: Sequence[str | Path], device: torch.device | str = "cpu") 
     return loaded
 
 
-def prepare_batch(batch: torch.Tensor, m: LoadedModel) -> torch.Tensor:
-    """uint8 (B, 3, H, W) crops -> the model's input size and normalisation."""
+def normalisation(m: LoadedModel, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's input mean and std as (1, 3, 1, 1) tensors on ``device``."""
+    return (torch.tensor(m.mean, device=device).view(1, 3, 1, 1), torch.tensor(m.std, device=device).view(1, 3, 1, 1))
+
+
+def prepare_batch(batch: torch.Tensor, m: LoadedModel, mean: torch.Tensor | None = None,
+                  std: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (B, 3, H, W) crops -> the model's input size and normalisation (``mean``/``std`` as
+    ``normalisation`` gives them, made here when not given)."""
     x = batch.float().div_(255)
     if x.shape[-1] != m.img_size or x.shape[-2] != m.img_size:
         x = F.interpolate(x, size=(m.img_size, m.img_size), mode="bilinear", antialias=True, align_corners=False)
-    mean = torch.tensor(m.mean, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(m.std, device=x.device).view(1, 3, 1, 1)
+    if mean is None or std is None:
+        mean, std = normalisation(m, x.device)
     return (x - mean) / std
 
 
@@ -151,35 +165,83 @@ class RunShares:
                 for m in models]
 
 
-@torch.no_grad()
+class CropBatches(Dataset):
+    """Batch ``b`` of a packed store: (b, its uint8 crops), rows ``b * batch_size`` on, read in one slice. The
+    batches are fixed by the store alone, so any split of them over processes computes the same numbers."""
+
+    def __init__(self, store_dir: str | Path, batch_size: int):
+        if batch_size < 1:
+            raise OptionError(f"batch size must be >= 1, got {batch_size}")
+        self.faces = PackedFaces(store_dir)
+        self.batch_size = int(batch_size)
+
+    def __len__(self) -> int:
+        return -(-len(self.faces) // self.batch_size)
+
+    def rows(self, b: int) -> np.ndarray:
+        return np.arange(b * self.batch_size, min((b + 1) * self.batch_size, len(self.faces)))
+
+    def __getitem__(self, b: int) -> tuple[int, torch.Tensor]:
+        return b, self.faces.get_batch(self.rows(b))
+
+
+def default_workers(device: torch.device) -> int:
+    """Loader workers: on a GPU, reading overlaps compute; on a CPU the cores are the models' (reading a batch of
+    crops from the memory-mapped store is a single slice, far cheaper than the models)."""
+    return min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
+
+
 def predict_crops(store_dir: str | Path, models: Sequence[LoadedModel], shares: RunShares | None = None,
                   batch_size: int = 256, flip: bool = False, device: torch.device | str = "cpu", bf16: bool = False,
-                  progress: bool = True, n_outputs: int = len(labels.BASIC_EMOTIONS)) -> np.ndarray:
+                  progress: bool = True, n_outputs: int = len(labels.BASIC_EMOTIONS),
+                  workers: int | None = None) -> np.ndarray:
     """(N, 6) probabilities for every crop of a store: the mean over each run's models (and mirrored crops
     with ``flip``), then the mean over runs with their ``shares`` (default: equal). Audio models are not given
     crops (``predict_audio``), nor models whose run has share 0."""
+    return predict_crop_part(store_dir, models, shares, batch_size, flip, device, bf16, progress, n_outputs,
+                             (0, 1), workers)[1]
+
+
+@torch.no_grad()
+def predict_crop_part(store_dir: str | Path, models: Sequence[LoadedModel], shares: RunShares | None = None,
+                      batch_size: int = 256, flip: bool = False, device: torch.device | str = "cpu",
+                      bf16: bool = False, progress: bool = True, n_outputs: int = len(labels.BASIC_EMOTIONS),
+                      part: tuple[int, int] = (0, 1), workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``predict_crops`` for one process's part: (store rows, their probabilities).
+
+    ``part`` (rank, processes): this process computes batches rank, rank + processes, ... of the store's fixed
+    batches, so a row's numbers do not depend on how many processes share the work. Crops come through a
+    DataLoader (``workers``, pinned memory and non-blocking copies on a GPU); every model sees each batch once, and
+    results stay on the device until the end (no host sync per batch)."""
     shares = shares if shares is not None else RunShares.of(models)
     models = [m for m in models if m.modality == "visual"]
     weighted = [(m, w) for m, w in zip(models, shares.model_weights(models)) if w > 0]
     if not weighted:
         raise ValueError("no visual model has a positive share")
-    faces = PackedFaces(store_dir)
-    out = np.zeros((len(faces), n_outputs), dtype=np.float32)
     device = torch.device(device)
+    rank, processes = part
+    batches = CropBatches(store_dir, batch_size)
+    mine = list(range(rank, len(batches), processes))
+    rows = np.concatenate([batches.rows(b) for b in mine]) if mine else np.zeros(0, np.int64)
+    out = torch.empty((len(rows), n_outputs), device=device)
+    workers = default_workers(device) if workers is None else workers
+    loader = DataLoader(batches, batch_size=None, sampler=mine, num_workers=workers,
+                        pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
-    starts = range(0, len(faces), batch_size)
     views = (False, True) if flip else (False,)
-    for start in progress_bar(starts, desc="inference", unit="batch", disable=not progress):
-        rows = np.arange(start, min(start + batch_size, len(faces)))
-        crops = faces.get_batch(rows).to(device, non_blocking=True)
-        total = torch.zeros(len(rows), n_outputs, device=device)
-        for m, share in weighted:
-            x = prepare_batch(crops, m)
+    scales = [(m, share / len(views), *normalisation(m, device)) for m, share in weighted]
+    at = 0
+    for _, crops in progress_bar(loader, desc="inference", unit="batch", disable=not progress):
+        crops = crops.to(device, non_blocking=True)
+        total = out[at:at + len(crops)]
+        total.zero_()
+        for m, share, mean, std in scales:
+            x = prepare_batch(crops, m, mean, std)
             for mirrored in views:
                 with autocast:
-                    total += m.probabilities(x.flip(-1) if mirrored else x) * (share / len(views))
-        out[rows] = total.cpu().numpy()
-    return out
+                    total += m.probabilities(x.flip(-1) if mirrored else x) * share
+        at += len(crops)
+    return rows, out.cpu().numpy()
 
 
 def save_video_probs(faces_dir: str | Path, probs: np.ndarray, out_dir: str | Path) -> dict[str, Path]:

@@ -11,6 +11,7 @@ read (without a template: every video in the folder) and every run passes the ru
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,10 +22,11 @@ import pandas as pd
 
 from abaw_ce import challenge_file, fusion, labels
 from abaw_ce.data.packed import PackedFaces
+from abaw_ce.data.processes import launched_processes, mark_done, mark_path, wait_for_marks
 from abaw_ce.errors import InputError, OptionError, UserError, read_text_lines
 from abaw_ce.files import atomic_write_text
 from abaw_ce.faces.pipeline import STORE_DIR, entry_names, file_kind, list_inputs, run_faces
-from abaw_ce.submission.inference import (PROBS_DIR, RunShares, load_models, predict_audio, predict_crops,
+from abaw_ce.submission.inference import (PROBS_DIR, RunShares, load_models, predict_audio, predict_crop_part,
                                          read_video_probs, save_video_probs)
 from abaw_ce.submission.run_checks import RunCheck, check_runs, is_finished
 from abaw_ce.train.loop import inference_bf16
@@ -120,29 +122,47 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
                     window: int = 9, flip: bool = False, batch_size: int = 256, device: str | None = None,
                     overwrite: bool = False, progress: bool = True,
                     run_weights: Sequence[float] | None = None, track: str = "auto",
-                    allow_partial: bool = False, precision: str = "auto") -> dict[str, Any]:
+                    allow_partial: bool = False, precision: str = "auto", distributed: bool = False,
+                    redetect_every: int = 1, workers: int | None = None, compile_models: bool = False
+                    ) -> dict[str, Any] | None:
     """Write the challenge file for every video under ``videos``; returns the summary (also saved as JSON).
     ``track`` other than "auto" requires every run to be of that track (emotion or cexprnet). Runs that fail the
     run checks (a fold missing or unfinished, a broken fold) are refused unless ``allow_partial``: then the
     finished folds are used and the summary lists what was left out. ``fusion_weights`` is the fitted weighted
     fusion (``tune_fusion``'s, for ``method="weighted"``); ``run_weights`` weigh the runs against each other.
-    ``precision`` follows the training rule (``auto``: bf16 on a GPU that supports it, else fp32)."""
-    import torch
+    ``precision`` follows the training rule (``auto``: bf16 on a GPU that supports it, else fp32).
 
+    ``distributed`` and several launched processes (torchrun, ``accelerate launch``): the faces step's files and the
+    inference batches are split over the processes (each on its own GPU when there are GPUs); the main process
+    writes the file, the same file one process writes, and returns the summary; the others return None.
+    ``redetect_every``: the faces step's tracked search (``run_faces``); ``workers``: crop loader processes;
+    ``compile_models``: every model through ``torch.compile``."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; refusing to overwrite it (pass --overwrite to replace it)")
+    rank, processes = launched_processes() if distributed else (0, 1)
     template_rows = challenge_file.read_template(template) if template is not None else None
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    checked, models, shares = _checked_models(runs, device, run_weights, track, allow_partial)
+    device = device or process_device(processes)
+    checked, models, shares = _checked_models(runs, device, run_weights, track, allow_partial, compile_models)
     work = Path(work_dir) if work_dir is not None else out.with_name(out.stem + "_work")
     videos = Path(videos)
     name_of, names = video_names(videos, work, template, template_rows)
-    faces_dir, damaged, left_out = faces_of_videos(videos, work, name_of, names, template_rows, detector,
-                                                    crop_size, progress)
+    progress = progress and rank == 0
+    faces = faces_of_videos(videos, work, name_of, names, template_rows, detector, crop_size, progress,
+                            processes > 1, redetect_every)
+    if processes > 1:  # the others read the crops once the main process has written them
+        if rank == 0:
+            mark_done(work, "faces", 0)
+        else:
+            wait_for_marks(work, "faces", [0], remove=False)
     audio_weight = shares.modality_share("audio")
-    probs = visual_probs(faces_dir, models, shares, audio_weight, batch_size, flip, device, progress,
-                         inference_bf16(precision, device))
+    faces_dir = work / "faces"
+    rows, values = visual_probs(faces_dir, models, shares, audio_weight, batch_size, flip, device, progress,
+                                inference_bf16(precision, device), (rank, processes), workers)
+    probs = gather_probs(work, rows, values, rank, processes)
+    if probs is None:
+        return None
+    faces_dir, damaged, left_out = faces
     per_video = save_video_probs(faces_dir, probs, work / PROBS_DIR)
     if not per_video:
         raise InputError(videos, "no video could be decoded here")
@@ -166,14 +186,14 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
 
 
 def _checked_models(runs: Sequence[str | Path], device: str, run_weights: Sequence[float] | None, track: str,
-                    allow_partial: bool) -> tuple[RunCheck, list, RunShares]:
+                    allow_partial: bool, compile_models: bool = False) -> tuple[RunCheck, list, RunShares]:
     """The run checks (before any decoding), the runs' models and the share of each run."""
     checked = check_runs(runs)  # fails early on a bad run, before any decoding
     if not checked.ok and not allow_partial:
         raise UserError("the runs fail their checks (as submit/validate.py checks them):\n  "
                         + "\n  ".join(checked.problems) + "\nnothing was written (pass --allow-partial to go on "
                                                            "with the finished folds only)")
-    models = load_models(runs, device)
+    models = load_models(runs, device, compile_models)
     check_track(models, track)
     shares = RunShares.of(models, run_weights, n_runs=len(runs))  # every part below weighs runs with these
     return checked, models, shares
@@ -203,13 +223,17 @@ def video_names(videos: Path, work: Path, template: str | Path | None, template_
 
 
 def faces_of_videos(videos: Path, work: Path, name_of: dict[str, str], names: set[str],
-                     template_rows: pd.DataFrame | None, detector: str, crop_size: int, progress: bool
-                     ) -> tuple[Path, dict[str, Any], list[str]]:
+                     template_rows: pd.DataFrame | None, detector: str, crop_size: int, progress: bool,
+                     distributed: bool = False, redetect_every: int = 1
+                     ) -> tuple[Path, dict[str, Any], list[str]] | None:
     """The faces step on the folder: its folder, the damaged (partly decoded) videos by name, and what is left
-    out; InputError when a video the file must hold could not be read."""
+    out; InputError when a video the file must hold could not be read. Under several processes (``distributed``)
+    each does its share of the files and only the main process, which writes the outputs, gets a result."""
     faces_dir = work / "faces"
     faces = run_faces(videos, faces_dir, detector=detector, size=crop_size, overwrite=True, progress=progress,
-                      cache_dir=work / "faces_cache")
+                      cache_dir=work / "faces_cache", distributed=distributed, redetect_every=redetect_every)
+    if faces is None:
+        return None
     damaged = {name_of[f.path]: f for f in faces.files if f.kind == "video" and f.status == "partial"}
     unreadable = {name_of[f.path]: f for f in faces.files if f.kind == "video" and f.status == "error"}
     wanted_videos = set(template_rows["video"]) if template_rows is not None else names
@@ -227,15 +251,56 @@ def faces_of_videos(videos: Path, work: Path, name_of: dict[str, str], names: se
     return faces_dir, damaged, left_out
 
 
+def process_device(processes: int = 1) -> str:
+    """This process's device: its own GPU (``LOCAL_RANK``) when several processes share a machine's GPUs."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "cpu"
+    if processes == 1:
+        return "cuda"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0') or 0) % torch.cuda.device_count()}"
+
+
 def visual_probs(faces_dir: Path, models: list, shares: RunShares, audio_weight: float, batch_size: int,
-                  flip: bool, device: str, progress: bool, bf16: bool | None = None) -> np.ndarray:
-    """(faces, 6) probabilities of the visual runs for every face crop; NaN when the audio runs carry every
-    share (the crops are then not looked at). ``bf16`` None: the ``auto`` precision rule."""
+                 flip: bool, device: str, progress: bool, bf16: bool | None = None, part: tuple[int, int] = (0, 1),
+                 workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(store rows, (rows, 6) probabilities) of the visual runs for this process's ``part`` of the face crops
+    (``predict_crop_part``); NaN when the audio runs carry every share (the crops are then not looked at, and the
+    main process answers for all of them). ``bf16`` None: the ``auto`` precision rule."""
     if audio_weight < 1.0:
         bf16 = inference_bf16("auto", device) if bf16 is None else bf16
-        return predict_crops(faces_dir / STORE_DIR, models, shares, batch_size=batch_size, flip=flip,
-                             device=device, bf16=bf16, progress=progress)
-    return np.full((len(PackedFaces(faces_dir / STORE_DIR)), len(labels.BASIC_EMOTIONS)), np.nan, np.float32)
+        return predict_crop_part(faces_dir / STORE_DIR, models, shares, batch_size=batch_size, flip=flip,
+                                 device=device, bf16=bf16, progress=progress, part=part, workers=workers)
+    count = len(PackedFaces(faces_dir / STORE_DIR)) if part[0] == 0 else 0
+    return np.arange(count), np.full((count, len(labels.BASIC_EMOTIONS)), np.nan, np.float32)
+
+
+def gather_probs(work: Path, rows: np.ndarray, values: np.ndarray, rank: int, processes: int) -> np.ndarray | None:
+    """Every crop's probabilities, in store order, in the main process (None in the others, which hand theirs over
+    through ``work``)."""
+    if processes == 1:
+        return values[np.argsort(rows)]
+    part = work / f".probs-part-{rank}.npz"
+    if rank != 0:
+        temp = part.with_suffix(".partial.npz")
+        np.savez(temp, rows=rows, values=values)
+        os.replace(temp, part)
+        mark_done(work, "probs", rank)
+        return None
+    wait_for_marks(work, "probs", range(1, processes))
+    parts = [(rows, values)]
+    for r in range(1, processes):
+        path = work / f".probs-part-{r}.npz"
+        with np.load(path) as data:
+            parts.append((data["rows"], data["values"]))
+        path.unlink()
+    mark_path(work, "faces", 0).unlink(missing_ok=True)
+    every = np.concatenate([r for r, _ in parts])
+    probs = np.concatenate([v for _, v in parts])[np.argsort(every)]
+    if not np.array_equal(np.sort(every), np.arange(len(every))):
+        raise RuntimeError(f"the processes' parts cover {len(every)} rows, not each crop once")
+    return probs
 
 
 def audio_probs_of_videos(videos: Path, name_of: dict[str, str], per_video: dict[str, Path], models: list,

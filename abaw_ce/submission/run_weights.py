@@ -45,7 +45,7 @@ def run_frame_probs(videos: str | Path, runs: Sequence[str | Path], work: str | 
         models = load_models([run], device)
         shares = RunShares.of(models, None, n_runs=1)
         audio = shares.modality_share("audio") >= 1.0
-        crops = visual_probs(faces_dir, models, shares, 1.0 if audio else 0.0, batch_size, flip, device, progress)
+        crops = visual_probs(faces_dir, models, shares, 1.0 if audio else 0.0, batch_size, flip, device, progress)[1]
         saved = save_video_probs(faces_dir, crops, work / f"run_probs_{i}")
         per_video = {v: read_video_probs(p) for v, p in saved.items()}
         heard = audio_probs_of_videos(videos, name_of, saved, models, shares, device, batch_size) if audio else {}

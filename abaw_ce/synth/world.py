@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -30,6 +31,7 @@ from abaw_ce.files import atomic_write_text
 from abaw_ce.progress import progress_bar
 from abaw_ce.synth.face import MARGIN, Identity, Pose, aligned_matrix, composite, render_face
 from abaw_ce.synth.voice import SAMPLE_RATE, Voice, speech
+from abaw_ce.video import open_video, video_info
 
 AU_ON = 0.4  # an AU intensity at or above this is labelled present
 
@@ -272,6 +274,46 @@ def write_video(path: Path, frames, fps: int, width: int, height: int, audio: np
                 af.pts = first + i
                 out.mux(astream.encode(af))
             out.mux(astream.encode())
+
+
+def looped_frames(sources: list[Path], frames: int, stamp: int = 0) -> Iterator[np.ndarray]:
+    """``frames`` RGB frames of ``sources`` played in turn, again and again (only sources of the first one's size).
+    ``stamp`` > 0 blacks out that many pixels of each frame's top row, so that videos made of the same sources
+    differ in content (the faces step caches by content)."""
+
+    shape, written = None, 0
+    while written < frames:
+        before = written
+        for source in sources:
+            with open_video(source) as video:
+                for image in video:
+                    shape = shape or image.shape
+                    if image.shape != shape:
+                        break
+                    if stamp:
+                        image[0, :stamp] = 0
+                    yield image
+                    written += 1
+                    if written >= frames:
+                        return
+        if written == before:
+            raise ValueError(f"no frame could be read from {[str(s) for s in sources]}")
+
+
+def looped_video(sources: list[Path], path: Path, frames: int, stamp: int = 0, fps: int = 30) -> int:
+    """A long test video: ``looped_frames`` written as H.264 at ``fps``; returns the frames written."""
+
+    info = video_info(sources[0])
+    count = 0
+
+    def counted() -> Iterator[np.ndarray]:
+        nonlocal count
+        for image in looped_frames(sources, frames, stamp):
+            count += 1
+            yield image
+
+    write_video(path, counted(), fps, info.width, info.height, None)
+    return count
 
 
 def render_video(path: Path, rng: np.random.Generator, seconds: float, classes: tuple[str, ...],

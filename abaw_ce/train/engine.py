@@ -36,7 +36,7 @@ from abaw_ce.errors import OptionError
 from abaw_ce.progress import progress_bar
 from abaw_ce.train import runs
 from abaw_ce.train.loop import (STATUS_FILE, LossMonitor, NonFiniteLoss, TrainLog, epoch_batches,
-                                make_accelerator, read_status, restore, train_step,
+                                device_layout, make_accelerator, read_status, restore, train_step,
                                 write_status)
 from abaw_ce.train.losses import mixup
 from abaw_ce.train.sampling import EpochSampler, derived_seed
@@ -221,6 +221,9 @@ def _set_up(stage: str, config: DictConfig, run_dir: Path, model: nn.Module, tra
     optimizer = create_optimizer_v2(model, "adamw", lr=o.lr, weight_decay=o.weight_decay,
                                     layer_decay=layer_decay, betas=tuple(o.betas))
     ema = make_ema(model, t.ema_decay, t.get("ema_warmup", False)) if t.ema else None  # absent: a run from before
+    device_layout(model, accelerator.device)
+    if ema is not None:
+        device_layout(ema.module, accelerator.device)
     model, optimizer, train_loader, val_loader = accelerator.prepare(model, optimizer, train_loader, val_loader)
     if teacher is not None:
         teacher = teacher.to(accelerator.device).eval().requires_grad_(False)
@@ -243,9 +246,11 @@ def _loaders(stage: str, t: DictConfig, num_processes: int, train_set: Dataset, 
     if len(val_set) == 0:
         raise OptionError(f"{stage}: the validation set is empty")
     sampler = train_order if train_order is not None else EpochSampler(len(train_set), seed=t.seed)
-    train_loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, drop_last=True,
-                              num_workers=t.num_workers, pin_memory=torch.cuda.is_available())
-    val_loader = DataLoader(val_set, batch_size=t.eval_batch_size, shuffle=False, num_workers=t.num_workers)
+    # Workers live across epochs: the training sets draw their randomness from the (epoch, index) keys.
+    workers = {"num_workers": t.num_workers, "persistent_workers": t.num_workers > 0,
+               "pin_memory": torch.cuda.is_available()}
+    train_loader = DataLoader(train_set, batch_size=t.batch_size, sampler=sampler, drop_last=True, **workers)
+    val_loader = DataLoader(val_set, batch_size=t.eval_batch_size, shuffle=False, **workers)
     return train_loader, val_loader
 
 
