@@ -4,7 +4,7 @@
     python benchmarks/submission_memory.py --long-frames 3000  # quicker
 
 Each video loops a tiny synthetic world's test videos (one resolution). Each make_submission runs in a fresh
-process (5 random tiny ViT folds, the OpenCV detector with the tracked search) and reports its own peak resident
+process (random tiny ViT folds, the OpenCV detector with the tracked search) and reports its own peak resident
 set size (``getrusage``); the models and libraries alone take most of it, so the figure to read is the growth.
 Last line: ``peak RSS: short <a> MiB, long <b> MiB (<frames> frames), growth <b - a> MiB``.
 """
@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--short-frames", type=int, default=300)
     parser.add_argument("--long-frames", type=int, default=18_000)
     parser.add_argument("--redetect-every", type=int, default=10)
+    parser.add_argument("--folds", type=int, default=1,
+                        help="random tiny ViT folds (their weights add the same to both videos)")
     args = parser.parse_args(argv)
     from abaw_ce.synth.world import generate_world, looped_video
     from benchmarks.inference_throughput import fake_run
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         generate_world(tmp / "world", seed=0, scale="tiny")
         sources = sorted((tmp / "world" / "test").glob("*.mp4"))
-        run = fake_run(tmp / "run", 5, TINY)
+        run = fake_run(tmp / "run", args.folds, TINY)
         figures = {}
         for name, frames in (("short", args.short_frames), ("long", args.long_frames)):
             looped_video(sources, tmp / name / f"{name}.mp4", frames)
