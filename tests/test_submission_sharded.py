@@ -7,7 +7,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+import torch
 
+from abaw_ce.data.packed import PackedFaces
 from abaw_ce.faces import run_faces
 from abaw_ce.submission.inference import RunShares, load_models, predict_crop_part, predict_crops
 from abaw_ce.submission.pipeline import make_submission
@@ -31,6 +34,10 @@ def test_inference_parts_and_loader_workers_give_the_whole_store_s_numbers(tiny_
         assert set(part_rows // 16 % 3) <= {r}  # whole batches, dealt round-robin
         assert np.array_equal(values, whole[part_rows])
     assert np.array_equal(predict_crops(store, models, batch_size=16, progress=False, workers=2), whole)
+    faces = PackedFaces(store)  # the loader reads ranges from the file: the same crops as the memmap gives
+    assert torch.equal(faces.read_range(3, 20), faces.get_batch(np.arange(3, 23)))
+    with pytest.raises(ValueError, match="outside the store"):
+        faces.read_range(len(faces) - 2, 5)
 
 
 def test_two_processes_write_the_file_one_process_writes(tiny_world, tmp_path):

@@ -410,6 +410,23 @@ class PackedFaces(Dataset):
             return images
         return torch.stack([self.transform(image) for image in images.unbind(0)])
 
+    def read_range(self, start: int, count: int) -> torch.Tensor:
+        """Store rows ``start`` .. ``start + count - 1`` as (count, 3, H, W) uint8, read from the file instead of
+        through the memmap: one pass over a large store (inference) then holds no page of it in this process's
+        memory, where mapped pages stay resident and counted until the map is dropped."""
+        if start < 0 or count < 0 or start + count > self.count:
+            raise ValueError(f"rows {start}..{start + count - 1} are outside the store {self.store_dir} "
+                             f"(rows 0..{self.count - 1})")
+        item = int(np.prod(self.shape))
+        with open(self.store_dir / FACES_FILE, "rb") as handle:
+            handle.seek(start * item)
+            data = handle.read(count * item)
+        crops = np.frombuffer(data, dtype=np.uint8).reshape(count, *self.shape)
+        batch = np.empty((count, CHANNELS, self.shape[0], self.shape[1]), dtype=np.uint8)
+        for i in range(count):  # crop by crop, as get_batch: each shuffle stays in the CPU cache
+            batch[i] = crops[i].transpose(2, 0, 1)
+        return torch.from_numpy(batch)
+
     def __getitems__(self, indices: list[int]) -> list[Any]:
         # DataLoader's batched fetch: one sorted read per batch instead of one read per crop.
         if self.transform is not None:

@@ -182,7 +182,8 @@ class CropBatches(Dataset):
         return np.arange(b * self.batch_size, min((b + 1) * self.batch_size, len(self.faces)))
 
     def __getitem__(self, b: int) -> tuple[int, torch.Tensor]:
-        return b, self.faces.get_batch(self.rows(b))
+        rows = self.rows(b)
+        return b, self.faces.read_range(int(rows[0]), len(rows))  # read, not mapped: memory flat in store size
 
 
 def default_workers(device: torch.device) -> int:
