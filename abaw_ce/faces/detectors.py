@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -345,7 +345,7 @@ class OpenCVDetector(FaceDetector):
         pad = round(self.pad_fraction * short_side)
         if min(gray.shape) + 2 * pad < min_face:
             return []
-        return self._faces_in(gray, (pad,) * 4, (min_face, 0), lambda x: (x - pad) / scale)
+        return self._faces_in(gray, (pad,) * 4, (min_face, 0), np.array([pad, pad], np.float64), scale)
 
     def detect_near(self, image_rgb: np.ndarray, box: Sequence[float]) -> list[Detection]:
         """The search restricted to a region around ``box`` and to faces within NEAR_SIZE_RATIO of its size.
@@ -371,15 +371,14 @@ class OpenCVDetector(FaceDetector):
         sides = tuple(pad if touches else 0 for touches in (top == 0, bottom == height, left == 0, right == width))
         min_face = max(_MIN_HAAR_FACE, math.floor(side / NEAR_SIZE_RATIO))
         max_face = max(min_face + 1, math.ceil(side * NEAR_SIZE_RATIO))
-        shift = np.array([left - sides[2], top - sides[0]], dtype=np.float64)
         return self._faces_in(gray, sides, (min_face, max_face),
-                              lambda x: x + (np.tile(shift, 2) if x.shape == (4,) else shift))
+                              np.array([sides[2] - left, sides[0] - top], np.float64), 1.0)
 
     def _faces_in(self, gray: np.ndarray, pads: tuple[int, int, int, int], sizes: tuple[int, int],
-                  to_caller: Callable[[np.ndarray], np.ndarray]) -> list[Detection]:
+                  origin: np.ndarray, scale: float) -> list[Detection]:
         """Faces of a grey search image, equalised then given a replicated border of ``pads`` (top, bottom, left,
-        right); ``sizes``: smallest and largest face side (0: no largest); ``to_caller`` maps points of the
-        padded image back to the caller's pixels."""
+        right); ``sizes``: smallest and largest face side (0: no largest). A point p of the padded image is
+        (p - origin) / scale in the caller's pixels."""
         def padded(image: np.ndarray) -> np.ndarray:
             return cv2.copyMakeBorder(image, *pads, cv2.BORDER_REPLICATE) if any(pads) else image
 
@@ -396,7 +395,10 @@ class OpenCVDetector(FaceDetector):
             if eyes is not None:
                 landmarks = _move_to_eyes(landmarks, eyes)
             score = 1.0 / (1.0 + math.exp(-float(weight)))
-            detections.append(Detection(box=to_caller(box), score=score, landmarks=to_caller(landmarks)))
+            # Back from the padded (and downscaled) search image to the caller's pixels.
+            box = ((box.reshape(2, 2) - origin) / scale).ravel()
+            landmarks = (landmarks - origin) / scale
+            detections.append(Detection(box=box, score=score, landmarks=landmarks))
         return detections
 
     def _search(self, image: np.ndarray, sizes: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

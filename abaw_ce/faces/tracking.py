@@ -106,7 +106,8 @@ class TrackedSearch:
         chosen = []
         for image in images:
             found: list[Detection] = []
-            if self.since_full < self.redetect_every and not self.tracker.lost and self.tracker.missed == 0:
+            tracked = self.tracker.last_box is not None and self.tracker.missed == 0  # the face of the last frame
+            if tracked and self.since_full < self.redetect_every:
                 found = self.detector.detect_near(image, self.tracker.last_box)
             if found:
                 self.since_full += 1
