@@ -88,21 +88,21 @@ def detection_figures(frames: pd.DataFrame, visible_csv: Path | None) -> str:
             f"{int(empty['face_found'].sum())} of {len(empty)} frames without")
 
 
-def ours(videos: Path, runs: list[Path], out: Path, args: argparse.Namespace, setting: tuple[int, int, str]
+def ours(videos: Path, runs: list[Path], out: Path, args: argparse.Namespace, setting: Setting
          ) -> tuple[int, pd.DataFrame]:
-    """make_submission with ``setting`` (redetect every, processes, precision), in this process or launched over
-    several; (frames written, faces table)."""
-    redetect_every, processes, precision = setting
+    """make_submission with ``setting``, in this process or launched over several; (frames written, faces table)."""
+    redetect_every, processes, precision, search_side = setting
     if processes == 1:
         summary = make_submission(videos, runs, out, detector=args.detector, crop_size=args.crop_size,
-                                  redetect_every=redetect_every, precision=precision, progress=False)
+                                  redetect_every=redetect_every, precision=precision, progress=False,
+                                  search_side=search_side)
         frames = summary["frames"]
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                    "--master_port", str(29500 + os.getpid() % 1000), str(ROOT / "submit" / "make_submission.py"),
                    "--videos", str(videos), "--models", *map(str, runs), "--out", str(out), "--detector",
                    args.detector, "--crop-size", str(args.crop_size), "--redetect-every", str(redetect_every),
-                   "--precision", precision]
+                   "--precision", precision] + (["--search-side", str(search_side)] if search_side else [])
         done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
         if done.returncode != 0:
             sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -111,13 +111,25 @@ def ours(videos: Path, runs: list[Path], out: Path, args: argparse.Namespace, se
     return frames, faces.assign(face_found=faces["face_found"].astype(bool))
 
 
-def setting_of(text: str) -> tuple[int, int, str]:
-    """``K:P:PRECISION`` -> (redetect every K frames, P processes, precision)."""
+Setting = tuple[int, int, str, "int | None"]
+
+
+def setting_of(text: str) -> Setting:
+    """``K:P:PRECISION[:SIDE]`` -> (redetect every K frames, P processes, precision, full-search side or None)."""
     try:
-        k, processes, precision = text.split(":")
-        return int(k), int(processes), precision
+        k, processes, precision, *side = text.split(":")
+        if len(side) > 1 or precision not in ("fp32", "bf16"):
+            raise ValueError
+        return int(k), int(processes), precision, int(side[0]) if side else None
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected K:P:PRECISION (e.g. 10:2:fp32), got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected K:P:PRECISION[:SIDE] (e.g. 10:2:fp32:320), got {text!r}") from None
+
+
+def describe(setting: Setting) -> str:
+    redetect_every, processes, precision, search_side = setting
+    return (f"full search every {redetect_every} frame(s) at least"
+            + (f" on frames scaled to {search_side} px" if search_side else "")
+            + f", {processes} process(es), {precision}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,10 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", type=Path, help="emotion runs (default: 5 random tiny folds)")
     parser.add_argument("--detector", default="opencv")
     parser.add_argument("--crop-size", type=int, default=112)
-    parser.add_argument("--settings", nargs="+", type=setting_of, default=[(10, 2, "fp32")],
-                        help="ours, each as K:P:PRECISION: a full face search at least every K frames (1: on every "
-                             "frame, as naive), P processes, fp32 or bf16 (default 10:2:fp32: both cores of this "
-                             "machine); the last line is the first setting's")
+    parser.add_argument("--settings", nargs="+", type=setting_of, default=[(10, 2, "fp32", None)],
+                        help="ours, each as K:P:PRECISION[:SIDE]: a full face search at least every K frames (1: on "
+                             "every frame, as naive), P processes, fp32 or bf16, full searches on frames scaled to "
+                             "SIDE px on the longer side (default: the detector's own; 10:2:fp32); the last line is "
+                             "the first setting's")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -156,8 +169,7 @@ def main(argv: list[str] | None = None) -> int:
             ours_s = time.perf_counter() - start
             ratios.append((count / ours_s) / (len(naive_frames) / naive_s))
             print(f"  make_submission       {count / ours_s:8.1f} frames/s   {detection_figures(our_frames, visible)}"
-                  f"   ({ratios[-1]:.2f}x; full search every {setting[0]} frame(s) at least, {setting[1]} "
-                  f"process(es), {setting[2]})", flush=True)
+                  f"   ({ratios[-1]:.2f}x; {describe(setting)})", flush=True)
     print(f"speed-up over naive loop: {ratios[0]:.2f}x")
     return 0
 

@@ -10,7 +10,7 @@ import pytest
 
 from abaw_ce.errors import OptionError
 from abaw_ce.faces import run_faces
-from abaw_ce.faces.detectors import OpenCVDetector
+from abaw_ce.faces.detectors import Detection, OpenCVDetector, PreviousFace
 from abaw_ce.faces.pipeline import load_image
 from abaw_ce.faces.tracking import TrackedSearch, box_iou
 from tests.test_faces import PHOTOS, _background, _face_clip_frames, _paste, _write_video
@@ -74,3 +74,41 @@ def test_run_faces_with_the_tracked_search(tmp_path, clip):
     assert found[0] == found[1] and sum(found[1]) >= 14
     with pytest.raises(OptionError, match="redetect_every"):
         run_faces(tmp_path / "in", tmp_path / "bad", detector="opencv", progress=False, redetect_every=0)
+
+
+def _shifted(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
+    return cv2.warpAffine(image, np.float32([[1, 0, dx], [0, 1, dy]]), image.shape[1::-1], flags=cv2.INTER_LINEAR,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def test_eyes_found_on_one_frame_are_followed_to_the_next(detector, clip):
+    (frames, _), _ = clip
+    frame = frames[0]
+    (before,) = detector.detect(frame)
+    assert before.eyes_found
+    for dx, dy in ((3, 2), (-1.5, 0.5)):
+        moved = _shifted(frame, dx, dy)
+        (near,) = detector.detect_near(moved, before.box, PreviousFace(frame, before))
+        assert near.eyes_found
+        # The eyes move with the face, to a fraction of a pixel; the cascade's own eyes move by whole pixels.
+        assert np.abs(near.landmarks[:2] - before.landmarks[:2] - [dx, dy]).max() < 0.35
+    # The previous frame does not show these eyes (another picture there): the eye search runs instead.
+    (searched,) = detector.detect_near(frame, before.box)
+    other = np.full_like(frame, 128)
+    (fallback,) = detector.detect_near(frame, before.box, PreviousFace(other, before))
+    np.testing.assert_array_equal(fallback.landmarks, searched.landmarks)
+    # A previous face without found eyes gives nothing to follow.
+    guessed = Detection(box=before.box, score=before.score, landmarks=before.landmarks, eyes_found=False)
+    (unfollowed,) = detector.detect_near(_shifted(frame, 3, 2), before.box, PreviousFace(frame, guessed))
+    (plain,) = detector.detect_near(_shifted(frame, 3, 2), before.box)
+    np.testing.assert_array_equal(unfollowed.landmarks, plain.landmarks)
+
+
+def test_tracked_search_follows_the_eyes_between_full_searches(detector, clip):
+    (frames, _), _ = clip
+    every, tracked = TrackedSearch(detector, redetect_every=1).faces(frames), \
+        TrackedSearch(detector, redetect_every=10).faces(frames)
+    pairs = [(a, b) for a, b in zip(every, tracked) if a is not None]
+    assert all(b.eyes_found for _, b in pairs)
+    distance = np.mean([np.hypot(*(a.landmarks[1] - a.landmarks[0])) for a, _ in pairs])
+    assert max(np.abs(a.landmarks[:2] - b.landmarks[:2]).max() for a, b in pairs) < 0.1 * distance

@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from abaw_ce.errors import OptionError
 from abaw_ce.faces.detectors import make_detector
 from abaw_ce.faces.pipeline import (FRAMES_CSV, SHARD_WORK_DIR, STORE_DIR, _faces_of_share, list_inputs,
                                     run_faces, share_files)
@@ -71,3 +74,30 @@ def test_two_processes_write_what_one_writes_and_a_killed_run_redoes_only_the_re
     after = {p.name: p.stat().st_mtime_ns for p in cache.glob("*.npz")}
     assert all(after[name] == mtime for name, mtime in kept.items())  # not redone
     assert len(after) > len(kept) and not list(cache.glob(".share-*"))
+
+
+def test_threads_write_what_one_thread_writes(tiny_world, tmp_path):
+    source = tmp_path / "in"
+    (source / "sub").mkdir(parents=True)
+    shutil.copy(tiny_world / "test" / "test002.mp4", source / "test002.mp4")
+    shutil.copy(source / "test002.mp4", source / "sub" / "again.mp4")  # same content: one cache entry, built once
+    for image in sorted((tiny_world / "rafdb_basic" / "Image" / "aligned").glob("*.jpg"))[:2]:
+        shutil.copy(image, source / image.name)
+    (source / "broken.mp4").write_bytes(b"not a video")
+    (source / "notes.txt").write_text("not a face")
+    reports = {}
+    for threads, cache in ((1, None), (3, None), (3, "cache")):
+        out = tmp_path / f"out{threads}{cache or ''}"
+        reports[out.name] = run_faces(source, out, detector="opencv", size=48, progress=False, threads=threads,
+                                      cache_dir=tmp_path / cache if cache else None, redetect_every=5)
+    one, *others = reports
+    for other in others:
+        for name in OUTPUTS:
+            assert filecmp.cmp(tmp_path / one / name, tmp_path / other / name, shallow=False), (other, name)
+        assert [(f.path, f.status, f.frames, f.faces_found) for f in reports[other].files] == \
+            [(f.path, f.status, f.frames, f.faces_found) for f in reports[one].files]
+    statuses = {f.path: f.status for f in reports[one].files}
+    assert statuses["broken.mp4"] == "error" and statuses["notes.txt"] == "skipped"
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == len(statuses) - 3  # again.mp4 shares test000's entry
+    with pytest.raises(OptionError, match="threads"):
+        run_faces(source, tmp_path / "bad", detector="opencv", progress=False, threads=0)

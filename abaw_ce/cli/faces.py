@@ -11,7 +11,7 @@ from pathlib import Path
 
 from abaw_ce.errors import run_command
 from abaw_ce.faces.detectors import DETECTOR_NAMES
-from abaw_ce.faces.pipeline import DEFAULT_BATCH, run_faces
+from abaw_ce.faces.pipeline import DEFAULT_BATCH, run_faces, search_options
 
 
 def _positive_int(text: str) -> int:
@@ -41,6 +41,9 @@ def build_parser(prog: str = "python -m abaw_ce.faces") -> argparse.ArgumentPars
     parser.add_argument("--redetect-every", type=_positive_int, default=1, metavar="K",
                         help="videos: search near the tracked face, with a full search at least every K frames and "
                              "wherever the local one finds none (default 1: a full search on every frame)")
+    parser.add_argument("--search-side", type=_positive_int, metavar="N",
+                        help="opencv detector: full searches on the frame scaled to at most N px on its longer side "
+                             "(default 800); faster, and faces under about 24/N of that side are missed")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -58,7 +61,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         with logging_redirect_tqdm():  # log lines above the progress bar, not through it
             report = run_faces(args.input, args.out, detector=args.detector, size=args.size, cache_dir=args.cache,
                                overwrite=args.overwrite, batch_size=args.batch_size, progress=not args.no_progress,
-                               distributed=True, redetect_every=args.redetect_every)
+                               distributed=True, redetect_every=args.redetect_every,
+                               detector_options=search_options(args.search_side, args.detector))
         if report is None:  # another process of a multi-process launch: the main one writes and reports
             return 0
         print(report.summary())

@@ -43,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redetect-every", type=int, default=1, metavar="K",
                         help="faces step: search near the tracked face, with a full search at least every K frames "
                              "and wherever the local one finds none (default 1: a full search on every frame)")
+    parser.add_argument("--search-side", type=int, metavar="N",
+                        help="faces step, opencv detector: full searches on the frame scaled to at most N px on its "
+                             "longer side (default 800); faster, and faces under about 24/N of that side are missed")
     parser.add_argument("--workers", type=int, help="crop loader processes (default: up to 4 on a GPU, 0 on a CPU)")
     parser.add_argument("--compile", action="store_true", help="run the models through torch.compile (pays off on "
                                                                "long jobs: the first batches compile)")
@@ -66,7 +69,7 @@ def _submit(args: argparse.Namespace) -> None:
                               run_weights=args.run_weights, track=args.track,
                               allow_partial=args.allow_partial, precision=args.precision, distributed=True,
                               redetect_every=args.redetect_every, workers=args.workers,
-                              compile_models=args.compile)
+                              compile_models=args.compile, search_side=args.search_side)
     if summary is None:  # another process of a launch: the main one reports
         return
     for report in summary["per_video"]:

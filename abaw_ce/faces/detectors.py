@@ -49,11 +49,13 @@ class DetectorModelNotFound(DetectorUnavailable):
 
 @dataclass(eq=False)
 class Detection:
-    """One face: box (x1, y1, x2, y2), score, and (5, 2) float32 landmarks, all in image pixels."""
+    """One face: box (x1, y1, x2, y2), score, and (5, 2) float32 landmarks, all in image pixels; ``eyes_found``:
+    the two eye points were located on the image (not only estimated from the box)."""
 
     box: tuple[float, float, float, float]
     score: float
     landmarks: np.ndarray
+    eyes_found: bool = False
 
     def __post_init__(self) -> None:
         self.box = tuple(float(v) for v in np.asarray(self.box, dtype=np.float64).reshape(4))
@@ -84,6 +86,14 @@ def check_image(image: Any) -> np.ndarray:
     return image
 
 
+@dataclass(frozen=True, eq=False)
+class PreviousFace:
+    """The tracked face of the frame before, with that frame (RGB): what a local search may reuse."""
+
+    image: np.ndarray
+    face: Detection
+
+
 class FaceDetector:
     """Base class: ``detect`` one RGB image, ``detect_batch`` several; ``settings`` names what changes output."""
 
@@ -95,10 +105,17 @@ class FaceDetector:
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
         return [self.detect(image) for image in images]
 
-    def detect_near(self, image_rgb: np.ndarray, box: Sequence[float]) -> list[Detection]:
+    def detect_near(self, image_rgb: np.ndarray, box: Sequence[float], previous: PreviousFace | None = None
+                    ) -> list[Detection]:
         """Faces of about the size of ``box`` (x1, y1, x2, y2) around it, as a video tracker needs from one frame
-        to the next. Detectors without a cheaper local search run the full one."""
+        to the next (``previous``: that frame and its face, when the caller has them). Detectors without a
+        cheaper local search run the full one."""
         return self.detect(image_rgb)
+
+    def thread_copy(self) -> FaceDetector | None:
+        """A detector giving the same detections that another thread may use alongside this one, or None when
+        this detector cannot say (it then runs in one thread)."""
+        return None
 
     @property
     def settings(self) -> str:
@@ -249,6 +266,11 @@ _EYE_SEARCH_FACE_WIDTH = 120
 # less than that between frames), and faces between 1/ratio and ratio times its side are looked for.
 NEAR_MARGIN = 0.5
 NEAR_SIZE_RATIO = 1.3
+# Following eyes between frames: the matched patch's side and how far an eye may move, in eye distances, and
+# the normalised correlation below which the eye search runs instead.
+EYE_FOLLOW_PATCH = 0.6
+EYE_FOLLOW_REACH = 0.3
+EYE_FOLLOW_MIN_MATCH = 0.7
 
 
 @lru_cache(maxsize=1)
@@ -322,6 +344,11 @@ class OpenCVDetector(FaceDetector):
         self._faces = _load_cascade(_HAAR_FACE_FILES[cascade])
         self._eyes = _load_cascade(_HAAR_EYE_FILE) if self.find_eyes else None
 
+    def thread_copy(self) -> OpenCVDetector:
+        # A cascade keeps per-search buffers: each thread gets its own.
+        return OpenCVDetector(self.cascade, self.scale_factor, self.min_neighbors, self.min_face_fraction,
+                              self.max_side, self.pad_fraction, self.find_eyes, self.local_contrast)
+
     @property
     def settings(self) -> str:
         return (f"opencv:{self.cascade}:sf={self.scale_factor}:mn={self.min_neighbors}:"
@@ -347,12 +374,15 @@ class OpenCVDetector(FaceDetector):
             return []
         return self._faces_in(gray, (pad,) * 4, (min_face, 0), np.array([pad, pad], np.float64), scale)
 
-    def detect_near(self, image_rgb: np.ndarray, box: Sequence[float]) -> list[Detection]:
+    def detect_near(self, image_rgb: np.ndarray, box: Sequence[float], previous: PreviousFace | None = None
+                    ) -> list[Detection]:
         """The search restricted to a region around ``box`` and to faces within NEAR_SIZE_RATIO of its size.
 
         The full search scans every window size from the smallest face up on the whole frame; near a known face
         only a few sizes over a small region are left, about an order of magnitude less work. The region is
-        searched at full resolution, equalised on its own.
+        searched at full resolution, equalised on its own. When ``previous`` has found eyes, each is followed
+        from that frame by matching its surroundings (``_follow_eye_pair``) instead of searching for eyes
+        again, which cost most of a local search; the eye search runs where that match fails.
         """
         image_rgb = check_image(image_rgb)
         height, width = image_rgb.shape[:2]
@@ -365,20 +395,29 @@ class OpenCVDetector(FaceDetector):
         right, bottom = min(width, math.ceil(x2 + margin)), min(height, math.ceil(y2 + margin))
         if right - left < _MIN_HAAR_FACE or bottom - top < _MIN_HAAR_FACE:
             return self.detect(image_rgb)
-        gray = cv2.cvtColor(np.ascontiguousarray(image_rgb[top:bottom, left:right]), cv2.COLOR_RGB2GRAY)
+
+        def region_gray(rgb: np.ndarray) -> np.ndarray:
+            return cv2.cvtColor(np.ascontiguousarray(rgb[top:bottom, left:right]), cv2.COLOR_RGB2GRAY)
+
         # Replicated border only where the region meets the frame's edge, as the full search pads the frame.
         pad = round(self.pad_fraction * min(height, width))
         sides = tuple(pad if touches else 0 for touches in (top == 0, bottom == height, left == 0, right == width))
         min_face = max(_MIN_HAAR_FACE, math.floor(side / NEAR_SIZE_RATIO))
         max_face = max(min_face + 1, math.ceil(side * NEAR_SIZE_RATIO))
-        return self._faces_in(gray, sides, (min_face, max_face),
-                              np.array([sides[2] - left, sides[0] - top], np.float64), 1.0)
+        origin = np.array([sides[2] - left, sides[0] - top], np.float64)
+        eyes_before = None
+        if (self._eyes is not None and previous is not None and previous.face.eyes_found
+                and previous.image.shape == image_rgb.shape):
+            eyes_before = (region_gray(previous.image), previous.face.landmarks[:2] + origin)
+        return self._faces_in(region_gray(image_rgb), sides, (min_face, max_face), origin, 1.0, eyes_before)
 
     def _faces_in(self, gray: np.ndarray, pads: tuple[int, int, int, int], sizes: tuple[int, int],
-                  origin: np.ndarray, scale: float) -> list[Detection]:
+                  origin: np.ndarray, scale: float, eyes_before: tuple[np.ndarray, np.ndarray] | None = None
+                  ) -> list[Detection]:
         """Faces of a grey search image, equalised then given a replicated border of ``pads`` (top, bottom, left,
         right); ``sizes``: smallest and largest face side (0: no largest). A point p of the padded image is
-        (p - origin) / scale in the caller's pixels."""
+        (p - origin) / scale in the caller's pixels. ``eyes_before``: the previous frame's search image (same
+        region, unpadded) and its face's two eye points in padded coordinates, for eyes to be followed."""
         def padded(image: np.ndarray) -> np.ndarray:
             return cv2.copyMakeBorder(image, *pads, cv2.BORDER_REPLICATE) if any(pads) else image
 
@@ -387,18 +426,21 @@ class OpenCVDetector(FaceDetector):
         if not len(boxes) and self._clahe is not None:
             boxes, weights = self._search(padded(self._clahe.apply(gray)), sizes)
         gray = padded(gray)
+        before = (padded(eyes_before[0]), eyes_before[1]) if eyes_before is not None and len(boxes) else None
         detections = []
         for (x, y, w, h), weight in zip(boxes, weights):
             box = np.array([x, y, x + w, y + h], dtype=np.float64)
             landmarks = landmarks_in_box(box)
-            eyes = self._find_eye_pair(gray, box, landmarks[:2]) if self._eyes is not None else None
+            eyes = _follow_eye_pair(before[0], gray, before[1], box) if before is not None else None
+            if eyes is None and self._eyes is not None:
+                eyes = self._find_eye_pair(gray, box, landmarks[:2])
             if eyes is not None:
                 landmarks = _move_to_eyes(landmarks, eyes)
             score = 1.0 / (1.0 + math.exp(-float(weight)))
             # Back from the padded (and downscaled) search image to the caller's pixels.
             box = ((box.reshape(2, 2) - origin) / scale).ravel()
             landmarks = (landmarks - origin) / scale
-            detections.append(Detection(box=box, score=score, landmarks=landmarks))
+            detections.append(Detection(box=box, score=score, landmarks=landmarks, eyes_found=eyes is not None))
         return detections
 
     def _search(self, image: np.ndarray, sizes: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -433,15 +475,55 @@ class OpenCVDetector(FaceDetector):
         best, best_cost = None, math.inf
         for left_eye in (c for c in centres if c[0] < middle):
             for right_eye in (c for c in centres if c[0] >= middle):
-                step = right_eye - left_eye
-                distance = float(np.hypot(*step))
-                # Eyes of a face this size are 0.22-0.6 box widths apart, with under ~30 degrees of roll.
-                if not 0.22 * face_width <= distance <= 0.6 * face_width or abs(step[1]) > 0.6 * step[0]:
+                if not _plausible_eye_pair(left_eye, right_eye, face_width):
                     continue
                 cost = float(np.sum((left_eye - expected[0]) ** 2) + np.sum((right_eye - expected[1]) ** 2))
                 if cost < best_cost:
                     best, best_cost = np.stack([left_eye, right_eye]), cost
         return best
+
+
+def _plausible_eye_pair(left_eye: np.ndarray, right_eye: np.ndarray, face_width: float) -> bool:
+    """Eyes of a face this size are 0.22-0.6 box widths apart, with under ~30 degrees of roll."""
+    step = right_eye - left_eye
+    return 0.22 * face_width <= float(np.hypot(*step)) <= 0.6 * face_width and abs(step[1]) <= 0.6 * step[0]
+
+
+def _peak_offset(below: float, peak: float, above: float) -> float:
+    """Sub-pixel offset of a maximum from the parabola through it and its two neighbours."""
+    curvature = below - 2 * peak + above
+    return 0.0 if curvature >= 0 else float(np.clip(0.5 * (below - above) / curvature, -0.5, 0.5))
+
+
+def _follow_eye_pair(before: np.ndarray, now: np.ndarray, eyes: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+    """The two eye points of frame ``before`` found again in frame ``now`` (same grey search region), or None.
+
+    Each eye's surroundings (a square of 0.6 eye distances, brow included) are matched by normalised
+    correlation within EYE_FOLLOW_REACH eye distances of where the eye was, to a sub-pixel peak. A weak match
+    (blink, occlusion, a cut) or a pair no eye search would accept gives None, and the caller searches instead.
+    Following drifts a little each frame; the tracked search re-anchors it with a full search every k frames.
+    """
+    distance = float(np.hypot(*(eyes[1] - eyes[0])))
+    half = max(3, round(EYE_FOLLOW_PATCH / 2 * distance))
+    reach = max(2, round(EYE_FOLLOW_REACH * distance))
+    followed = []
+    for eye in eyes:
+        cx, cy = (int(round(float(v))) for v in eye)
+        x0, y0, x1, y1 = cx - half - reach, cy - half - reach, cx + half + reach + 1, cy + half + reach + 1
+        if x0 < 0 or y0 < 0 or x1 > now.shape[1] or y1 > now.shape[0]:
+            return None
+        template = before[cy - half:cy + half + 1, cx - half:cx + half + 1]
+        if float(template.std()) < 1.0:  # a flat patch matches anywhere
+            return None
+        scores = cv2.matchTemplate(now[y0:y1, x0:x1], template, cv2.TM_CCOEFF_NORMED)
+        _, best, _, (bx, by) = cv2.minMaxLoc(scores)
+        if best < EYE_FOLLOW_MIN_MATCH:
+            return None
+        dx = _peak_offset(*scores[by, bx - 1:bx + 2]) if 0 < bx < scores.shape[1] - 1 else 0.0
+        dy = _peak_offset(*scores[by - 1:by + 2, bx]) if 0 < by < scores.shape[0] - 1 else 0.0
+        followed.append(eye + np.array([bx - reach + dx, by - reach + dy]))
+    left_eye, right_eye = followed
+    return np.stack(followed) if _plausible_eye_pair(left_eye, right_eye, box[2] - box[0]) else None
 
 
 # --- inputs that are already aligned crops -------------------------------------------------------------
@@ -450,6 +532,9 @@ class WholeImageDetector(FaceDetector):
     """For already aligned crops: one face covering the whole image, landmarks on the scaled template."""
 
     name = "none"
+
+    def thread_copy(self) -> WholeImageDetector:
+        return self  # no state
 
     def detect(self, image_rgb: np.ndarray) -> list[Detection]:
         height, width = check_image(image_rgb).shape[:2]

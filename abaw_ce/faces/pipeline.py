@@ -12,10 +12,14 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 import uuid
+from collections import deque
+from contextlib import closing
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -26,7 +30,7 @@ from abaw_ce.data.processes import cores_per_process, launched_processes, mark_d
 from abaw_ce.errors import InputError, OptionError, require_file
 from abaw_ce.faces.align import align_face
 from abaw_ce.faces.cache import EntryBuilder, FaceEntry, FrameFaces, cache_key, file_digest
-from abaw_ce.faces.detectors import Detection, FaceDetector, make_detector
+from abaw_ce.faces.detectors import Detection, FaceDetector, OpenCVDetector, make_detector
 from abaw_ce.faces.tracking import MainFaceTracker, TrackedSearch, main_face_index
 from abaw_ce.progress import progress_bar
 from abaw_ce.video import VIDEO_SUFFIXES, VideoReader, open_video
@@ -110,10 +114,24 @@ def _track_batch(images: list[np.ndarray], first_frame: int, search: TrackedSear
             for offset, (image, chosen) in enumerate(zip(images, search.faces(images)))]
 
 
+def search_options(search_side: int | None, detector: str | FaceDetector = "auto") -> dict[str, Any]:
+    """Detector options for a full search on frames scaled to at most ``search_side`` px on the longer side (the
+    OpenCV detector's ``max_side``; "auto" passes it on only when it picks OpenCV); none when not given."""
+    if search_side is None:
+        return {}
+    if not (detector in ("auto", "opencv") or isinstance(detector, OpenCVDetector)):
+        raise OptionError(f"a search side applies to the opencv detector, not {detector!r} (insightface scales "
+                          "frames to its own input size)")
+    if isinstance(search_side, bool) or not isinstance(search_side, (int, np.integer)) or search_side < 32:
+        raise OptionError(f"search side must be a whole number of pixels >= 32, got {search_side!r}")
+    return {"max_side": int(search_side)}
+
+
 def video_settings(detector_settings: str, redetect_every: int) -> str:
     """What decides a video's faces: the detector's settings, and how often the tracked search re-runs the full
     one (part of the cache key and of the report)."""
-    return detector_settings + (f":redetect_every={int(redetect_every)}" if redetect_every != 1 else "")
+    # Eyes followed between frames (where the detector can) changed the tracked search's landmarks: a new key.
+    return detector_settings + (f":redetect_every={int(redetect_every)}:follow_eyes" if redetect_every != 1 else "")
 
 
 @dataclass(eq=False)
@@ -281,11 +299,16 @@ class _FaceRun:
         self.progress = progress
         self.writer = writer
         self.frames_csv = frames_csv
+        # Entries built by several threads: one lock per entry file, so a file seen twice is built once.
+        self._locks: dict[Path, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
 
     def relative(self, path: Path) -> str:
         return path.name if self.root.is_file() else path.relative_to(self.root).as_posix()
 
-    def process(self, path: Path, name: str) -> FileReport:
+    def process(self, path: Path, name: str, prepared: Callable[[], tuple[FaceEntry, bool]] | None = None
+                ) -> FileReport:
+        """The file's entry (``prepared``'s, when another thread builds it) stored in the outputs; its report."""
         record = FileReport(path=self.relative(path), kind=file_kind(path))
         if record.kind == "other":
             record.status = "skipped"
@@ -294,7 +317,7 @@ class _FaceRun:
             return record
         entry = None
         try:
-            entry, record.cached = self._entry(path, record.kind)
+            entry, record.cached = prepared() if prepared is not None else self._entry(path, record.kind)
             self._store(entry, record, name)
         except InputError as err:
             record.status, record.reason = "error", err.problem
@@ -314,17 +337,25 @@ class _FaceRun:
         settings = self.video_settings if file_kind(path) == "video" else self.settings
         return self.work_dir / f"{cache_key(file_digest(path), settings, self.size)}.npz"
 
-    def _entry(self, path: Path, kind: str, entry_path: Path | None = None) -> tuple[FaceEntry, bool]:
+    def _entry(self, path: Path, kind: str, entry_path: Path | None = None, detector: FaceDetector | None = None,
+               bars: bool = True) -> tuple[FaceEntry, bool]:
         require_file(path, kind)
         entry_path = entry_path or self.entry_path(path)
+        with self._locks_guard:
+            lock = self._locks.setdefault(entry_path, threading.Lock())
+        with lock:
+            return self._locked_entry(path, kind, entry_path, detector or self.detector, bars)
+
+    def _locked_entry(self, path: Path, kind: str, entry_path: Path, detector: FaceDetector, bars: bool
+                      ) -> tuple[FaceEntry, bool]:
         if self.use_cache and entry_path.is_file():
             try:
                 return FaceEntry.load(entry_path), True
             except ValueError as err:
                 log.warning("ignoring a damaged cache entry: %s", err)
         if kind == "video":
-            return self._video_entry(path, entry_path), False
-        result = next(process_images([path], self.detector, self.size))
+            return self._video_entry(path, entry_path, detector, bars), False
+        result = next(process_images([path], detector, self.size))
         if result.faces is None:
             raise InputError(path, result.error)
         entry = FaceEntry.from_frames([result.faces], self.size, settings=self.settings)
@@ -332,15 +363,14 @@ class _FaceRun:
             entry.save(entry_path)
         return entry, False
 
-    def _video_entry(self, path: Path, entry_path: Path) -> FaceEntry:
-
+    def _video_entry(self, path: Path, entry_path: Path, detector: FaceDetector, bars: bool) -> FaceEntry:
         with open_video(path) as video, EntryBuilder(entry_path, self.size, self.video_settings) as builder:
             error = ""
-            show_bar = self.progress and video.expected_frames >= FRAME_BAR_MIN_FRAMES
+            show_bar = bars and self.progress and video.expected_frames >= FRAME_BAR_MIN_FRAMES
             with progress_bar(total=video.expected_frames or None, desc=path.name, unit="frame", leave=False,
                               disable=not show_bar) as bar:
                 try:
-                    for item in process_video(video, self.detector, self.size, self.batch_size,
+                    for item in process_video(video, detector, self.size, self.batch_size,
                                               redetect_every=self.redetect_every):
                         builder.add(item)
                         bar.update(1)
@@ -385,6 +415,57 @@ class _FaceRun:
                              else "no face found")
 
 
+MAX_FACE_THREADS = 8
+
+
+def face_threads(threads: int | None, detector: FaceDetector, processes: int = 1) -> int:
+    """Threads building file entries side by side: ``threads``, or by default this process's share of the cores
+    (at most MAX_FACE_THREADS); 1 for a detector that cannot give a copy per thread."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
+                                or threads < 1):
+        raise OptionError(f"face threads must be a whole number >= 1, got {threads!r}")
+    if detector.thread_copy() is None:
+        return 1
+    return int(threads) if threads is not None else min(MAX_FACE_THREADS, cores_per_process(processes))
+
+
+def _entries_ahead(run: _FaceRun, files: Sequence[Path], threads: int
+                   ) -> Iterator[Callable[[], tuple[FaceEntry, bool]] | None]:
+    """For each file in order, what gives its entry: built by ``threads`` threads (each with its own copy of the
+    detector), a few files ahead of the caller so that finished entries do not pile up; None where one thread
+    is asked for. Leaving early cancels the files not started and waits for the running ones."""
+    if threads <= 1:
+        yield from (None for _ in files)
+        return
+    local = threading.local()
+
+    def build(path: Path, kind: str) -> tuple[FaceEntry, bool]:
+        if not hasattr(local, "detector"):
+            local.detector = run.detector.thread_copy()
+        return run._entry(path, kind, detector=local.detector, bars=False)
+
+    pending = deque()
+    upcoming = iter(files)
+    with ThreadPoolExecutor(threads, thread_name_prefix="faces") as pool:
+        try:
+            def submit_next() -> None:
+                path = next(upcoming, None)
+                if path is not None:
+                    kind = file_kind(path)
+                    pending.append(pool.submit(build, path, kind) if kind in ("video", "image") else None)
+
+            for _ in range(2 * threads):
+                submit_next()
+            while pending:
+                future = pending.popleft()
+                submit_next()
+                yield future.result if future is not None else None
+        finally:
+            for future in pending:
+                if future is not None:
+                    future.cancel()
+
+
 def share_files(files: Sequence[Path], processes: int) -> list[list[Path]]:
     """Files dealt to processes by size, largest first, each to the process with the fewest bytes so far (a
     long video does not leave one process working alone); each share keeps the input order."""
@@ -421,7 +502,8 @@ def _faces_of_share(input_path: Path, files: Sequence[Path], rank: int, processe
 def run_faces(input_dir: str | Path, out_dir: str | Path, detector: str | FaceDetector = "auto", size: int = 224,
               cache_dir: str | Path | None = None, overwrite: bool = False, batch_size: int = DEFAULT_BATCH,
               progress: bool = True, detector_options: dict[str, Any] | None = None,
-              distributed: bool = False, redetect_every: int = 1) -> FacesReport | None:
+              distributed: bool = False, redetect_every: int = 1, threads: int | None = None
+              ) -> FacesReport | None:
     """Aligned main-face crops of every video and image under input_dir, written to out_dir.
 
     Writes ``out_dir/crops`` (packed store; index columns path, video, frame (-1 for images), x1, y1, x2, y2,
@@ -436,6 +518,10 @@ def run_faces(input_dir: str | Path, out_dir: str | Path, detector: str | FaceDe
 
     ``redetect_every`` k > 1: in a video, a frame after one with the tracked face is searched only near that face,
     with a full search at least every k frames and wherever the local search finds nothing (``TrackedSearch``).
+
+    ``threads``: files whose entries are built side by side in one process, each thread with its own copy of the
+    detector (``face_threads``: by default this process's share of the cores); outputs do not depend on it. A
+    multi-process launch builds each process's share in one thread.
     """
     input_path = Path(input_dir)
     out_dir = Path(out_dir)
@@ -490,10 +576,11 @@ def run_faces(input_dir: str | Path, out_dir: str | Path, detector: str | FaceDe
             frames_csv.writerow(["video", "frame", "face_found"])
             run = _FaceRun(input_path, face_detector, size, work_dir, cache_dir is not None, batch_size,
                            progress, writer, frames_csv, redetect_every)
-            with progress_bar(files, desc="faces", unit="file", disable=not progress) as bar:
-                for path in bar:
+            with closing(_entries_ahead(run, files, face_threads(threads, face_detector))) as entries, \
+                    progress_bar(files, desc="faces", unit="file", disable=not progress) as bar:
+                for path, prepared in zip(bar, entries):
                     bar.set_postfix_str(path.name, refresh=False)
-                    report.files.append(run.process(path, names[path]))
+                    report.files.append(run.process(path, names[path], prepared))
         report.complete = True
     finally:
         # Publish whatever was finished, even when interrupted: cached entries make a rerun cheap anyway.

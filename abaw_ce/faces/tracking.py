@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from abaw_ce.faces.detectors import Detection, FaceDetector
+from abaw_ce.faces.detectors import Detection, FaceDetector, PreviousFace
 
 # A face at the image corner keeps this share of its area as prominence; one at the centre keeps all of it.
 CORNER_WEIGHT = 0.25
@@ -95,6 +95,7 @@ class TrackedSearch:
         self.redetect_every = int(redetect_every)
         self.tracker = tracker if tracker is not None else MainFaceTracker()
         self.since_full = 0  # frames since the last full search
+        self.previous: PreviousFace | None = None
         self.full_searches = 0
 
     def faces(self, images: Sequence[np.ndarray]) -> list[Detection | None]:
@@ -106,13 +107,15 @@ class TrackedSearch:
         chosen = []
         for image in images:
             found: list[Detection] = []
-            tracked = self.tracker.last_box is not None and self.tracker.missed == 0  # the face of the last frame
-            if tracked and self.since_full < self.redetect_every:
-                found = self.detector.detect_near(image, self.tracker.last_box)
+            if self.previous is not None and self.since_full < self.redetect_every:
+                found = self.detector.detect_near(image, self.previous.face.box, self.previous)
             if found:
                 self.since_full += 1
             else:
                 found = self.detector.detect(image)
                 self.since_full, self.full_searches = 1, self.full_searches + 1
-            chosen.append(self.tracker.update(found, image.shape))
+            face = self.tracker.update(found, image.shape)
+            # Only a face of the frame just before is searched near (and its eyes followed).
+            self.previous = PreviousFace(image, face) if face is not None else None
+            chosen.append(face)
         return chosen

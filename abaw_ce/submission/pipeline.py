@@ -25,7 +25,7 @@ from abaw_ce.data.packed import PackedFaces
 from abaw_ce.data.processes import launched_processes, mark_done, mark_path, wait_for_marks
 from abaw_ce.errors import InputError, OptionError, UserError, read_text_lines
 from abaw_ce.files import atomic_write_text
-from abaw_ce.faces.pipeline import STORE_DIR, entry_names, file_kind, list_inputs, run_faces
+from abaw_ce.faces.pipeline import STORE_DIR, entry_names, file_kind, list_inputs, run_faces, search_options
 from abaw_ce.submission.inference import (PROBS_DIR, RunShares, load_models, predict_audio, predict_crop_part,
                                          read_video_probs, save_video_probs)
 from abaw_ce.submission.run_checks import RunCheck, check_runs, is_finished
@@ -123,8 +123,8 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
                     overwrite: bool = False, progress: bool = True,
                     run_weights: Sequence[float] | None = None, track: str = "auto",
                     allow_partial: bool = False, precision: str = "auto", distributed: bool = False,
-                    redetect_every: int = 1, workers: int | None = None, compile_models: bool = False
-                    ) -> dict[str, Any] | None:
+                    redetect_every: int = 1, workers: int | None = None, compile_models: bool = False,
+                    search_side: int | None = None) -> dict[str, Any] | None:
     """Write the challenge file for every video under ``videos``; returns the summary (also saved as JSON).
     ``track`` other than "auto" requires every run to be of that track (emotion or cexprnet). Runs that fail the
     run checks (a fold missing or unfinished, a broken fold) are refused unless ``allow_partial``: then the
@@ -135,7 +135,8 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     ``distributed`` and several launched processes (torchrun, ``accelerate launch``): the faces step's files and the
     inference batches are split over the processes (each on its own GPU when there are GPUs); the main process
     writes the file, the same file one process writes, and returns the summary; the others return None.
-    ``redetect_every``: the faces step's tracked search (``run_faces``); ``workers``: crop loader processes;
+    ``redetect_every``: the faces step's tracked search (``run_faces``); ``search_side``: the OpenCV detector's
+    full searches on frames scaled to at most this many pixels on the longer side; ``workers``: crop loader processes;
     ``compile_models``: every model through ``torch.compile``."""
     out = Path(out)
     if out.exists() and not overwrite:
@@ -149,7 +150,7 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     name_of, names = video_names(videos, work, template, template_rows)
     progress = progress and rank == 0
     faces = faces_of_videos(videos, work, name_of, names, template_rows, detector, crop_size, progress,
-                            processes > 1, redetect_every)
+                            processes > 1, redetect_every, search_side)
     if processes > 1:  # the others read the crops once the main process has written them
         if rank == 0:
             mark_done(work, "faces", 0)
@@ -224,14 +225,15 @@ def video_names(videos: Path, work: Path, template: str | Path | None, template_
 
 def faces_of_videos(videos: Path, work: Path, name_of: dict[str, str], names: set[str],
                      template_rows: pd.DataFrame | None, detector: str, crop_size: int, progress: bool,
-                     distributed: bool = False, redetect_every: int = 1
+                     distributed: bool = False, redetect_every: int = 1, search_side: int | None = None
                      ) -> tuple[Path, dict[str, Any], list[str]] | None:
     """The faces step on the folder: its folder, the damaged (partly decoded) videos by name, and what is left
     out; InputError when a video the file must hold could not be read. Under several processes (``distributed``)
     each does its share of the files and only the main process, which writes the outputs, gets a result."""
     faces_dir = work / "faces"
     faces = run_faces(videos, faces_dir, detector=detector, size=crop_size, overwrite=True, progress=progress,
-                      cache_dir=work / "faces_cache", distributed=distributed, redetect_every=redetect_every)
+                      cache_dir=work / "faces_cache", distributed=distributed, redetect_every=redetect_every,
+                      detector_options=search_options(search_side, detector))
     if faces is None:
         return None
     damaged = {name_of[f.path]: f for f in faces.files if f.kind == "video" and f.status == "partial"}
