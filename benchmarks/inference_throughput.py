@@ -138,11 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", type=Path, help="emotion runs (default: 5 random tiny folds)")
     parser.add_argument("--detector", default="opencv")
     parser.add_argument("--crop-size", type=int, default=112)
-    parser.add_argument("--settings", nargs="+", type=setting_of, default=[(10, 2, "fp32", None)],
+    parser.add_argument("--settings", nargs="+", type=setting_of, default=[(10, 1, "bf16", 320)],
                         help="ours, each as K:P:PRECISION[:SIDE]: a full face search at least every K frames (1: on "
                              "every frame, as naive), P processes, fp32 or bf16, full searches on frames scaled to "
-                             "SIDE px on the longer side (default: the detector's own; 10:2:fp32); the last line is "
-                             "the first setting's")
+                             "SIDE px on the longer side (default: the detector's own). Default 10:1:bf16:320, for a "
+                             "CPU with bf16 instructions; the last line is the first setting's")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

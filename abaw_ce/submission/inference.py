@@ -230,14 +230,19 @@ def predict_crop_part(store_dir: str | Path, models: Sequence[LoadedModel], shar
                         pin_memory=device.type == "cuda", prefetch_factor=4 if workers else None)
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
     views = (False, True) if flip else (False,)
-    scales = [(m, share / len(views), *normalisation(m, device)) for m, share in weighted]
+    # Folds of one run share their input size and normalisation: each distinct input is made once per batch.
+    scales = [(m, share / len(views), (m.img_size, tuple(m.mean), tuple(m.std)), *normalisation(m, device))
+              for m, share in weighted]
     at = 0
     for _, crops in progress_bar(loader, desc="inference", unit="batch", disable=not progress):
         crops = crops.to(device, non_blocking=True)
         total = out[at:at + len(crops)]
         total.zero_()
-        for m, share, mean, std in scales:
-            x = prepare_batch(crops, m, mean, std)
+        inputs: dict[tuple, torch.Tensor] = {}
+        for m, share, key, mean, std in scales:
+            x = inputs.get(key)
+            if x is None:
+                x = inputs[key] = prepare_batch(crops, m, mean, std)
             for mirrored in views:
                 with autocast:
                     total += m.probabilities(x.flip(-1) if mirrored else x) * share

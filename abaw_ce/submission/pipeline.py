@@ -389,7 +389,11 @@ def _timelines(faces_of: dict[str, tuple[np.ndarray, np.ndarray]], rows: pd.Data
     import matplotlib.pyplot as plt
 
     videos = sorted(faces_of)
-    fig, axes = plt.subplots(len(videos), 1, figsize=(10, 1.1 * len(videos) + 0.6), squeeze=False)
+    height = 1.1 * len(videos) + 0.6
+    # Fixed margins (inches) instead of tight_layout, which draws the whole figure once more to measure it.
+    fig, axes = plt.subplots(len(videos), 1, figsize=(10, height), squeeze=False,
+                             gridspec_kw=dict(left=0.11, right=0.99, top=1 - 0.25 / height, bottom=0.45 / height,
+                                              hspace=0.45))
     for ax, video in zip(axes[:, 0], videos):
         frames, face_found = faces_of[video]
         part = rows[rows["video"] == video]
@@ -399,7 +403,6 @@ def _timelines(faces_of: dict[str, tuple[np.ndarray, np.ndarray]], rows: pd.Data
         ax.set_yticks(range(7), [c.replace("_", " ") for c in labels.CHALLENGE_COMPOUNDS], fontsize=5)
         ax.set_title(video, fontsize=7, loc="left")
     axes[-1, 0].set_xlabel("frame (grey: no face found)")
-    fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
