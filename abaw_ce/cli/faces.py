@@ -44,6 +44,9 @@ def build_parser(prog: str = "python -m abaw_ce.faces") -> argparse.ArgumentPars
     parser.add_argument("--search-side", type=_positive_int, metavar="N",
                         help="opencv detector: full searches on the frame scaled to at most N px on its longer side "
                              "(default 800); faster, and faces under about 24/N of that side are missed")
+    parser.add_argument("--threads", type=_positive_int, metavar="N",
+                        help="files processed side by side in this process (default: its share of the cores, at "
+                             "most 8; outputs are the same whatever the number)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -62,7 +65,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             report = run_faces(args.input, args.out, detector=args.detector, size=args.size, cache_dir=args.cache,
                                overwrite=args.overwrite, batch_size=args.batch_size, progress=not args.no_progress,
                                distributed=True, redetect_every=args.redetect_every,
-                               detector_options=search_options(args.search_side, args.detector))
+                               detector_options=search_options(args.search_side, args.detector),
+                               threads=args.threads)
         if report is None:  # another process of a multi-process launch: the main one writes and reports
             return 0
         print(report.summary())
