@@ -10,7 +10,7 @@ import pytest
 
 from abaw_ce.errors import OptionError
 from abaw_ce.faces import run_faces
-from abaw_ce.faces.detectors import Detection, OpenCVDetector, PreviousFace
+from abaw_ce.faces.detectors import Detection, OpenCVDetector, PreviousFace, _follow_eye_pair
 from abaw_ce.faces.pipeline import load_image
 from abaw_ce.faces.tracking import TrackedSearch, box_iou
 from tests.test_faces import PHOTOS, _background, _face_clip_frames, _paste, _write_video
@@ -112,3 +112,15 @@ def test_tracked_search_follows_the_eyes_between_full_searches(detector, clip):
     assert all(b.eyes_found for _, b in pairs)
     distance = np.mean([np.hypot(*(a.landmarks[1] - a.landmarks[0])) for a, _ in pairs])
     assert max(np.abs(a.landmarks[:2] - b.landmarks[:2]).max() for a, b in pairs) < 0.1 * distance
+
+
+def test_followed_eyes_must_sit_in_the_box(detector, clip):
+    (frames, _), _ = clip
+    (face,) = detector.detect(frames[0])
+    gray = cv2.cvtColor(frames[0], cv2.COLOR_RGB2GRAY)
+    box = np.array(face.box)
+    same = _follow_eye_pair(gray, gray, face.landmarks[:2], box)
+    np.testing.assert_allclose(same, face.landmarks[:2], atol=0.05)  # a frame matched with itself: no motion
+    side = box[2] - box[0]
+    assert _follow_eye_pair(gray, gray, face.landmarks[:2], box + [side, 0, side, 0]) is None  # another face's box
+    assert _follow_eye_pair(gray, gray, face.landmarks[:2], box + [0, -side, 0, -side]) is None

@@ -523,7 +523,10 @@ def _follow_eye_pair(before: np.ndarray, now: np.ndarray, eyes: np.ndarray, box:
         dy = _peak_offset(*scores[by - 1:by + 2, bx]) if 0 < by < scores.shape[0] - 1 else 0.0
         followed.append(eye + np.array([bx - reach + dx, by - reach + dy]))
     left_eye, right_eye = followed
-    return np.stack(followed) if _plausible_eye_pair(left_eye, right_eye, box[2] - box[0]) else None
+    x1, y1, x2, _ = box
+    # Within the band of the box the eye search looks in (another face in the region keeps its own eyes).
+    inside = all(x1 <= x <= x2 and y1 + 0.1 * (x2 - x1) <= y <= y1 + 0.65 * (x2 - x1) for x, y in followed)
+    return np.stack(followed) if inside and _plausible_eye_pair(left_eye, right_eye, x2 - x1) else None
 
 
 # --- inputs that are already aligned crops -------------------------------------------------------------
