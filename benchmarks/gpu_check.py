@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import resource
 import sys
 import tempfile
@@ -29,7 +28,6 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from abaw_ce import labels  # noqa: E402
-from abaw_ce.models.export import save_encoder  # noqa: E402
 from abaw_ce.models.mae import DecoderArch, MaskedAutoencoder  # noqa: E402
 from abaw_ce.models.vit import VitArch, build_vit, vit_arch  # noqa: E402
 from abaw_ce.train.loop import resolve_precision  # noqa: E402
@@ -164,18 +162,10 @@ def long_videos(world_test: Path, out: Path, frames: int, per_video: int = 1000)
 
 def check_submission(sizes: Sizes, device: torch.device, precision: str, tmp: Path, sources: Path | None) -> None:
     from abaw_ce.submission.pipeline import make_submission
+    from abaw_ce.submission.random_runs import random_emotion_run
     from abaw_ce.synth.world import generate_world
 
-    run = tmp / "folds"  # an emotion run as the stage leaves it: config, and per fold an export and its status
-    run.mkdir(parents=True)
-    (run / "config.yaml").write_text(f"data:\n  folds: {sizes.folds}\n")
-    for k in range(sizes.folds):
-        torch.manual_seed(k)
-        save_encoder(run / f"fold_{k}" / "export", build_vit(sizes.arch, num_classes=6).state_dict(), sizes.arch,
-                     [0.5] * 3, [0.25] * 3, source={"stage": "gpu_check"},
-                     head={"task": "emotion", "labels": list(labels.BASIC_EMOTIONS)})
-        (run / f"fold_{k}" / "status.json").write_text(json.dumps({"state": "finished"}))
-        (run / f"fold_{k}" / "validation.json").write_text(json.dumps({"mean_f1": 0.0}))
+    run = random_emotion_run(tmp / "folds", sizes.folds, sizes.arch, [0.5] * 3, [0.25] * 3)
     if sources is None:
         generate_world(tmp / "world", seed=0, scale="tiny")
         sources = tmp / "world" / "test"

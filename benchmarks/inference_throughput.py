@@ -17,7 +17,6 @@ detections are printed.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -32,28 +31,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from abaw_ce import fusion, labels  # noqa: E402
+from abaw_ce import fusion  # noqa: E402
 from abaw_ce.faces.align import align_face  # noqa: E402
 from abaw_ce.faces.detectors import make_detector  # noqa: E402
 from abaw_ce.submission.inference import load_models, prepare_batch  # noqa: E402
 from abaw_ce.submission.pipeline import make_submission  # noqa: E402
-from abaw_ce.models.export import save_encoder  # noqa: E402
-from abaw_ce.models.vit import VitArch, build_vit  # noqa: E402
-
-
-def fake_run(root: Path, folds: int, arch: VitArch) -> Path:
-    """An emotion run as the stage leaves it (config, and per fold an export, its status and validation), with
-    random weights."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.yaml").write_text(f"data:\n  folds: {folds}\n")
-    for k in range(folds):
-        torch.manual_seed(k)
-        save_encoder(root / f"fold_{k}" / "export", build_vit(arch, num_classes=6).state_dict(), arch,
-                     [0.485, 0.456, 0.406], [0.229, 0.224, 0.225], source={"stage": "benchmark"},
-                     head={"task": "emotion", "labels": list(labels.BASIC_EMOTIONS)})
-        (root / f"fold_{k}" / "status.json").write_text(json.dumps({"state": "finished"}))
-        (root / f"fold_{k}" / "validation.json").write_text(json.dumps({"mean_f1": 0.0}))
-    return root
+from abaw_ce.submission.random_runs import random_emotion_run  # noqa: E402
+from abaw_ce.models.vit import VitArch  # noqa: E402
 
 
 @torch.no_grad()
@@ -152,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
 
             generate_world(tmp / "world", seed=0, scale="tiny")
             videos, visible = tmp / "world" / "test", tmp / "world" / "test_ground_truth" / "face_visible.csv"
-        runs = args.models or [fake_run(tmp / "run", 5, VitArch(img_size=112, patch_size=16, embed_dim=192,
+        runs = args.models or [random_emotion_run(tmp / "run", 5, VitArch(img_size=112, patch_size=16, embed_dim=192,
                                                                    depth=6, num_heads=3))]
         files = sorted(p for p in videos.iterdir() if p.suffix.lower() in (".mp4", ".avi", ".mkv", ".mov"))
         start = time.perf_counter()

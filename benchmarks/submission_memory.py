@@ -57,13 +57,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="random tiny ViT folds (their weights add the same to both videos)")
     args = parser.parse_args(argv)
     from abaw_ce.synth.world import generate_world, looped_video
-    from benchmarks.inference_throughput import fake_run
+    from abaw_ce.submission.random_runs import random_emotion_run
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         generate_world(tmp / "world", seed=0, scale="tiny")
         sources = sorted((tmp / "world" / "test").glob("*.mp4"))
-        run = fake_run(tmp / "run", args.folds, TINY)
+        run = random_emotion_run(tmp / "run", args.folds, TINY)
         figures = {}
         for name, frames in (("short", args.short_frames), ("long", args.long_frames)):
             looped_video(sources, tmp / name / f"{name}.mp4", frames)

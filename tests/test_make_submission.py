@@ -8,32 +8,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
-import torch
 
 from abaw_ce import labels, challenge_file
 from abaw_ce.errors import InputError, UserError
 from abaw_ce.fusion import WeightedFusion
 from abaw_ce.cli.submit import main
 from abaw_ce.submission.pipeline import align_to_template, make_submission, video_labels
-from abaw_ce.models.export import save_encoder
-from abaw_ce.models.vit import VitArch, build_vit
+from abaw_ce.models.vit import VitArch
+from abaw_ce.submission.random_runs import random_emotion_run
 from abaw_ce.synth.world import clutter, write_video
 
 ARCH = VitArch(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
 
 
 def fake_fold_run(root, folds=2, names=labels.BASIC_EMOTIONS):
-    """An emotion run as the stage leaves it: config.yaml, and per fold an export, status and validation."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "config.yaml").write_text(f"data:\n  folds: {folds}\n")
-    for k in range(folds):
-        torch.manual_seed(k)
-        model = build_vit(ARCH, num_classes=6)
-        save_encoder(root / f"fold_{k}" / "export", model.state_dict(), ARCH, [0.5] * 3, [0.25] * 3,
-                     source={"stage": "emotion"}, head={"task": "emotion", "labels": list(names)})
-        (root / f"fold_{k}" / "status.json").write_text(json.dumps({"state": "finished"}))
-        (root / f"fold_{k}" / "validation.json").write_text(json.dumps({"mean_f1": 0.5}))
-    return root
+    """An emotion run as the stage leaves it, with random tiny ViT folds."""
+    return random_emotion_run(root, folds, ARCH, [0.5] * 3, [0.25] * 3, names=names, mean_f1=0.5)
 
 
 def test_video_labels_fill_smooth_and_fall_back():

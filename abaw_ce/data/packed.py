@@ -400,12 +400,8 @@ class PackedFaces(Dataset):
         """Items ``indices`` stacked into (B, 3, H, W), read with one sorted slice of the memmap."""
         rows = self._store_rows(indices)
         pixels = self._pixels()
-        batch = np.empty((len(rows), CHANNELS, self.shape[0], self.shape[1]), dtype=np.uint8)
-        # Ascending rows turn random access into a forward sweep over the file. Transposing crop by crop
-        # keeps each HWC->CHW shuffle inside the CPU cache (a whole-batch transpose is about twice as slow).
-        for position in np.argsort(rows, kind="stable"):
-            batch[position] = pixels[rows[position]].transpose(2, 0, 1)
-        images = torch.from_numpy(batch)
+        # Ascending rows turn random access into a forward sweep over the file.
+        images = torch.from_numpy(_channels_first(pixels, rows, np.argsort(rows, kind="stable")))
         if self.transform is None:
             return images
         return torch.stack([self.transform(image) for image in images.unbind(0)])
@@ -422,16 +418,23 @@ class PackedFaces(Dataset):
             handle.seek(start * item)
             data = handle.read(count * item)
         crops = np.frombuffer(data, dtype=np.uint8).reshape(count, *self.shape)
-        batch = np.empty((count, CHANNELS, self.shape[0], self.shape[1]), dtype=np.uint8)
-        for i in range(count):  # crop by crop, as get_batch: each shuffle stays in the CPU cache
-            batch[i] = crops[i].transpose(2, 0, 1)
-        return torch.from_numpy(batch)
+        return torch.from_numpy(_channels_first(crops, np.arange(count), range(count)))
 
     def __getitems__(self, indices: list[int]) -> list[Any]:
         # DataLoader's batched fetch: one sorted read per batch instead of one read per crop.
         if self.transform is not None:
             return [self[i] for i in indices]
         return list(self.get_batch(indices).unbind(0))
+
+
+def _channels_first(pixels: np.ndarray, rows: np.ndarray, order: Iterable[int]) -> np.ndarray:
+    """(len(rows), 3, H, W) uint8 from HWC crops ``pixels[rows]``, filled in ``order`` (positions into rows).
+    Crop by crop, each HWC->CHW shuffle stays inside the CPU cache (a whole-batch transpose is about twice as
+    slow)."""
+    batch = np.empty((len(rows), CHANNELS, *pixels.shape[1:3]), dtype=np.uint8)
+    for position in order:
+        batch[position] = pixels[rows[position]].transpose(2, 0, 1)
+    return batch
 
 
 def _read_image(path: Path, height: int, width: int) -> np.ndarray:
