@@ -24,6 +24,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def face_search_options(parser: argparse.ArgumentParser, step: str) -> None:
+    """The tracked search's options (``--redetect-every``, ``--search-side``), their help led by ``step``."""
+    parser.add_argument("--redetect-every", type=_positive_int, default=1, metavar="K",
+                        help=f"{step}: search near the tracked face, with a full search at least every K frames and "
+                             "wherever the local one finds none (default 1: a full search on every frame)")
+    parser.add_argument("--search-side", type=_positive_int, metavar="N",
+                        help=f"{step}, opencv detector: full searches on the frame scaled to at most N px on its "
+                             "longer side (default 800); faster, and faces under about 24/N of that side are missed")
+
+
 def build_parser(prog: str = "python -m abaw_ce.faces") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=prog, description="Detect, track and align the main face of every video frame and image in a "
@@ -38,12 +48,7 @@ def build_parser(prog: str = "python -m abaw_ce.faces") -> argparse.ArgumentPars
     parser.add_argument("--overwrite", action="store_true", help="replace earlier outputs in --out")
     parser.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH,
                         help=f"video frames decoded and detected together (default: {DEFAULT_BATCH})")
-    parser.add_argument("--redetect-every", type=_positive_int, default=1, metavar="K",
-                        help="videos: search near the tracked face, with a full search at least every K frames and "
-                             "wherever the local one finds none (default 1: a full search on every frame)")
-    parser.add_argument("--search-side", type=_positive_int, metavar="N",
-                        help="opencv detector: full searches on the frame scaled to at most N px on its longer side "
-                             "(default 800); faster, and faces under about 24/N of that side are missed")
+    face_search_options(parser, "videos")
     parser.add_argument("--threads", type=_positive_int, metavar="N",
                         help="files processed side by side in this process (default: its share of the cores, at "
                              "most 8; outputs are the same whatever the number)")

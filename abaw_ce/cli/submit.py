@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from abaw_ce import fusion
+from abaw_ce.cli.faces import face_search_options
 from abaw_ce.errors import run_command
 from abaw_ce.submission.pipeline import TRACKS, make_submission, newest_finished_run, read_fusion_weights
 
@@ -40,12 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
                         help="inference precision (auto: bf16 on a GPU that supports it, else fp32)")
-    parser.add_argument("--redetect-every", type=int, default=1, metavar="K",
-                        help="faces step: search near the tracked face, with a full search at least every K frames "
-                             "and wherever the local one finds none (default 1: a full search on every frame)")
-    parser.add_argument("--search-side", type=int, metavar="N",
-                        help="faces step, opencv detector: full searches on the frame scaled to at most N px on its "
-                             "longer side (default 800); faster, and faces under about 24/N of that side are missed")
+    face_search_options(parser, "faces step")
     parser.add_argument("--workers", type=int, help="crop loader processes (default: up to 4 on a GPU, 0 on a CPU)")
     parser.add_argument("--compile", action="store_true", help="run the models through torch.compile (pays off on "
                                                                "long jobs: the first batches compile)")

@@ -418,15 +418,15 @@ class _FaceRun:
 MAX_FACE_THREADS = 8
 
 
-def face_threads(threads: int | None, detector: FaceDetector, processes: int = 1) -> int:
+def face_threads(threads: int | None, detector: FaceDetector) -> int:
     """Threads building file entries side by side: ``threads``, or by default this process's share of the cores
     (at most MAX_FACE_THREADS); 1 for a detector that cannot give a copy per thread."""
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer))
                                 or threads < 1):
         raise OptionError(f"face threads must be a whole number >= 1, got {threads!r}")
-    if detector.thread_copy() is None:
-        return 1
-    return int(threads) if threads is not None else min(MAX_FACE_THREADS, cores_per_process(processes))
+    wanted = int(threads) if threads is not None else min(MAX_FACE_THREADS, cores_per_process(1))
+    # Asking for a copy is the only way to know whether there is one (it costs a detector's loading).
+    return wanted if wanted > 1 and detector.thread_copy() is not None else 1
 
 
 def _entries_ahead(run: _FaceRun, files: Sequence[Path], threads: int

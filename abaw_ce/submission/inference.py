@@ -188,7 +188,7 @@ class CropBatches(Dataset):
 
 def default_workers(device: torch.device) -> int:
     """Loader workers: on a GPU, reading overlaps compute; on a CPU the cores are the models' (reading a batch of
-    crops from the memory-mapped store is a single slice, far cheaper than the models)."""
+    crops from the store is one read of consecutive rows, far cheaper than the models)."""
     return min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
 
 

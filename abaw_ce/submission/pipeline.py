@@ -163,6 +163,8 @@ def make_submission(videos: str | Path, runs: Sequence[str | Path], out: str | P
     probs = gather_probs(work, rows, values, rank, processes)
     if probs is None:
         return None
+    if processes > 1:  # every process has marked its part done, so each has read the crops: the mark can go
+        mark_path(work, "faces", 0).unlink(missing_ok=True)
     faces_dir, damaged, left_out = faces
     per_video = save_video_probs(faces_dir, probs, work / PROBS_DIR)
     if not per_video:
@@ -283,21 +285,22 @@ def gather_probs(work: Path, rows: np.ndarray, values: np.ndarray, rank: int, pr
     through ``work``)."""
     if processes == 1:
         return values[np.argsort(rows)]
-    part = work / f".probs-part-{rank}.npz"
+
+    def part_path(r: int) -> Path:
+        return work / f".probs-part-{r}.npz"
+
     if rank != 0:
-        temp = part.with_suffix(".partial.npz")
+        temp = part_path(rank).with_suffix(".partial.npz")
         np.savez(temp, rows=rows, values=values)
-        os.replace(temp, part)
+        os.replace(temp, part_path(rank))
         mark_done(work, "probs", rank)
         return None
     wait_for_marks(work, "probs", range(1, processes))
     parts = [(rows, values)]
     for r in range(1, processes):
-        path = work / f".probs-part-{r}.npz"
-        with np.load(path) as data:
+        with np.load(part_path(r)) as data:
             parts.append((data["rows"], data["values"]))
-        path.unlink()
-    mark_path(work, "faces", 0).unlink(missing_ok=True)
+        part_path(r).unlink()
     every = np.concatenate([r for r, _ in parts])
     probs = np.concatenate([v for _, v in parts])[np.argsort(every)]
     if not np.array_equal(np.sort(every), np.arange(len(every))):
