@@ -12,7 +12,7 @@ from abaw_ce.errors import OptionError
 from abaw_ce.faces import run_faces
 from abaw_ce.faces.detectors import Detection, OpenCVDetector, PreviousFace, _follow_eye_pair
 from abaw_ce.faces.pipeline import load_image
-from abaw_ce.faces.tracking import TrackedSearch, box_iou
+from abaw_ce.faces.tracking import TrackedSearch, box_iou, scene_still, scene_thumbnail
 from tests.test_faces import PHOTOS, _background, _face_clip_frames, _paste, _write_video
 
 
@@ -53,10 +53,34 @@ def test_tracked_search_keeps_every_face_with_fewer_full_searches(detector, clip
     assert [f is not None for f in fast] == [f is not None for f in full]
     assert [f is not None for f in fast] == has_face  # the 4 blank frames: no face, in both
     assert all(box_iou(a.box, b.box) > 0.7 for a, b in zip(full, fast) if a is not None)
-    # Full searches: the first frame, the 10th after it, each blank frame, the first face after them.
-    assert every.full_searches == 20 and tracked.full_searches == 7
+    # Full searches: the first frame, the 10th after it, the first blank frame (the 3 after it show the same
+    # still scene), the first face after them.
+    assert every.full_searches == 20 and tracked.full_searches == 4
     with pytest.raises(ValueError, match="whole number"):
         TrackedSearch(detector, redetect_every=0)
+
+
+def test_a_still_faceless_scene_is_not_searched_again_until_it_changes(detector, clip):
+    (frames, _), tom = clip
+    rng = np.random.default_rng(0)
+    blank = frames[12]
+
+    def noisy(image: np.ndarray) -> np.ndarray:  # sensor noise and compression: the same scene
+        return np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+
+    assert scene_still(scene_thumbnail(blank), scene_thumbnail(noisy(blank)))
+    # A small face (the smallest searched for: 5 % of the shorter side, 12 px here) changes the scene.
+    small = _paste(blank, cv2.resize(tom, (12, 12), interpolation=cv2.INTER_AREA), 150, 100)
+    assert not scene_still(scene_thumbnail(blank), scene_thumbnail(small))
+    # 25 still faceless frames, then the face: full searches on the first blank frame, every 10th after it
+    # (a face the scene test missed is found within k frames), and the face's first frame, which is found.
+    video = [frames[0]] + [noisy(blank) for _ in range(25)] + frames[16:18]
+    search = TrackedSearch(detector, redetect_every=10)
+    found = search.faces(video)
+    assert [f is not None for f in found] == [True] + [False] * 25 + [True, True]
+    assert search.full_searches == 1 + 3 + 1
+    # Without the still-scene test every blank frame would be searched.
+    assert TrackedSearch(detector, redetect_every=1).faces(video)[1:26] == [None] * 25
 
 
 def test_run_faces_with_the_tracked_search(tmp_path, clip):

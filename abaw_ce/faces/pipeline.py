@@ -130,8 +130,10 @@ def search_options(search_side: int | None, detector: str | FaceDetector = "auto
 def video_settings(detector_settings: str, redetect_every: int) -> str:
     """What decides a video's faces: the detector's settings, and how often the tracked search re-runs the full
     one (part of the cache key and of the report)."""
-    # Eyes followed between frames (where the detector can) changed the tracked search's landmarks: a new key.
-    return detector_settings + (f":redetect_every={int(redetect_every)}:follow_eyes" if redetect_every != 1 else "")
+    # Eyes followed between frames (where the detector can) changed the tracked search's landmarks, and still
+    # faceless scenes are no longer searched again: each made a new key.
+    return detector_settings + (f":redetect_every={int(redetect_every)}:follow_eyes:still_scenes"
+                                if redetect_every != 1 else "")
 
 
 @dataclass(eq=False)

@@ -4,12 +4,19 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import cv2
 import numpy as np
 
 from abaw_ce.faces.detectors import Detection, FaceDetector, PreviousFace
 
 # A face at the image corner keeps this share of its area as prominence; one at the centre keeps all of it.
 CORNER_WEIGHT = 0.25
+# A scene "still" since a faceless full search: every cell of STILL_CELL x the shorter side moved its mean grey
+# level by at most STILL_MAX_CHANGE. The smallest face searched for (5 % of the shorter side) covers whole cells.
+# On the synthetic test videos still faceless stretches changed cells by <= 8 levels (noise), and a face coming
+# back changed some cell by >= 80.
+STILL_CELL = 0.025
+STILL_MAX_CHANGE = 10
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -79,6 +86,20 @@ class MainFaceTracker:
         return chosen
 
 
+def scene_thumbnail(image: np.ndarray) -> np.ndarray:
+    """Mean grey level of each cell (STILL_CELL of the shorter side) of an RGB image, as int16."""
+    height, width = image.shape[:2]
+    cell = max(1.0, STILL_CELL * min(height, width))
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+    size = (max(1, round(width / cell)), max(1, round(height / cell)))
+    return cv2.resize(grey, size, interpolation=cv2.INTER_AREA).astype(np.int16)
+
+
+def scene_still(before: np.ndarray, now: np.ndarray) -> bool:
+    """Whether two ``scene_thumbnail``s show the same scene (no cell changed by more than STILL_MAX_CHANGE)."""
+    return before.shape == now.shape and int(np.abs(now - before).max()) <= STILL_MAX_CHANGE
+
+
 class TrackedSearch:
     """The tracked face of each frame of a video, found with less detection work.
 
@@ -86,6 +107,10 @@ class TrackedSearch:
     face (``FaceDetector.detect_near``), and a full search runs at least every k frames (a new, more prominent face
     is then seen) and on every frame the local search leaves without a face, so a face that moved far or came
     back is looked for on the whole frame as before. k = 1 runs the full search on every frame.
+
+    With k > 1, a full search that finds no face at all also skips the following frames while their scene stays
+    still (``scene_still``), up to the next forced full search: a face coming in changes the scene, and nothing
+    else could make a search of the same scene answer differently.
     """
 
     def __init__(self, detector: FaceDetector, redetect_every: int = 1, tracker: MainFaceTracker | None = None):
@@ -96,6 +121,7 @@ class TrackedSearch:
         self.tracker = tracker if tracker is not None else MainFaceTracker()
         self.since_full = 0  # frames since the last full search
         self.previous: PreviousFace | None = None
+        self.faceless_scene: np.ndarray | None = None  # thumbnail of the last full search that found nothing
         self.full_searches = 0
 
     def faces(self, images: Sequence[np.ndarray]) -> list[Detection | None]:
@@ -107,13 +133,18 @@ class TrackedSearch:
         chosen = []
         for image in images:
             found: list[Detection] = []
+            scene = None
             if self.previous is not None and self.since_full < self.redetect_every:
                 found = self.detector.detect_near(image, self.previous.face.box, self.previous)
             if found:
                 self.since_full += 1
+            elif (self.faceless_scene is not None and self.since_full < self.redetect_every
+                  and scene_still(self.faceless_scene, scene := scene_thumbnail(image))):
+                self.since_full += 1  # the same faceless scene: the search would find nothing again
             else:
                 found = self.detector.detect(image)
                 self.since_full, self.full_searches = 1, self.full_searches + 1
+                self.faceless_scene = None if found else (scene if scene is not None else scene_thumbnail(image))
             face = self.tracker.update(found, image.shape)
             # Only a face of the frame just before is searched near (and its eyes followed).
             self.previous = PreviousFace(image, face) if face is not None else None
