@@ -34,7 +34,7 @@ from abaw_ce.train.loop import read_status
 from abaw_ce.train.losses import (binary_kl, inverse_frequency_weights, masked_bce_pos_weight, pos_weights,
                                   weighted_bce)
 from abaw_ce.train.metrics import evaluate_multilabel
-from abaw_ce.train.reports import write_fold_report
+from abaw_ce.train.reports import write_fold_report, write_oof
 from abaw_ce.train.sampling import SeededSamples, derived_seed
 
 log = logging.getLogger(__name__)
@@ -138,13 +138,7 @@ def _export_fn(stage: str, task: str, label_names: Sequence[str], arch_meta: dic
             save_encoder(out, state, arch_meta["arch"], mean, std, overwrite=True, history=history, source=source,
                          head=head)
         if table is not None:
-            index = outputs["index"].astype(int)
-            frame = table.iloc[index][["path", "frame", "source", "group"]].reset_index(drop=True)
-            for j, name in enumerate(label_names):
-                frame[f"y_{name}"] = outputs["target"][:, j]
-            for j, name in enumerate(label_names):
-                frame[f"p_{name}"] = outputs["probs"][:, j]
-            frame.to_csv(run_dir / OOF_FILE, index=False)
+            write_oof(run_dir / OOF_FILE, table, outputs, label_names)
 
     return export
 

@@ -1,10 +1,13 @@
 """The C-EXPR-NET stage through its script on the synthetic world: export, reload, AU teacher, bad input."""
 import json
 
+import numpy as np
+import pandas as pd
 import torch
 
-from abaw_ce import labels
-from abaw_ce.cexprnet.train import expression_targets
+from abaw_ce import fusion, labels
+from abaw_ce.cexprnet.train import compound_f1, expression_targets
+from abaw_ce.experiments.tune_fusion import oof_compound_probs
 from abaw_ce.models.cexprnet import load_cexprnet
 from abaw_ce.models.export import save_encoder
 from abaw_ce.models.vit import VitArch, build_vit
@@ -35,6 +38,18 @@ def test_stage_script_trains_exports_and_reloads(tiny_world, tmp_path):
         out = net(torch.zeros(2, 3, 32, 32))
     assert out["expr_logits"].shape == (2, 6) and out["au_logits"].shape == (2, 17)
     assert (run / "curves.png").is_file() and json.loads((run / "status.json").read_text())["state"] == "finished"
+    # The exported epoch's predictions on the validation part, in the fold runs' oof.csv layout: they give back
+    # its challenge F1, and tune_fusion finds its compound rows there for weighted fusion.
+    oof = pd.read_csv(run / "oof.csv")
+    assert len(oof) == validation["samples"] and oof["path"].map(lambda p: (tiny_world / p).is_file()).all()
+    y = oof[[f"y_{e}" for e in labels.BASIC_EMOTIONS]].to_numpy()
+    probs = oof[[f"p_{e}" for e in labels.BASIC_EMOTIONS]].to_numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)  # the KL head's softmax
+    truth = labels.pair_classes(y, labels.CEXPR_PAIR_INDEX)
+    scores = fusion.pair_scores(probs, "sum", pairs=labels.CEXPR_PAIRS)
+    assert compound_f1(scores, truth, len(labels.CHALLENGE_COMPOUNDS)) == validation["challenge_f1"]
+    oof_probs, oof_classes = oof_compound_probs([run])
+    assert len(oof_classes) == ((truth >= 0) & (truth < len(labels.CHALLENGE_COMPOUNDS))).sum() > 0
 
 
 def test_au_teacher_labels_images_without_aus_and_missing_aus_are_refused(tiny_world, tmp_path, capsys):

@@ -7,7 +7,9 @@ the processes share those rows on their devices, and the teacher's outputs are k
 for resumes. The
 engine sees one (B, E + 17) output: expression logits, then sigmoid AU logits. The best (EMA) weights are
 exported to ``<run>/export`` (``abaw_ce.models.cexprnet.save_export``): ``model.safetensors``, ``cexprnet.json``
-and the AU description tokenizer.
+and the AU description tokenizer; their predictions on the validation part go to ``<run>/oof.csv`` (the fold runs'
+layout: ``y_``/``p_`` columns of the 6 basic emotions, 6-way heads only), which ``submit/tune_fusion.py`` fits
+weighted fusion on.
 
 ``model.modality=visual`` reads face images; rows of C-EXPR-DB videos (one per labelled frame) become face
 crops first (``abaw_ce.data.video_frames``). ``model.modality=audio`` (C-EXPR-NET-A) reads, for the same
@@ -53,6 +55,7 @@ from abaw_ce.train import engine, runs
 from abaw_ce.train.engine import fold_assignment, load_tables, run_single
 from abaw_ce.train.runs import resume_point
 from abaw_ce.train.metrics import multilabel_f1
+from abaw_ce.train.reports import OOF_NAME, write_oof
 from abaw_ce.train.sampling import SeededSamples
 
 STAGE = "cexprnet"
@@ -447,11 +450,13 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
                                  batch["target"][:, n_expr:], batch["mask"][:, n_expr:], prior, weights, head)
         return total
 
-    def export(model: nn.Module, out: Path, result: dict[str, Any], _outputs: dict[str, np.ndarray]) -> None:
+    def export(model: nn.Module, out: Path, result: dict[str, Any], outputs: dict[str, np.ndarray]) -> None:
         save_export(out, model.net, {**meta, "source": {"stage": STAGE, "run": str(run_dir),
                                                         "epoch": result["epoch"], "val_score": result["score"]},
                                      "loss": {"expr": weights.expr, "au": weights.au, "dist": weights.dist,
                                               "observational": str(lw.observational)}}, tokenizer)
+        if head != "multiclass":  # the exported weights' held-out predictions, as the fold runs write them
+            write_oof(run_dir / OOF_NAME, table[val].reset_index(drop=True), outputs, labels.BASIC_EMOTIONS)
 
     train_set: Any = samples(~val, True)
     if curriculum is not None:

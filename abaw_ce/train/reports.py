@@ -24,6 +24,18 @@ def _markdown(frame: pd.DataFrame, first_column: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_oof(path: Path, table: pd.DataFrame, outputs: Mapping[str, np.ndarray], names: Sequence[str]) -> None:
+    """Held-out predictions as ``oof.csv``: each validation row's path, frame, source and group (``table``: the
+    validation rows, ``outputs["index"]`` positions in it), its targets ``y_<name>`` and probabilities
+    ``p_<name>`` for the first ``len(names)`` output columns."""
+    index = np.asarray(outputs["index"]).astype(int)
+    frame = table.iloc[index][["path", "frame", "source", "group"]].reset_index(drop=True)
+    for prefix, key in (("y", "target"), ("p", "probs")):
+        for j, name in enumerate(names):
+            frame[f"{prefix}_{name}"] = np.asarray(outputs[key])[:, j]
+    frame.to_csv(path, index=False)
+
+
 def fold_table(run_dir: Path, n_folds: int, tuned: bool = False) -> pd.DataFrame:
     """Rows fold-1..n (finished folds only), columns the six emotions + Average (F1 on the fold's validation)."""
     rows = {}
