@@ -34,13 +34,12 @@ from abaw_ce.train.loop import read_status
 from abaw_ce.train.losses import (binary_kl, inverse_frequency_weights, masked_bce_pos_weight, pos_weights,
                                   weighted_bce)
 from abaw_ce.train.metrics import evaluate_multilabel
-from abaw_ce.train.reports import write_fold_report, write_oof
+from abaw_ce.train.reports import OOF_NAME, write_fold_report, write_oof
 from abaw_ce.train.sampling import SeededSamples, derived_seed
 
 log = logging.getLogger(__name__)
 
 FOLD_PREFIX = "fold_"
-OOF_FILE = "oof.csv"
 
 
 # ---------------------------------------------------------------- encoder and inputs
@@ -138,7 +137,7 @@ def _export_fn(stage: str, task: str, label_names: Sequence[str], arch_meta: dic
             save_encoder(out, state, arch_meta["arch"], mean, std, overwrite=True, history=history, source=source,
                          head=head)
         if table is not None:
-            write_oof(run_dir / OOF_FILE, table, outputs, label_names)
+            write_oof(run_dir / OOF_NAME, table, outputs, label_names)
 
     return export
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import statistics
 import sys
 import tempfile
@@ -54,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
 
     models = {}
     for name, (_, channels_last) in SETTINGS.items():
-        model = build(config)[0] if name != "fp32" else net
-        model.load_state_dict(net.state_dict())
+        model = copy.deepcopy(net)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         models[name] = (model, torch.optim.AdamW(model.parameters(), lr=1e-4))

@@ -450,13 +450,15 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
                                  batch["target"][:, n_expr:], batch["mask"][:, n_expr:], prior, weights, head)
         return total
 
+    val_rows = table[val].reset_index(drop=True)  # what the validation outputs' indices point into
+
     def export(model: nn.Module, out: Path, result: dict[str, Any], outputs: dict[str, np.ndarray]) -> None:
         save_export(out, model.net, {**meta, "source": {"stage": STAGE, "run": str(run_dir),
                                                         "epoch": result["epoch"], "val_score": result["score"]},
                                      "loss": {"expr": weights.expr, "au": weights.au, "dist": weights.dist,
                                               "observational": str(lw.observational)}}, tokenizer)
         if head != "multiclass":  # the exported weights' held-out predictions, as the fold runs write them
-            write_oof(run_dir / OOF_NAME, table[val].reset_index(drop=True), outputs, labels.BASIC_EMOTIONS)
+            write_oof(run_dir / OOF_NAME, val_rows, outputs, labels.BASIC_EMOTIONS)
 
     train_set: Any = samples(~val, True)
     if curriculum is not None:

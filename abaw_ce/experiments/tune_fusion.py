@@ -28,6 +28,7 @@ from abaw_ce.errors import InputError
 from abaw_ce.files import atomic_write_text
 from abaw_ce.submission.pipeline import video_labels
 from abaw_ce.submission.run_weights import fit_run_weights, run_frame_probs
+from abaw_ce.train.reports import OOF_NAME
 from abaw_ce.video import video_info
 
 DEFAULT_WINDOWS = (1, 3, 5, 9, 15, 25, 41)
@@ -66,7 +67,7 @@ def oof_compound_probs(runs: Sequence[str | Path]) -> tuple[np.ndarray, np.ndarr
     p_cols = [f"p_{e}" for e in labels.BASIC_EMOTIONS]
     y_cols = [f"y_{e}" for e in labels.BASIC_EMOTIONS]
     for run in runs:
-        path = Path(run) / "oof.csv"
+        path = Path(run) / OOF_NAME
         if not path.is_file():
             continue
         table = pd.read_csv(path)
