@@ -4,10 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 from abaw_ce import challenge_file as S
-from abaw_ce.train.loop import native_cpu_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,19 +42,12 @@ def test_demo_runs_and_protects_other_folders(tmp_path):
     assert summary["valid"] and summary["runs_valid"] and summary["quick"]
     assert set(summary["stage_seconds"]) == {"world", "mae", "au", "emotion", "cexprnet", "audio", "weights",
                                              "submission", "checks"}
-    assert set(summary["macro_f1_by_runs"]) == {"5 ViT folds", "C-EXPR-NET visual", "C-EXPR-NET visual 2nd seed",
-                                                "C-EXPR-NET-A audio"}
-    assert summary["precision"] == ("bf16" if native_cpu_bf16() else "fp32")
-    assert summary["run_weights"]["all"]["runs"][1:3] == ["C-EXPR-NET visual", "C-EXPR-NET visual 2nd seed"]
-    seeds = [OmegaConf.load(Path(summary["runs"][r]) / "config.yaml").train.seed
-             for r in ("cexprnet", "cexprnet_seed2")]
-    assert seeds[0] != seeds[1]
+    assert set(summary["macro_f1_by_runs"]) == {"5 ViT folds", "C-EXPR-NET visual", "C-EXPR-NET-A audio"}
     for fit in summary["run_weights"].values():
         assert abs(sum(fit["weights"]) - 1) < 1e-6 and fit["labelled_frames"] > 0
     assert min(summary["segments_per_class"].values()) >= 3
     for status in (Path(summary["runs"]["mae"]) / "status.json", Path(summary["runs"]["au"]) / "status.json",
                    Path(summary["runs"]["cexprnet"]) / "status.json",
-                   Path(summary["runs"]["cexprnet_seed2"]) / "status.json",
                    Path(summary["runs"]["cexprnet_audio"]) / "status.json",
                    *sorted(Path(summary["runs"]["emotion"]).glob("fold_*/status.json"))):
         assert json.loads(status.read_text())["state"] == "finished", status

@@ -2,11 +2,10 @@
 
 The synthetic world (tiny) is rendered in every real format, and its labelled C-EXPR-DB-style videos are split
 into training videos and a few held-out validation videos. A tiny MAE is pretrained on its faces, tuned on its
-action units, then trained as 5 basic-emotion fold models on its labelled stills; two C-EXPR-NET runs (the second
-track, two training seeds) train on the stills, the AU videos and the training videos' face crops, and a
-C-EXPR-NET-A on the training videos' sound. Each run's weight in the ensemble and the smoothing window are
-fitted on the validation videos (never on the test videos), for the visual runs alone and for all four. Every
-stage trains in bf16 where the CPU has bf16 arithmetic, else in fp32. The test videos go through
+action units, then trained as 5 basic-emotion fold models on its labelled stills; a C-EXPR-NET (the second track)
+trains on the stills, the AU videos and the training videos' face crops, and a C-EXPR-NET-A on the training
+videos' sound. Each run's weight in the ensemble and the smoothing window are fitted on the validation videos
+(never on the test videos), for the visual runs alone and for all three. The test videos go through
 make_submission twice (visual only; all runs late-fused), the runs and files are validated and scored, each run
 is scored alone, and the error analysis (``abaw-ce analyze``) is written for both files. ``quick`` shortens every
 training stage for tests.
@@ -32,7 +31,6 @@ from abaw_ce.submission.run_checks import check_runs
 from abaw_ce.submission.run_weights import fit_run_weights, run_frame_probs
 from abaw_ce.synth.world import generate_world
 from abaw_ce.train import runs
-from abaw_ce.train.loop import native_cpu_bf16
 
 # Epochs of each training stage for the full demo and for a quick smoke run.
 DEMO_EPOCHS = {"full": {"mae": 60, "au": 30, "emotion": 12, "cexprnet": 30, "audio": 15},
@@ -40,21 +38,13 @@ DEMO_EPOCHS = {"full": {"mae": 60, "au": 30, "emotion": 12, "cexprnet": 30, "aud
 # Labelled C-EXPR-DB-style videos held out from training: the run weights and the smoothing window are fitted
 # on them, never on the test videos.
 VALIDATION_VIDEOS = 3
-# The second C-EXPR-NET run's training seed is the demo seed plus this (its folds stay those of the first).
-CEXPRNET_SECOND_SEED = 100
 
 DEMO_MARKER = ".abaw-ce-demo"
 
 
-def demo_precision() -> str:
-    """bf16 where this CPU computes it in hardware (1.6x on the C-EXPR-NET step, benchmarks/cexprnet_step.py),
-    else fp32 (emulated bf16 is slower). One precision for every stage: Accelerate keeps one per process."""
-    return "bf16" if native_cpu_bf16() else "fp32"
-
-
-def _config(stage: str, run_dir: Path, epochs: int, precision: str = "fp32", **values) -> DictConfig:
+def _config(stage: str, run_dir: Path, epochs: int, **values) -> DictConfig:
     config = runs.load_config(stage, [runs.packaged_config(f"{stage}_demo")],
-                              [f"output.dir={run_dir}", f"train.epochs={epochs}", f"train.precision={precision}"])
+                              [f"output.dir={run_dir}", f"train.epochs={epochs}"])
     for key, value in values.items():
         OmegaConf.update(config, key, value, merge=False)
     return config
@@ -94,8 +84,6 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
         times[name] = round(time.perf_counter() - t0, 1)
         print(f"      ({times[name]} s)")
 
-    precision = demo_precision()
-    summary["precision"] = precision
     t0 = time.perf_counter()
     print(f"[1/9] rendering the synthetic world (tiny, seed {seed}) in every real format under {out / 'world'}")
     world = generate_world(out / "world", seed=seed, scale="tiny")
@@ -105,8 +93,6 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     print(f"      contact sheet of rendered expressions: {out / 'world' / 'contact_sheet.png'}")
     print(f"      labelled C-EXPR-DB-style videos: {train_videos} for training, {validation_videos} held out "
           f"to fit the run weights and the smoothing")
-    print(f"      every stage trains in {precision} ("
-          + ("this CPU has bf16 arithmetic)" if precision == "bf16" else "no bf16 arithmetic on this CPU)"))
     stage("world", t0)
     cexpr_train = {"format": "cexpr", "root": str(train_videos)}
     crops = {"dir": str(out / "runs" / "frame_crops"), "detector": "opencv", "size": 112}  # cropped once
@@ -116,7 +102,7 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     root = out / "world"
     sources = [str(root / "faces"), str(root / "rafdb_basic" / "Image" / "aligned"),
                str(root / "rafdb_compound" / "Image" / "aligned")]
-    mae_run = pretrain_mae(_config("mae", out / "runs" / "mae", epochs["mae"], precision, **{"data.sources": sources,
+    mae_run = pretrain_mae(_config("mae", out / "runs" / "mae", epochs["mae"], **{"data.sources": sources,
                                                                                  "train.seed": seed}))
     metrics = json.loads((mae_run / "metrics.json").read_text())
     summary["mae_loss"] = [metrics[0]["loss"], metrics[-1]["loss"]]
@@ -126,7 +112,7 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
 
     t0 = time.perf_counter()
     print(f"[3/9] action-unit fine-tuning on the Aff-Wild2-style AU videos ({epochs['au']} epochs)")
-    au_run = train_au(_config("au", out / "runs" / "au", epochs["au"], precision, **{
+    au_run = train_au(_config("au", out / "runs" / "au", epochs["au"], **{
         "model.encoder": str(mae_run / "export"), "data.datasets": [specs["affwild2_au"]], "train.seed": seed}))
     summary["au_mean_f1"] = json.loads((au_run / "validation.json").read_text())["mean_f1"]
     stage("au", t0)
@@ -137,32 +123,29 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     stills = [specs[k] for k in ("rafdb_basic", "rafdb_compound", "affectnet", "affwild2_expr")]
     # 12 epochs (curriculum 4+4+2+2): the tiny ViT gains little from more on a CPU (README, demo section), and
     # the time goes to the plain CNN of step 5
-    emotion_run = train_emotion(_config("emotion", out / "runs" / "emotion", epochs["emotion"], precision, **{
+    emotion_run = train_emotion(_config("emotion", out / "runs" / "emotion", epochs["emotion"], **{
         "model.encoder": str(au_run / "export"), "data.datasets": stills, "data.fold_seed": seed,
         "train.seed": seed, **({} if quick else {"train.curriculum.epochs": [4, 4, 2, 2]})}))
     stage("emotion", t0)
 
     t0 = time.perf_counter()
     print(f"[5/9] the C-EXPR-NET track (a plain CNN from scratch, 64 px) on the same sets, the AU videos and the "
-          f"labelled training videos' face crops ({epochs['cexprnet']} epochs), twice with different training "
-          f"seeds (two runs average out much of one run's luck)")
-    cexprnet_runs = [train_cexprnet(_config("cexprnet", out / "runs" / name, epochs["cexprnet"], precision, **{
+          f"labelled training videos' face crops ({epochs['cexprnet']} epochs)")
+    cexprnet_run = train_cexprnet(_config("cexprnet", out / "runs" / "cexprnet", epochs["cexprnet"], **{
         "data.datasets": stills + [specs["affwild2_au"], cexpr_train], "data.frame_crops": crops,
-        "data.fold_seed": seed, "train.seed": train_seed}))
-        for name, train_seed in (("cexprnet", seed), ("cexprnet_seed2", seed + CEXPRNET_SECOND_SEED))]
+        "data.fold_seed": seed, "train.seed": seed}))
     stage("cexprnet", t0)
 
     t0 = time.perf_counter()
     print(f"[6/9] C-EXPR-NET-A: the same network on log-mel windows of the labelled training videos' sound "
           f"({epochs['audio']} epochs)")
-    audio_run = train_cexprnet(_config("cexprnet", out / "runs" / "cexprnet_audio", epochs["audio"], precision, **{
+    audio_run = train_cexprnet(_config("cexprnet", out / "runs" / "cexprnet_audio", epochs["audio"], **{
         "model.modality": "audio", "model.backbone": "timm:resnet10t", "loss.au": 0.0,
         "data.datasets": [cexpr_train], "data.fold_seed": seed, "train.seed": seed}))
     stage("audio", t0)
 
-    every_run = {"5 ViT folds": emotion_run, "C-EXPR-NET visual": cexprnet_runs[0],
-                 "C-EXPR-NET visual 2nd seed": cexprnet_runs[1], "C-EXPR-NET-A audio": audio_run}
-    visual = ["5 ViT folds", "C-EXPR-NET visual", "C-EXPR-NET visual 2nd seed"]
+    every_run = {"5 ViT folds": emotion_run, "C-EXPR-NET visual": cexprnet_run, "C-EXPR-NET-A audio": audio_run}
+    visual = ["5 ViT folds", "C-EXPR-NET visual"]
     t0 = time.perf_counter()
     print(f"[7/9] run weights and smoothing window fitted on the {VALIDATION_VIDEOS} held-out labelled videos")
     per_run = run_frame_probs(validation_videos / "videos", list(every_run.values()), out / "validation_work",
@@ -235,8 +218,7 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
                    segments_per_class={c["class"]: c["segments"] for c in analysis["per_class"]},
                    seconds=round(time.perf_counter() - started, 1), stage_seconds=times,
                    runs={"mae": str(mae_run), "au": str(au_run), "emotion": str(emotion_run),
-                         "cexprnet": str(cexprnet_runs[0]), "cexprnet_seed2": str(cexprnet_runs[1]),
-                         "cexprnet_audio": str(audio_run)})
+                         "cexprnet": str(cexprnet_run), "cexprnet_audio": str(audio_run)})
     (out / "demo_summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     print(f"demo finished in {summary['seconds']} s; summary in {out / 'demo_summary.json'}")
     print(f"ground truth: {gt_dir / 'ground_truth.txt'}")

@@ -34,13 +34,6 @@ def resolve_precision(choice: str | bool) -> str:
     return choice
 
 
-def native_cpu_bf16() -> bool:
-    """Whether this CPU has bf16 arithmetic in hardware (AVX512-BF16 or AMX), where bf16 autocast trains faster
-    than fp32; elsewhere bf16 is emulated and slower, so CPU runs that want speed should stay in fp32 there."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes, torch >= 2.1
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-
-
 def inference_bf16(choice: str | bool, device: str) -> bool:
     """Whether inference on ``device`` runs under bf16 autocast, by the training rule: ``auto`` takes bf16 on a
     GPU that supports it and fp32 elsewhere; an explicit ``bf16`` is honoured on the CPU (it catches dtype
