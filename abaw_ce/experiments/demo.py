@@ -29,7 +29,7 @@ from abaw_ce.submission.analysis import analyze_submission
 from abaw_ce.submission.pipeline import make_submission
 from abaw_ce.submission.run_checks import check_runs
 from abaw_ce.submission.run_weights import fit_run_weights, run_frame_probs
-from abaw_ce.synth.world import generate_world
+from abaw_ce.synth.world import dataset_specs, generate_world
 from abaw_ce.train import runs
 
 # Epochs of each training stage for the full demo and for a quick smoke run.
@@ -48,6 +48,20 @@ def _config(stage: str, run_dir: Path, epochs: int, **values) -> DictConfig:
     for key, value in values.items():
         OmegaConf.update(config, key, value, merge=False)
     return config
+
+
+def cexprnet_config(out: Path, run_dir: Path, seed: int, train_seed: int,
+                    epochs: int = DEMO_EPOCHS["full"]["cexprnet"], overrides: dict | None = None) -> DictConfig:
+    """The demo's visual C-EXPR-NET run on the demo folder ``out`` (world of ``seed``, labelled training videos,
+    cached frame crops): the stills, the AU videos and the training videos' face crops; ``overrides`` (dotted
+    keys) on top, for experiments on the same data (benchmarks/cexprnet_spread.py)."""
+    specs = dataset_specs(out / "world")
+    stills = [specs[k] for k in ("rafdb_basic", "rafdb_compound", "affectnet", "affwild2_expr")]
+    crops = {"dir": str(out / "runs" / "frame_crops"), "detector": "opencv", "size": 112}  # cropped once
+    cexpr_train = {"format": "cexpr", "root": str(out / "labelled" / "train")}
+    return _config("cexprnet", run_dir, epochs, **{
+        "data.datasets": stills + [specs["affwild2_au"], cexpr_train], "data.frame_crops": crops,
+        "data.fold_seed": seed, "train.seed": train_seed, **(overrides or {})})
 
 
 def split_labelled_videos(root: Path, out: Path, validation: int) -> tuple[Path, Path]:
@@ -95,7 +109,6 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
           f"to fit the run weights and the smoothing")
     stage("world", t0)
     cexpr_train = {"format": "cexpr", "root": str(train_videos)}
-    crops = {"dir": str(out / "runs" / "frame_crops"), "detector": "opencv", "size": 112}  # cropped once
 
     t0 = time.perf_counter()
     print(f"[2/9] MAE pretraining of a tiny ViT on the unlabeled and RAF-DB-style faces ({epochs['mae']} epochs)")
@@ -131,9 +144,7 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     t0 = time.perf_counter()
     print(f"[5/9] the C-EXPR-NET track (a plain CNN from scratch, 64 px) on the same sets, the AU videos and the "
           f"labelled training videos' face crops ({epochs['cexprnet']} epochs)")
-    cexprnet_run = train_cexprnet(_config("cexprnet", out / "runs" / "cexprnet", epochs["cexprnet"], **{
-        "data.datasets": stills + [specs["affwild2_au"], cexpr_train], "data.frame_crops": crops,
-        "data.fold_seed": seed, "train.seed": seed}))
+    cexprnet_run = train_cexprnet(cexprnet_config(out, out / "runs" / "cexprnet", seed, seed, epochs["cexprnet"]))
     stage("cexprnet", t0)
 
     t0 = time.perf_counter()
