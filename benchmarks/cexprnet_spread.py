@@ -22,24 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from abaw_ce import challenge_file  # noqa: E402
 from abaw_ce.cexprnet.train import train_cexprnet  # noqa: E402
 from abaw_ce.experiments.demo import cexprnet_config  # noqa: E402
 from abaw_ce.submission.pipeline import make_submission  # noqa: E402
-
-
-def parse_sets(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set takes key=value, got {item!r}")
-        out[key] = yaml.safe_load(value)
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         if not needed.exists():
             raise SystemExit(f"{needed} is missing: --demo-out must be a finished `abaw-ce demo` folder")
     seed = int(json.loads((world / "world.json").read_text())["seed"])
-    overrides = parse_sets(args.sets)
+    overrides = list(args.sets)
     runs_dir = demo / "spread" / args.tag
     gt = world / "test_ground_truth"
     truth = challenge_file.read_submission(gt / "ground_truth.txt")

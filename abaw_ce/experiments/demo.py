@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -42,26 +43,26 @@ VALIDATION_VIDEOS = 3
 DEMO_MARKER = ".abaw-ce-demo"
 
 
-def _config(stage: str, run_dir: Path, epochs: int, **values) -> DictConfig:
+def _config(stage: str, run_dir: Path, epochs: int, overrides: Sequence[str] = (), **values) -> DictConfig:
     config = runs.load_config(stage, [runs.packaged_config(f"{stage}_demo")],
                               [f"output.dir={run_dir}", f"train.epochs={epochs}"])
     for key, value in values.items():
         OmegaConf.update(config, key, value, merge=False)
-    return config
+    return runs.apply_overrides(config, overrides, stage)
 
 
 def cexprnet_config(out: Path, run_dir: Path, seed: int, train_seed: int,
-                    epochs: int = DEMO_EPOCHS["full"]["cexprnet"], overrides: dict | None = None) -> DictConfig:
+                    epochs: int = DEMO_EPOCHS["full"]["cexprnet"], overrides: Sequence[str] = ()) -> DictConfig:
     """The demo's visual C-EXPR-NET run on the demo folder ``out`` (world of ``seed``, labelled training videos,
-    cached frame crops): the stills, the AU videos and the training videos' face crops; ``overrides`` (dotted
-    keys) on top, for experiments on the same data (benchmarks/cexprnet_spread.py)."""
+    cached frame crops): the stills, the AU videos and the training videos' face crops; ``overrides``
+    (``key=value``, as the stage scripts take them) on top, for experiments on the same data (benchmarks/cexprnet_spread.py)."""
     specs = dataset_specs(out / "world")
     stills = [specs[k] for k in ("rafdb_basic", "rafdb_compound", "affectnet", "affwild2_expr")]
     crops = {"dir": str(out / "runs" / "frame_crops"), "detector": "opencv", "size": 112}  # cropped once
     cexpr_train = {"format": "cexpr", "root": str(out / "labelled" / "train")}
-    return _config("cexprnet", run_dir, epochs, **{
+    return _config("cexprnet", run_dir, epochs, overrides, **{
         "data.datasets": stills + [specs["affwild2_au"], cexpr_train], "data.frame_crops": crops,
-        "data.fold_seed": seed, "train.seed": train_seed, **(overrides or {})})
+        "data.fold_seed": seed, "train.seed": train_seed})
 
 
 def split_labelled_videos(root: Path, out: Path, validation: int) -> tuple[Path, Path]:

@@ -68,6 +68,17 @@ def load_config(default: str, config_paths: Sequence[str | Path] = (), overrides
             layers.append((str(config_path), OmegaConf.load(config_path)))
         except (OmegaConfBaseException, ValueError) as err:
             raise InputError(config_path, f"not a valid YAML config ({err})") from None
+    return _merged(base, layers + _parsed_overrides(overrides), default)
+
+
+def apply_overrides(config: DictConfig, overrides: Sequence[str], default: str) -> DictConfig:
+    """``config`` (loaded by ``load_config(default, ...)``) with ``key=value`` overrides on top, checked and
+    parsed as ``load_config`` does (for settings made in code before the user's, as the demo's)."""
+    return _merged(config, _parsed_overrides(overrides), default)
+
+
+def _parsed_overrides(overrides: Sequence[str]) -> list[tuple[str, Any]]:
+    layers: list[tuple[str, Any]] = []
     for item in overrides:
         if "=" not in item:
             raise OptionError(f"override {item!r} must look like key=value (e.g. train.epochs=10)")
@@ -76,6 +87,10 @@ def load_config(default: str, config_paths: Sequence[str | Path] = (), overrides
         except (OmegaConfBaseException, yaml.YAMLError) as err:
             reason = " ".join(str(err).split())
             raise OptionError(f"override {item!r} cannot be parsed ({reason})") from None
+    return layers
+
+
+def _merged(base: DictConfig, layers: list[tuple[str, Any]], default: str) -> DictConfig:
     for origin, layer in layers:
         try:
             base = OmegaConf.merge(base, layer)
