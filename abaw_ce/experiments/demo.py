@@ -55,7 +55,8 @@ def cexprnet_config(out: Path, run_dir: Path, seed: int, train_seed: int,
                     epochs: int = DEMO_EPOCHS["full"]["cexprnet"], overrides: Sequence[str] = ()) -> DictConfig:
     """The demo's visual C-EXPR-NET run on the demo folder ``out`` (world of ``seed``, labelled training videos,
     cached frame crops): the stills, the AU videos and the training videos' face crops; ``overrides``
-    (``key=value``, as the stage scripts take them) on top, for experiments on the same data (benchmarks/cexprnet_spread.py)."""
+    (``key=value``, as the stage scripts take them) on top, for experiments on the same data
+    (benchmarks/cexprnet_spread.py)."""
     specs = dataset_specs(out / "world")
     stills = [specs[k] for k in ("rafdb_basic", "rafdb_compound", "affectnet", "affwild2_expr")]
     crops = {"dir": str(out / "runs" / "frame_crops"), "detector": "opencv", "size": 112}  # cropped once
