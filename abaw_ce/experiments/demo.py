@@ -41,6 +41,8 @@ DEMO_EPOCHS = {"full": {"mae": 60, "au": 30, "emotion": 12, "cexprnet": 30, "aud
 VALIDATION_VIDEOS = 3
 
 DEMO_MARKER = ".abaw-ce-demo"
+# The world's labelled stills that the fold runs and C-EXPR-NET train on (keys of synth.world.dataset_specs).
+STILLS = ("rafdb_basic", "rafdb_compound", "affectnet", "affwild2_expr")
 
 
 def _config(stage: str, run_dir: Path, epochs: int, overrides: Sequence[str] = (), **values) -> DictConfig:
@@ -51,6 +53,11 @@ def _config(stage: str, run_dir: Path, epochs: int, overrides: Sequence[str] = (
     return runs.apply_overrides(config, overrides, stage)
 
 
+def _labelled_train(out: Path) -> dict:
+    """The data spec of the labelled training videos that ``split_labelled_videos`` wrote under ``out``."""
+    return {"format": "cexpr", "root": str(out / "labelled" / "train")}
+
+
 def cexprnet_config(out: Path, run_dir: Path, seed: int, train_seed: int,
                     epochs: int = DEMO_EPOCHS["full"]["cexprnet"], overrides: Sequence[str] = ()) -> DictConfig:
     """The demo's visual C-EXPR-NET run on the demo folder ``out`` (world of ``seed``, labelled training videos,
@@ -58,11 +65,10 @@ def cexprnet_config(out: Path, run_dir: Path, seed: int, train_seed: int,
     (``key=value``, as the stage scripts take them) on top, for experiments on the same data
     (benchmarks/cexprnet_spread.py)."""
     specs = dataset_specs(out / "world")
-    stills = [specs[k] for k in ("rafdb_basic", "rafdb_compound", "affectnet", "affwild2_expr")]
     crops = {"dir": str(out / "runs" / "frame_crops"), "detector": "opencv", "size": 112}  # cropped once
-    cexpr_train = {"format": "cexpr", "root": str(out / "labelled" / "train")}
     return _config("cexprnet", run_dir, epochs, overrides, **{
-        "data.datasets": stills + [specs["affwild2_au"], cexpr_train], "data.frame_crops": crops,
+        "data.datasets": [specs[k] for k in STILLS] + [specs["affwild2_au"], _labelled_train(out)],
+        "data.frame_crops": crops,
         "data.fold_seed": seed, "train.seed": train_seed})
 
 
@@ -110,7 +116,6 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     print(f"      labelled C-EXPR-DB-style videos: {train_videos} for training, {validation_videos} held out "
           f"to fit the run weights and the smoothing")
     stage("world", t0)
-    cexpr_train = {"format": "cexpr", "root": str(train_videos)}
 
     t0 = time.perf_counter()
     print(f"[2/9] MAE pretraining of a tiny ViT on the unlabeled and RAF-DB-style faces ({epochs['mae']} epochs)")
@@ -135,7 +140,7 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     t0 = time.perf_counter()
     print(f"[4/9] 5 basic-emotion fold models (the ViT of stages 2-3) on RAF-DB basic + compound, AffectNet and "
           f"Aff-Wild2 EXPR ({epochs['emotion']} epochs each)")
-    stills = [specs[k] for k in ("rafdb_basic", "rafdb_compound", "affectnet", "affwild2_expr")]
+    stills = [specs[k] for k in STILLS]
     # 12 epochs (curriculum 4+4+2+2): the tiny ViT gains little from more on a CPU (README, demo section), and
     # the time goes to the plain CNN of step 5
     emotion_run = train_emotion(_config("emotion", out / "runs" / "emotion", epochs["emotion"], **{
@@ -154,7 +159,7 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
           f"({epochs['audio']} epochs)")
     audio_run = train_cexprnet(_config("cexprnet", out / "runs" / "cexprnet_audio", epochs["audio"], **{
         "model.modality": "audio", "model.backbone": "timm:resnet10t", "loss.au": 0.0,
-        "data.datasets": [cexpr_train], "data.fold_seed": seed, "train.seed": seed}))
+        "data.datasets": [_labelled_train(out)], "data.fold_seed": seed, "train.seed": seed}))
     stage("audio", t0)
 
     every_run = {"5 ViT folds": emotion_run, "C-EXPR-NET visual": cexprnet_run, "C-EXPR-NET-A audio": audio_run}
