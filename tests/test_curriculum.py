@@ -195,17 +195,18 @@ def test_resume_mid_stage_equals_uninterrupted(emotion_run, tiny_world, tmp_path
 def test_cexprnet_runs_a_one_epoch_per_stage_curriculum(tiny_world, tmp_path, capsys):
     run = tmp_path / "cexprnet"
     expression = datasets(tiny_world, "rafdb_basic", "rafdb_compound")
+    # train.validate_every=2: of the first stage's epochs 0 and 1 only epoch 0 is validated; the last stage's always
     code = main_cexprnet(["--demo", "train.batch_size=16", "train.log_every=4", "model.img_size=32", "loss.au=0",
-                          "train.curriculum={enabled: true, epochs: [1, 1], compound_share: [0, 0.6]}", expression,
-                          f"output.dir={run}"])
+                          "train.curriculum={enabled: true, epochs: [2, 1], compound_share: [0, 0.6]}", expression,
+                          "train.validate_every=2", f"output.dir={run}"])
     out = capsys.readouterr()
     assert code == 0, out.err
-    assert "curriculum of 2 stages" in out.out and "2 epochs in all" in out.out
+    assert "curriculum of 2 stages" in out.out and "3 epochs in all" in out.out
     records = [r for r in json.loads((run / "metrics.json").read_text()) if "val_score" in r]
-    assert [(r["curriculum_stage"], r["compound_share"]) for r in records] == [(0, 0.0), (1, 0.6)]
+    assert [(r["epoch"], r["curriculum_stage"], r["compound_share"]) for r in records] == [(0, 0, 0.0), (2, 1, 0.6)]
     status = json.loads((run / "status.json").read_text())
-    assert status["state"] == "finished" and status["best_epoch"] == 1  # chosen in the last stage
-    assert "(the best is chosen from epoch 1 on)" in out.out
+    assert status["state"] == "finished" and status["best_epoch"] == 2  # chosen in the last stage
+    assert "(the best is chosen from epoch 2 on)" in out.out
     # the multi-class head cannot carry two emotions: the curriculum (on by default) is skipped, and said
     assert main_cexprnet(["--demo", "model.expr_head=multiclass", "loss.dist=0", "loss.au=0", expression,
                           "model.img_size=32", "train.batch_size=16", "train.stop_after_updates=1",

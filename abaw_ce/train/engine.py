@@ -157,9 +157,10 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
     ``activation`` turns the model's outputs into the probabilities ``evaluate`` and ``export`` receive;
     ``train_order`` replaces the shuffled epoch order (e.g. a ``GroupedBatchOrder``); ``extra_state`` (modules
     moved to the device, optimizers...) is saved in every checkpoint and restored on resume; ``epoch_info(epoch)``
-    adds fields to each epoch's validation record (e.g. a curriculum's stage). Epochs before ``select_from`` are
-    validated and logged, but neither become the best nor count toward early stopping (a curriculum's earlier
-    stages train another task: their compound scores say nothing of the final model's)."""
+    adds fields to each epoch's validation record (e.g. a curriculum's stage). Epochs before ``select_from`` (every
+    ``train.validate_every``-th of them) are validated and logged, but neither become the best nor count toward early
+    stopping (a curriculum's earlier stages train another task: their compound scores say nothing of the final
+    model's)."""
     run = _set_up(stage, config, run_dir, model, train_set, val_set, teacher, train_order)
     run.epoch_info = epoch_info
     run.select_from = min(int(select_from), int(config.train.epochs) - 1)  # the last epoch can always be chosen
@@ -214,6 +215,8 @@ def _set_up(stage: str, config: DictConfig, run_dir: Path, model: nn.Module, tra
     t, o = config.train, config.optim
     runs.check_positive_ints(t, "train", ("epochs", "batch_size", "grad_accum", "log_every", "keep_checkpoints",
                                           "patience"))
+    # runs started before the key existed validate every epoch
+    runs.check_positive_ints({"validate_every": t.get("validate_every", 1)}, "train", ("validate_every",))
     accelerator = make_accelerator(run_dir, t.precision, t.grad_accum)
     set_seed(t.seed)
     train_loader, val_loader = _loaders(stage, t, accelerator.num_processes, train_set, val_set, train_order)
@@ -352,7 +355,9 @@ def _end_epoch(run: _Fit, evaluate: EvaluateFn, export: ExportFn,
                activation: Callable[[torch.Tensor], torch.Tensor]) -> None:
     """A whole epoch done: the NaN check, validation, the next epoch, a checkpoint."""
     run.monitor.check_finite(run.progress.update)
-    _validate(run, evaluate, export, activation)
+    epoch = run.progress.epoch
+    if epoch >= run.select_from or epoch % int(run.config.train.get("validate_every", 1)) == 0:
+        _validate(run, evaluate, export, activation)
     run.progress.epoch += 1
     run.progress.batch_in_epoch = 0
     run.monitor.checkpoint(run.progress.update)
