@@ -34,19 +34,13 @@ from abaw_ce.synth.world import dataset_specs, generate_world
 from abaw_ce.train import runs
 
 # Epochs of each training stage for the full demo and for a quick smoke run.
-DEMO_EPOCHS = {"full": {"mae": 25, "au": 20, "emotion": 4, "cexprnet": 36, "audio": 10},
+DEMO_EPOCHS = {"full": {"mae": 60, "au": 30, "emotion": 12, "cexprnet": 30, "audio": 15},
                "quick": {"mae": 2, "au": 1, "emotion": 1, "cexprnet": 1, "audio": 1}}
 # Labelled C-EXPR-DB-style videos held out from training: the run weights and the smoothing window are fitted
 # on them, never on the test videos.
 VALIDATION_VIDEOS = 3
 
 DEMO_MARKER = ".abaw-ce-demo"
-# The curriculum's stages of the demo's C-EXPR-NET (36 epochs) and its cosine cycles, one per first stage and one
-# over the last two: 30 epochs in [10, 10, 5, 5] left it undertrained (README, demo section), and the ViT stages
-# were shortened to give it the time. The epochs before the last stage are validated every 5th only, and one
-# loader worker overlaps reading with the steps.
-CEXPRNET_SCHEDULE = {"train.curriculum.epochs": [12, 12, 6, 6], "optim.restart_epochs": 12,
-                     "train.validate_every": 5, "train.num_workers": 1}
 # The world's labelled stills that the fold runs and C-EXPR-NET train on (keys of synth.world.dataset_specs).
 STILLS = ("rafdb_basic", "rafdb_compound", "affectnet", "affwild2_expr")
 
@@ -74,7 +68,8 @@ def cexprnet_config(out: Path, run_dir: Path, seed: int, train_seed: int,
     crops = {"dir": str(out / "runs" / "frame_crops"), "detector": "opencv", "size": 112}  # cropped once
     return _config("cexprnet", run_dir, epochs, overrides, **{
         "data.datasets": [specs[k] for k in STILLS] + [specs["affwild2_au"], _labelled_train(out)],
-        "data.frame_crops": crops, "data.fold_seed": seed, "train.seed": train_seed, **CEXPRNET_SCHEDULE})
+        "data.frame_crops": crops,
+        "data.fold_seed": seed, "train.seed": train_seed})
 
 
 def split_labelled_videos(root: Path, out: Path, validation: int) -> tuple[Path, Path]:
@@ -146,12 +141,11 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     print(f"[4/9] 5 basic-emotion fold models (the ViT of stages 2-3) on RAF-DB basic + compound, AffectNet and "
           f"Aff-Wild2 EXPR ({epochs['emotion']} epochs each)")
     stills = [specs[k] for k in STILLS]
-    # 4 epochs (curriculum 1+1+1+1): the tiny ViT gains little from more on a CPU (README, demo section), and
+    # 12 epochs (curriculum 4+4+2+2): the tiny ViT gains little from more on a CPU (README, demo section), and
     # the time goes to the plain CNN of step 5
     emotion_run = train_emotion(_config("emotion", out / "runs" / "emotion", epochs["emotion"], **{
         "model.encoder": str(au_run / "export"), "data.datasets": stills, "data.fold_seed": seed,
-        "train.seed": seed, "train.validate_every": 5, "train.num_workers": 1,
-        **({} if quick else {"train.curriculum.epochs": [1, 1, 1, 1]})}))
+        "train.seed": seed, **({} if quick else {"train.curriculum.epochs": [4, 4, 2, 2]})}))
     stage("emotion", t0)
 
     t0 = time.perf_counter()
