@@ -161,8 +161,11 @@ def fit(*, stage: str, config: DictConfig, run_dir: Path, model: nn.Module, trai
     ``train.validate_every``-th of them) are validated and logged, but neither become the best nor count toward early
     stopping (a curriculum's earlier stages train another task: their compound scores say nothing of the final
     model's)."""
+    validate_every = config.train.get("validate_every", 1)  # runs started before the key existed: every epoch
+    runs.check_positive_ints({"validate_every": validate_every}, "train", ("validate_every",))
     run = _set_up(stage, config, run_dir, model, train_set, val_set, teacher, train_order)
     run.epoch_info = epoch_info
+    run.validate_every = validate_every
     run.select_from = min(int(select_from), int(config.train.epochs) - 1)  # the last epoch can always be chosen
     _register_state(run, extra_state)
     _start(run, resume_from)
@@ -202,6 +205,7 @@ class _Fit:
     log_train: TrainLog = field(init=False)
     epoch_info: Callable[[int], dict[str, Any]] | None = field(default=None, init=False)
     select_from: int = field(default=0, init=False)
+    validate_every: int = field(default=1, init=False)
 
     @property
     def total_updates(self) -> int:
@@ -215,8 +219,6 @@ def _set_up(stage: str, config: DictConfig, run_dir: Path, model: nn.Module, tra
     t, o = config.train, config.optim
     runs.check_positive_ints(t, "train", ("epochs", "batch_size", "grad_accum", "log_every", "keep_checkpoints",
                                           "patience"))
-    # runs started before the key existed validate every epoch
-    runs.check_positive_ints({"validate_every": t.get("validate_every", 1)}, "train", ("validate_every",))
     accelerator = make_accelerator(run_dir, t.precision, t.grad_accum)
     set_seed(t.seed)
     train_loader, val_loader = _loaders(stage, t, accelerator.num_processes, train_set, val_set, train_order)
@@ -356,7 +358,7 @@ def _end_epoch(run: _Fit, evaluate: EvaluateFn, export: ExportFn,
     """A whole epoch done: the NaN check, validation, the next epoch, a checkpoint."""
     run.monitor.check_finite(run.progress.update)
     epoch = run.progress.epoch
-    if epoch >= run.select_from or epoch % int(run.config.train.get("validate_every", 1)) == 0:
+    if epoch >= run.select_from or epoch % run.validate_every == 0:
         _validate(run, evaluate, export, activation)
     run.progress.epoch += 1
     run.progress.batch_in_epoch = 0
