@@ -25,6 +25,9 @@ class InputError(UserError):
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {problem}")
 
+    def __reduce__(self):  # pickled with its own arguments: raised again in the process that ran a stage
+        return type(self), (self.path, self.problem, self.line)
+
 
 def read_text_lines(path: str | Path) -> list[str]:
     """All lines of a UTF-8 text file without line endings; clear errors for missing, empty or non-UTF-8."""

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from abaw_ce import challenge_file
-from abaw_ce.errors import OptionError
+from abaw_ce.errors import InputError, OptionError, read_text_lines
 from abaw_ce.submission.pipeline import make_submission
-from abaw_ce.train.loop import inference_bf16, resolve_precision
+from abaw_ce.train.loop import cpu_has_native_bf16, in_own_process, inference_bf16, make_accelerator, resolve_precision
 from tests.test_curriculum import TINY_VIT
 from tests.test_finetune_stages import rafdb, run_script
 from tests.test_make_submission import fake_fold_run, videos_folder
@@ -33,6 +33,32 @@ def test_one_precision_rule_for_training_and_inference(monkeypatch):
         assert inference_bf16("auto", "cuda") is supported and inference_bf16("bf16", "cuda:0") is supported
     with pytest.raises(OptionError, match="train.precision"):
         resolve_precision("int8")
+
+
+def test_native_bf16_read_from_the_cpu_flags(tmp_path):
+    x86, arm, plain = (tmp_path / n for n in ("x86", "arm", "plain"))
+    x86.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_bf16 amx_tile\n\nprocessor\t: 1\n")
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n")
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_vnni\nmodel name\t: bf16-less\n")
+    assert cpu_has_native_bf16(x86) and cpu_has_native_bf16(arm)
+    assert not cpu_has_native_bf16(plain) and not cpu_has_native_bf16(tmp_path / "missing")
+
+
+def _precision_of_a_new_accelerator(run_dir: Path, precision: str) -> str:
+    return make_accelerator(run_dir, precision, 1).mixed_precision
+
+
+def test_a_stage_in_its_own_process_keeps_its_own_precision(tmp_path):
+    # Accelerate fixes the precision once per process: here a second one is refused, a spawned process takes it
+    assert _precision_of_a_new_accelerator(tmp_path, "fp32") == "no"
+    with pytest.raises(ValueError, match="already been initialized"):
+        _precision_of_a_new_accelerator(tmp_path, "bf16")
+    assert in_own_process(_precision_of_a_new_accelerator, tmp_path, "bf16") == "bf16"
+    with pytest.raises(OptionError, match="train.precision"):  # the child's error is raised here
+        in_own_process(_precision_of_a_new_accelerator, tmp_path, "int8")
+    with pytest.raises(InputError, match="missing.txt: file not found") as raised:
+        in_own_process(read_text_lines, tmp_path / "missing.txt")
+    assert raised.value.path == str(tmp_path / "missing.txt")
 
 
 def test_fold_training_and_inference_under_bf16_on_the_cpu(tiny_world, tmp_path):
