@@ -9,7 +9,10 @@ run each: a change smaller than the spread says nothing.
     abaw-ce demo --out demo_out                   # once: the world, the labelled split, the frame crops
     python benchmarks/cexprnet_spread.py --demo-out demo_out --train-seeds 0 100 200
     python benchmarks/cexprnet_spread.py --demo-out demo_out --train-seeds 0 100 200 \\
-        --set 'train.curriculum.epochs=[8, 8, 4, 10]' --tag curriculum_8_8_4_10
+        --set 'train.curriculum.epochs=[15, 15, 5, 10]' --tag curriculum_15_15_5_10
+
+The demo's configuration includes its precision: bf16 autocast where the CPU computes in bf16, else fp32
+(``--set train.precision=fp32`` compares the two).
 
 A finished run of a seed (``<demo-out>/spread/<tag>/seed_<s>``) is scored again, not retrained.
 """

@@ -35,7 +35,7 @@ from abaw_ce.train import runs
 from abaw_ce.train.loop import cpu_has_native_bf16, in_own_process
 
 # Epochs of each training stage for the full demo and for a quick smoke run.
-DEMO_EPOCHS = {"full": {"mae": 60, "au": 30, "emotion": 12, "cexprnet": 45, "audio": 15},
+DEMO_EPOCHS = {"full": {"mae": 40, "au": 30, "emotion": 8, "cexprnet": 45, "audio": 15},
                "quick": {"mae": 2, "au": 1, "emotion": 1, "cexprnet": 1, "audio": 1}}
 # Labelled C-EXPR-DB-style videos held out from training: the run weights and the smoothing window are fitted
 # on them, never on the test videos.
@@ -149,19 +149,20 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     print(f"[4/9] 5 basic-emotion fold models (the ViT of stages 2-3) on RAF-DB basic + compound, AffectNet and "
           f"Aff-Wild2 EXPR ({epochs['emotion']} epochs each)")
     stills = [specs[k] for k in STILLS]
-    # 12 epochs (curriculum 4+4+2+2): the tiny ViT gains little from more on a CPU (README, demo section), and
+    # 8 epochs (curriculum 3+3+1+1): the tiny ViT gains little from more on a CPU (README, demo section), and
     # the time goes to the plain CNN of step 5
     emotion_run = train_emotion(_config("emotion", out / "runs" / "emotion", epochs["emotion"], **{
         "model.encoder": str(au_run / "export"), "data.datasets": stills, "data.fold_seed": seed,
-        "train.seed": seed, **({} if quick else {"train.curriculum.epochs": [4, 4, 2, 2]})}))
+        "train.seed": seed, **({} if quick else {"train.curriculum.epochs": [3, 3, 1, 1]})}))
     stage("emotion", t0)
 
     t0 = time.perf_counter()
+    cexprnet = cexprnet_config(out, out / "runs" / "cexprnet", seed, seed, epochs["cexprnet"])
     print(f"[5/9] the C-EXPR-NET track (a plain CNN from scratch, 64 px) on the same sets, the AU videos and the "
-          f"labelled training videos' face crops ({epochs['cexprnet']} epochs)")
+          f"labelled training videos' face crops ({epochs['cexprnet']} epochs, {cexprnet.train.precision}, in its "
+          f"own process)")
     # its own process: Accelerate fixes one precision per process, and this run's may differ from the others'
-    cexprnet_run = in_own_process(train_cexprnet,
-                                  cexprnet_config(out, out / "runs" / "cexprnet", seed, seed, epochs["cexprnet"]))
+    cexprnet_run = in_own_process(train_cexprnet, cexprnet)
     stage("cexprnet", t0)
 
     t0 = time.perf_counter()
