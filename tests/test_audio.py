@@ -1,7 +1,7 @@
 """Audio: PyAV decoding, log-mel spectrogram, windows centred on video frames, padding, no audio track."""
 import numpy as np
 
-from abaw_ce import labels, challenge_file
+from abaw_ce import challenge_file
 from abaw_ce.audio import (LOG_FLOOR, MelSettings, frame_windows, log_mel, mel_filterbank, read_audio,
                            video_frame_windows)
 from abaw_ce.synth.world import write_video
