@@ -1,5 +1,6 @@
 """The C-EXPR-NET stage through its script on the synthetic world: export, reload, AU teacher, bad input."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -25,8 +26,10 @@ def datasets(world, *names):
 
 def test_stage_script_trains_exports_and_reloads(tiny_world, tmp_path):
     run = tmp_path / "cexprnet"
+    # RAF-DB basic gives every row to training: only the two sources named validate
     result = run_script("finetune/cexprnet.py", "--demo", *QUICK, f"output.dir={run}",
-                        datasets(tiny_world, "rafdb_basic", "rafdb_compound", "affwild2_au"))
+                        datasets(tiny_world, "rafdb_basic", "rafdb_compound", "affwild2_au"),
+                        "data.val_sources=[rafdb_compound,affwild2_au]")
     assert "C-EXPR-NET (visual) expression F1" in result.stdout
     validation = json.loads((run / "validation.json").read_text())
     assert set(validation["expr_f1"]) == set(labels.BASIC_EMOTIONS)
@@ -42,6 +45,9 @@ def test_stage_script_trains_exports_and_reloads(tiny_world, tmp_path):
     # its challenge F1, and tune_fusion finds its compound rows there for weighted fusion.
     oof = pd.read_csv(run / "oof.csv")
     assert len(oof) == validation["samples"] and oof["path"].map(lambda p: (tiny_world / p).is_file()).all()
+    folds = pd.read_csv(run / "folds.csv")
+    assert set(oof["path"].map(lambda p: Path(p).relative_to(tiny_world).parts[0])) == {"rafdb_compound", "affwild2"}
+    assert len(oof) == folds["source"].isin(["rafdb_compound", "affwild2_au"]).mul(folds["fold"] == 0).sum()
     y = oof[[f"y_{e}" for e in labels.BASIC_EMOTIONS]].to_numpy()
     probs = oof[[f"p_{e}" for e in labels.BASIC_EMOTIONS]].to_numpy()
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)  # the KL head's softmax

@@ -85,3 +85,23 @@ def test_a_frame_in_two_sources_reloads_with_each_source_s_fold(tmp_path):
     folds = F.assign_folds(table, 5, seed=2)
     F.save_folds(table, folds, tmp_path, 5, 2)
     np.testing.assert_array_equal(F.load_folds(table, tmp_path / "folds.csv"), folds)
+
+
+def test_validation_rows_from_named_sources_only(tmp_path):
+    from omegaconf import OmegaConf
+
+    from abaw_ce.errors import OptionError
+    from abaw_ce.train.engine import validation_rows
+
+    table = mixed_table()
+    data = OmegaConf.create({"folds": 5, "val_fold": 1, "fold_seed": 0, "val_sources": None})
+    every = validation_rows(table, tmp_path / "a", data)
+    assert set(table.loc[every, "source"]) == {"videos", "stills"}  # by default every source validates
+    data.val_sources = ["stills"]
+    only = validation_rows(table, tmp_path / "b", data)
+    # the same stills validate; every video row trains
+    assert np.array_equal(only, every & (table["source"] == "stills").to_numpy())
+    assert only.any() and not (only & (table["source"] == "videos").to_numpy()).any()
+    data.val_sources = ["rafdb"]
+    with pytest.raises(OptionError, match=r"names \['rafdb'\].*the sources here are \['stills', 'videos'\]"):
+        validation_rows(table, tmp_path / "c", data)

@@ -52,7 +52,7 @@ from abaw_ce.models.timm_classifier import classifier_meta, load_any_classifier
 from abaw_ce.progress import progress_bar
 from abaw_ce.train import curriculum as curriculum_lib
 from abaw_ce.train import engine, runs
-from abaw_ce.train.engine import fold_assignment, load_tables, run_single
+from abaw_ce.train.engine import load_tables, run_single, validation_rows
 from abaw_ce.train.runs import resume_point
 from abaw_ce.train.metrics import multilabel_f1
 from abaw_ce.train.reports import OOF_NAME, write_oof
@@ -418,7 +418,7 @@ def _train(config: DictConfig, run_dir: Path, resuming: bool) -> None:
     n_expr = expr_y.shape[1]
     targets = np.concatenate([expr_y, au_values], axis=1)
     masks = np.concatenate([np.repeat(expr_has[:, None], n_expr, axis=1), au_mask], axis=1).astype(np.float32)
-    val = fold_assignment(table, run_dir, d.folds, d.fold_seed) == d.val_fold
+    val = validation_rows(table, run_dir, d)
 
     set_seed(t.seed)
     net, tokenizer, meta = build(config)

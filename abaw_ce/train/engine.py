@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 BEST_DIR = "export"
 __all__ = ["fit", "FitResult", "EarlyStopping", "NonFiniteLoss", "STATUS_FILE", "predict", "restart_schedule",
-           "FROZEN_ON_RESUME", "load_tables", "fold_assignment", "run_single"]
+           "FROZEN_ON_RESUME", "load_tables", "fold_assignment", "validation_rows", "run_single"]
 VALIDATION_FILE = "validation.json"
 _MIXUP = 2
 # Settings a resumed run of an engine stage may not change (anything else, e.g. epochs or workers, may be).
@@ -443,6 +443,27 @@ def fold_assignment(table: pd.DataFrame, run_dir: Path, n_folds: int, seed: int)
         assigned = folds_lib.assign_folds(table, n_folds, seed)
         folds_lib.save_folds(table, assigned, run_dir, n_folds, seed)
         return assigned
+
+
+def validation_rows(table: pd.DataFrame, run_dir: Path, data: DictConfig) -> np.ndarray:
+    """Which rows of ``table`` a one-run stage validates on: fold ``data.val_fold`` of the grouped split, only of
+    the sources named in ``data.val_sources`` when it lists any (every row of the other sources then trains:
+    their identities, e.g. a few labelled videos', all join training)."""
+    val = fold_assignment(table, run_dir, data.folds, data.fold_seed) == data.val_fold
+    sources = data.get("val_sources")
+    if not sources:
+        return val
+    names = [str(s) for s in sources]
+    present = sorted(table["source"].astype(str).unique())
+    unknown = [s for s in names if s not in present]
+    if unknown:
+        raise OptionError(f"data.val_sources names {unknown}, which no set of data.datasets gives; the sources "
+                          f"here are {present}")
+    val &= table["source"].astype(str).isin(names).to_numpy()
+    if not val.any():
+        raise OptionError(f"data.val_sources {names} has no row in validation fold {data.val_fold}; name another "
+                          f"source or fold")
+    return val
 
 
 def run_single(stage: str, config: DictConfig, resume: str | None, overrides: Sequence[str],
