@@ -164,7 +164,8 @@ def run_demo(out: str | Path, seed: int = 0, overwrite: bool = False, quick: boo
     cexprnet = cexprnet_config(out, out / "runs" / "cexprnet", seed, seed, epochs["cexprnet"])
     print(f"[5/9] the C-EXPR-NET track (a plain CNN from scratch, 64 px) on the same sets, the AU videos and the "
           f"labelled training videos' face crops ({epochs['cexprnet']} epochs, {cexprnet.train.precision}, in its "
-          f"own process; its epoch chosen on fold 0 of {', '.join(VALIDATION_SOURCES)}, the videos all trained on)")
+          f"own process; its epoch chosen on fold {cexprnet.data.val_fold} of {', '.join(VALIDATION_SOURCES)}, "
+          f"the videos all trained on)")
     # its own process: Accelerate fixes one precision per process, and this run's may differ from the others'
     cexprnet_run = in_own_process(train_cexprnet, cexprnet)
     stage("cexprnet", t0)
