@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from abaw_ce.errors import OptionError
 from abaw_ce.train import runs
 from abaw_ce.train.engine import EarlyStopping, make_ema, restart_schedule
 from abaw_ce.train.loop import LossMonitor, make_accelerator, train_step
@@ -118,6 +119,25 @@ def test_cosine_schedule_restarts_every_cycle_down_to_min_lr():
     assert lrs[0] == pytest.approx(1e-8) and lrs[10] == pytest.approx(1e-3)  # warmup, then the peak
     assert min(lrs[10:60]) < 1e-5 and lrs[60] == pytest.approx(1e-3)  # a 50-update cycle, then a restart
     assert lrs[110] == pytest.approx(1e-3)
+
+
+def test_schedule_cycles_of_their_own_length_and_peak():
+    """restart_epochs and restart_lr_scale as lists: cycles of 3, 3 then 2 epochs (the 2 repeats), the third at
+    0.3x the peak; a bad value is refused with the option's name."""
+    optimizer = torch.optim.AdamW(nn.Linear(2, 2).parameters(), lr=1e-3)
+    schedule = restart_schedule(optimizer, updates_per_epoch=10, epochs=11, warmup_epochs=1, restart_epochs=[3, 3, 2],
+                                min_lr=1e-8, restart_lr_scale=[1.0, 1.0, 0.3])
+    lrs = []
+    for update in range(110):
+        schedule.step_update(update)
+        lrs.append(optimizer.param_groups[0]["lr"])
+    assert lrs[10] == pytest.approx(1e-3) and lrs[40] == pytest.approx(1e-3)  # restarts after 30 updates
+    assert lrs[70] == pytest.approx(3e-4) and lrs[90] == pytest.approx(3e-4)  # then 20-update cycles at 0.3x
+    assert lrs[80] == pytest.approx(0.5 * (3e-4 - 1e-8) + 1e-8)  # halfway down a cosine cycle
+    assert lrs[69] < 1e-5 and lrs[89] < 1e-5
+    for bad in ([], [3, 0], "x"):
+        with pytest.raises(OptionError, match="optim.restart_epochs"):
+            restart_schedule(optimizer, 10, 11, 1, bad, 1e-8)
 
 
 def test_f1_metrics_and_tuned_thresholds():

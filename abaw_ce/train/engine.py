@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from timm.utils import ModelEmaV3
@@ -81,14 +81,52 @@ class EarlyStopping:
             setattr(self, key, value)
 
 
+class RestartSchedule(CosineLRScheduler):
+    """timm's cosine annealing with warm restarts, whose cycles may differ: cycle i lasts ``lengths[i]`` updates
+    and starts from ``scales[i]`` x the base lr (the last entry of each list repeats). After a linear warmup to
+    the base lr, each cycle anneals down to ``lr_min``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, lengths: Sequence[int], scales: Sequence[float],
+                 **kwargs) -> None:
+        self.cycle_lengths = [max(1, int(n)) for n in lengths]
+        self.cycle_scales = [float(s) for s in scales]
+        super().__init__(optimizer, t_initial=self.cycle_lengths[0], **kwargs)
+
+    def _get_lr(self, t: int) -> list[float]:
+        if t < self.warmup_t:
+            return super()._get_lr(t)
+        t -= self.warmup_t
+        cycle = 0
+        while cycle < len(self.cycle_lengths) - 1 and t >= self.cycle_lengths[cycle]:
+            t -= self.cycle_lengths[cycle]
+            cycle += 1
+        length = self.cycle_lengths[cycle]
+        cycle += t // length  # the last length repeats
+        t %= length
+        scale = self.cycle_scales[min(cycle, len(self.cycle_scales) - 1)]
+        return [self.lr_min + 0.5 * (base * scale - self.lr_min) * (1 + math.cos(math.pi * t / length))
+                for base in self.base_values]
+
+
+def _as_list(value: Any, name: str) -> list[float]:
+    values = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+    if not values or any(not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0 for v in values):
+        raise OptionError(f"{name} must be a positive number or a non-empty list of them, got {value!r}")
+    return [float(v) for v in values]
+
+
 def restart_schedule(optimizer: torch.optim.Optimizer, updates_per_epoch: int, epochs: int,
-                     warmup_epochs: float, restart_epochs: float, min_lr: float) -> CosineLRScheduler:
-    """Linear warmup, then cosine cycles of ``restart_epochs`` epochs down to ``min_lr`` (warm restarts)."""
+                     warmup_epochs: float, restart_epochs: float | Sequence[float], min_lr: float,
+                     restart_lr_scale: float | Sequence[float] = 1.0) -> RestartSchedule:
+    """Linear warmup, then cosine cycles down to ``min_lr`` (warm restarts). ``restart_epochs``: each cycle's
+    length in epochs, one number for equal cycles or a list (the last repeats); ``restart_lr_scale``: each
+    cycle's peak as a multiple of the base lr, likewise (a last, lower cycle fine-tunes what the others found)."""
+    lengths = _as_list(restart_epochs, "optim.restart_epochs")
+    scales = _as_list(restart_lr_scale, "optim.restart_lr_scale")
     total = max(1, updates_per_epoch * epochs)
     warmup = min(int(round(warmup_epochs * updates_per_epoch)), total - 1)
-    cycle = max(1, int(round(restart_epochs * updates_per_epoch)))
-    return CosineLRScheduler(optimizer, t_initial=cycle, lr_min=min_lr, cycle_limit=total // cycle + 2,
-                             warmup_t=warmup, warmup_lr_init=min_lr, warmup_prefix=True, t_in_epochs=False)
+    return RestartSchedule(optimizer, [round(n * updates_per_epoch) for n in lengths], scales, lr_min=min_lr,
+                           warmup_t=warmup, warmup_lr_init=min_lr, warmup_prefix=True, t_in_epochs=False)
 
 
 def make_ema(model: nn.Module, decay: float, warmup: bool = False) -> ModelEmaV3:
@@ -193,7 +231,7 @@ class _Fit:
     teacher: nn.Module | None
     batches_per_epoch: int  # micro-batches per process, whole updates only
     updates_per_epoch: int
-    scheduler: CosineLRScheduler
+    scheduler: RestartSchedule
     progress: runs.Progress
     stopping: EarlyStopping
     metrics: runs.MetricsLog = field(init=False)
@@ -237,7 +275,7 @@ def _set_up(stage: str, config: DictConfig, run_dir: Path, model: nn.Module, tra
     if updates_per_epoch < 1:
         raise OptionError(f"{stage}: an epoch of {len(train_loader)} batches is shorter than train.grad_accum")
     scheduler = restart_schedule(optimizer, updates_per_epoch, t.epochs, o.warmup_epochs, o.restart_epochs,
-                                 o.min_lr)
+                                 o.min_lr, o.get("restart_lr_scale", 1.0))
     return _Fit(stage, config, run_dir, accelerator, model, optimizer, train_loader, val_loader, ema, teacher,
                 batches_per_epoch, updates_per_epoch, scheduler, runs.Progress(), EarlyStopping(patience=t.patience))
 
