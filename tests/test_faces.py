@@ -234,9 +234,9 @@ def test_none_detector_keeps_an_aligned_crop(tom):
 
 # --- tracking --------------------------------------------------------------------------------------------
 
-def _face(x1, y1, size) -> Detection:
+def _face(x1, y1, size, eyes=False) -> Detection:
     return Detection(box=(x1, y1, x1 + size, y1 + size), score=0.9,
-                     landmarks=arcface_template(112) * size / 112 + (x1, y1))
+                     landmarks=arcface_template(112) * size / 112 + (x1, y1), eyes_found=eyes)
 
 
 def test_main_face_is_large_and_central():
@@ -245,6 +245,24 @@ def test_main_face_is_large_and_central():
     assert main_face_index([corner, central], shape) == 1  # a bit larger, but in the corner
     assert main_face_index([_face(270, 190, 40), _face(20, 20, 200)], shape) == 1  # much larger wins
     assert main_face_index([], shape) is None
+    # A face whose eyes were found beats a larger, more central detection without them (a background blob)
+    assert main_face_index([_face(270, 190, 100), _face(500, 300, 80, eyes=True)], shape) == 1
+    assert main_face_index([_face(270, 190, 100, eyes=True), _face(20, 20, 200, eyes=True)], shape) == 1
+
+
+def test_tracker_leaves_a_track_without_eyes_for_a_face_with_eyes():
+    """A false face (no eyes) picked while the real face was missed gives way to it; a track that has shown
+    eyes keeps following its face when it goes without them, another face with eyes nearby or not."""
+    shape = (480, 640)
+    tracker = MainFaceTracker(iou_threshold=0.3, max_missed=3)
+    assert tracker.update([_face(0, 20, 150)], shape).box[0] == 0  # only the blob: tracked
+    assert tracker.update([_face(2, 20, 150)], shape).box[0] == 2
+    chosen = tracker.update([_face(2, 20, 150), _face(300, 80, 120, eyes=True)], shape)
+    assert chosen.box[0] == 300 and chosen.eyes_found
+    for step in range(1, 4):  # eyes lost (a blink), the blob still there: stay on the face
+        assert tracker.update([_face(2, 20, 150), _face(300 + 4 * step, 80, 120)], shape).box[0] == 300 + 4 * step
+    assert tracker.update([_face(2, 20, 150), _face(320, 80, 120, eyes=True)], shape).box[0] == 320
+    assert tracker.update([_face(320, 80, 120), _face(20, 300, 100, eyes=True)], shape).box[0] == 320
 
 
 def test_tracker_follows_the_main_face_when_another_appears():

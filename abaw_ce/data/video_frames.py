@@ -22,7 +22,7 @@ from abaw_ce.data.processes import process_state
 from abaw_ce.data.writers import save_image
 from abaw_ce.errors import InputError
 from abaw_ce.faces.detectors import make_detector
-from abaw_ce.faces.pipeline import process_video
+from abaw_ce.faces.pipeline import process_video, video_settings
 from abaw_ce.progress import progress_bar
 from abaw_ce.video import VIDEO_SUFFIXES
 
@@ -87,7 +87,8 @@ def publish_cache(partial: Path, folder: Path, record: dict) -> None:
 def extract_video_crops(video: Path, folder: Path, detector, detector_name: str, size: int
                         ) -> tuple[set[int], bool]:
     """Save every frame's face crop of one video; returns the frames that have one and whether an earlier
-    extraction was reused. Written to a temporary folder, renamed into place when complete."""
+    extraction was reused. ``detector_name``: what made the crops (``video_settings``), part of the folder's
+    stamp. Written to a temporary folder, renamed into place when complete."""
     stamp = _stamp(video, detector_name, size)
     saved = finished_record(folder, stamp)
     if saved is not None:
@@ -118,7 +119,8 @@ def frames_to_crops(table: pd.DataFrame, out_dir: str | Path, detector: str = "a
     videos = sorted(set(table.loc[rows, "path"].astype(str)))
     report.videos = len(videos)
     face_detector = make_detector(detector)
-    detector_name = type(face_detector).__name__
+    # Every setting that changes the crops (detector, main-face rule) stamps the folder: a change re-crops
+    detector_name = video_settings(face_detector.settings, 1)
     with_face: dict[str, set[int]] = {}
     for video in progress_bar(videos, desc="video-frame crops", unit="video", disable=not progress):
         path = Path(video)

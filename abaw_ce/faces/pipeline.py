@@ -31,7 +31,7 @@ from abaw_ce.errors import InputError, OptionError, require_file
 from abaw_ce.faces.align import align_face
 from abaw_ce.faces.cache import EntryBuilder, FaceEntry, FrameFaces, cache_key, file_digest
 from abaw_ce.faces.detectors import Detection, FaceDetector, OpenCVDetector, make_detector
-from abaw_ce.faces.tracking import MainFaceTracker, TrackedSearch, main_face_index
+from abaw_ce.faces.tracking import MAIN_FACE_RULE, MainFaceTracker, TrackedSearch, main_face_index
 from abaw_ce.progress import progress_bar
 from abaw_ce.video import VIDEO_SUFFIXES, VideoReader, open_video
 
@@ -127,12 +127,18 @@ def search_options(search_side: int | None, detector: str | FaceDetector = "auto
     return {"max_side": int(search_side)}
 
 
+def image_settings(detector_settings: str) -> str:
+    """What decides an image's face: the detector's settings and the rule that picks the main face (part of the
+    cache key and of the report)."""
+    return f"{detector_settings}:{MAIN_FACE_RULE}"
+
+
 def video_settings(detector_settings: str, redetect_every: int) -> str:
-    """What decides a video's faces: the detector's settings, and how often the tracked search re-runs the full
+    """What decides a video's faces: an image's settings, and how often the tracked search re-runs the full
     one (part of the cache key and of the report)."""
     # Eyes followed between frames (where the detector can) changed the tracked search's landmarks, and still
     # faceless scenes are no longer searched again: each made a new key.
-    return detector_settings + (f":redetect_every={int(redetect_every)}:follow_eyes:still_scenes"
+    return image_settings(detector_settings) + (f":redetect_every={int(redetect_every)}:follow_eyes:still_scenes"
                                 if redetect_every != 1 else "")
 
 
@@ -291,7 +297,7 @@ class _FaceRun:
                  batch_size: int, progress: bool, writer: Any, frames_csv: Any, redetect_every: int = 1):
         self.root = root
         self.detector = detector
-        self.settings = detector.settings
+        self.settings = image_settings(detector.settings)
         self.redetect_every = redetect_every
         self.video_settings = video_settings(detector.settings, redetect_every)
         self.size = size

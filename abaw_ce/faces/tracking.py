@@ -17,6 +17,10 @@ CORNER_WEIGHT = 0.25
 # back changed some cell by >= 80.
 STILL_CELL = 0.025
 STILL_MAX_CHANGE = 10
+# The rule that picks the main face, part of the faces cache key (abaw_ce.faces.pipeline): a face whose eyes the
+# detector found comes before one without. Haar cascades fire on background blobs, which show no eye pair; on a
+# synthetic test video such a blob, larger and more central, had been tracked instead of the face in every frame.
+MAIN_FACE_RULE = "main_face=eyes_first"
 
 
 def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
@@ -38,19 +42,21 @@ def prominence(detection: Detection, image_shape: Sequence[int]) -> float:
 
 
 def main_face_index(detections: Sequence[Detection], image_shape: Sequence[int]) -> int | None:
-    """Index of the largest / most central detection, or None when there are none."""
+    """Index of the main face, or None when there are none: faces with found eyes first (``MAIN_FACE_RULE``),
+    then the largest / most central (detectors that do not look for eyes are ranked by prominence alone)."""
     if not detections:
         return None
-    return int(np.argmax([prominence(d, image_shape) for d in detections]))
+    return max(range(len(detections)), key=lambda i: (detections[i].eyes_found, prominence(detections[i], image_shape)))
 
 
 class MainFaceTracker:
     """Follows one face through a video.
 
-    The first frame with faces picks the most prominent one; every later frame picks the detection that
-    overlaps the last tracked box most (IoU >= iou_threshold). Frames where none does return None (no face
+    The first frame with faces picks the main one (``main_face_index``); every later frame picks the detection
+    that overlaps the last tracked box most (IoU >= iou_threshold). Frames where none does return None (no face
     for this frame, even when other people are visible); after ``max_missed`` such frames in a row the track
-    is considered lost and the most prominent face is picked again.
+    is considered lost and the main face is picked again. A track that has never shown eyes gives way to a face
+    with found eyes as soon as one is detected: it was likely a false face picked when the real one was missed.
     """
 
     def __init__(self, iou_threshold: float = 0.3, max_missed: int = 5):
@@ -61,6 +67,7 @@ class MainFaceTracker:
     def reset(self) -> None:
         self.last_box: tuple[float, float, float, float] | None = None
         self.missed = 0
+        self.eyes_seen = False  # whether the current track has shown eyes in any frame
 
     @property
     def lost(self) -> bool:
@@ -70,8 +77,11 @@ class MainFaceTracker:
         """The tracked face among this frame's detections, or None."""
         chosen: Detection | None = None
         if detections:
-            if self.lost:
+            repick = self.lost or (not self.eyes_seen and any(d.eyes_found for d in detections))
+            if repick:
                 chosen = detections[main_face_index(detections, image_shape)]
+                if self.last_box is not None and box_iou(self.last_box, chosen.box) < self.iou_threshold:
+                    self.eyes_seen = False  # a new track
             else:
                 overlaps = [box_iou(self.last_box, d.box) for d in detections]
                 best = int(np.argmax(overlaps))
@@ -83,6 +93,7 @@ class MainFaceTracker:
             return None
         self.last_box = chosen.box
         self.missed = 0
+        self.eyes_seen = self.eyes_seen or chosen.eyes_found
         return chosen
 
 
