@@ -138,8 +138,8 @@ def video_settings(detector_settings: str, redetect_every: int) -> str:
     one (part of the cache key and of the report)."""
     # Eyes followed between frames (where the detector can) changed the tracked search's landmarks, and still
     # faceless scenes are no longer searched again: each made a new key.
-    return image_settings(detector_settings) + (f":redetect_every={int(redetect_every)}:follow_eyes:still_scenes"
-                                if redetect_every != 1 else "")
+    tracked = f":redetect_every={int(redetect_every)}:follow_eyes:still_scenes" if redetect_every != 1 else ""
+    return image_settings(detector_settings) + tracked
 
 
 @dataclass(eq=False)
