@@ -14,9 +14,12 @@ Layout under the output folder (each read by the adapter named):
 """
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -235,10 +238,32 @@ def deal_segments(rng: np.random.Generator, classes: tuple[str, ...], rounds: in
 VFR_TIME_BASE = Fraction(1, 1000)  # millisecond timestamps for variable-frame-rate videos
 
 
+M_PERTURB = -6  # glibc's mallopt parameter: fill each new allocation with one byte
+
+
+@contextmanager
+def _filled_allocations() -> Iterator[None]:
+    """Inside, glibc fills every new allocation with one fixed byte. The encoder (x264 through PyAV) reads memory it
+    has not written: the same frames gave a different video from run to run in the world's process, depending on
+    what it had allocated and freed before, and the same video every time with the fill. Kept to the encoder's own
+    calls, as filling the rendering's allocations too made the world 30 % slower. Without glibc, nothing."""
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        yield
+        return
+    mallopt(M_PERTURB, 165)
+    try:
+        yield
+    finally:
+        mallopt(M_PERTURB, int(os.environ.get("MALLOC_PERTURB_", "0") or 0))
+
+
 def write_video(path: Path, frames, fps: int, width: int, height: int, audio: np.ndarray | None,
                 sample_rate: int = 16000, crf: int = 23, frame_times: np.ndarray | None = None,
                 audio_start: float = 0.0) -> None:
-    """H.264 mp4 (and an AAC track when ``audio`` is given) with PyAV, frame by frame.
+    """H.264 mp4 (and an AAC track when ``audio`` is given) with PyAV, frame by frame; the same frames give the
+    same file.
 
     ``frame_times`` (seconds, one per frame) makes a variable-frame-rate video; ``audio_start`` (seconds) makes
     the sound begin after the first frame, as in recordings whose audio stream starts late.
@@ -246,34 +271,42 @@ def write_video(path: Path, frames, fps: int, width: int, height: int, audio: np
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        # Multi-threaded x264 output varies from run to run; one thread keeps videos (near) identical.
-        stream.options = {"crf": str(crf), "preset": "veryfast"}
-        stream.codec_context.thread_count = 1
-        if frame_times is not None:
-            stream.codec_context.time_base = stream.time_base = VFR_TIME_BASE
-        astream = None
-        if audio is not None:
-            astream = out.add_stream("aac", rate=sample_rate)
-            astream.layout = "mono"
-        for k, frame in enumerate(frames):
-            picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+    with _filled_allocations():
+        out = av.open(str(path), "w")
+    try:
+        with _filled_allocations():
+            stream = out.add_stream("libx264", rate=fps)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            # Multi-threaded x264 output varies from run to run; one thread (and the fill) keeps it identical.
+            stream.options = {"crf": str(crf), "preset": "veryfast"}
+            stream.codec_context.thread_count = 1
             if frame_times is not None:
-                picture.pts, picture.time_base = int(round(frame_times[k] / VFR_TIME_BASE)), VFR_TIME_BASE
-            out.mux(stream.encode(picture))
-        out.mux(stream.encode())
-        if astream is not None:
-            samples = np.clip(audio, -1, 1).astype(np.float32)
-            chunk, first = 1024, int(round(audio_start * sample_rate))
-            for i in range(0, len(samples), chunk):
-                piece = samples[i:i + chunk][None, :]
-                af = av.AudioFrame.from_ndarray(piece, format="flt", layout="mono")
-                af.sample_rate = sample_rate
-                af.pts = first + i
-                out.mux(astream.encode(af))
-            out.mux(astream.encode())
+                stream.codec_context.time_base = stream.time_base = VFR_TIME_BASE
+            astream = None
+            if audio is not None:
+                astream = out.add_stream("aac", rate=sample_rate)
+                astream.layout = "mono"
+        for k, frame in enumerate(frames):  # rendered outside the fill
+            with _filled_allocations():
+                picture = av.VideoFrame.from_ndarray(frame, format="rgb24")
+                if frame_times is not None:
+                    picture.pts, picture.time_base = int(round(frame_times[k] / VFR_TIME_BASE)), VFR_TIME_BASE
+                out.mux(stream.encode(picture))
+        with _filled_allocations():
+            out.mux(stream.encode())
+            if astream is not None:
+                samples = np.clip(audio, -1, 1).astype(np.float32)
+                chunk, first = 1024, int(round(audio_start * sample_rate))
+                for i in range(0, len(samples), chunk):
+                    piece = samples[i:i + chunk][None, :]
+                    af = av.AudioFrame.from_ndarray(piece, format="flt", layout="mono")
+                    af.sample_rate = sample_rate
+                    af.pts = first + i
+                    out.mux(astream.encode(af))
+                out.mux(astream.encode())
+    finally:
+        with _filled_allocations():
+            out.close()
 
 
 def looped_frames(sources: list[Path], frames: int, stamp: int = 0) -> Iterator[np.ndarray]:
