@@ -252,11 +252,13 @@ def _filled_allocations() -> Iterator[None]:
     except (OSError, AttributeError, TypeError):
         yield
         return
+    setting = os.environ.get("MALLOC_PERTURB_", "")
+    before = int(setting) if setting.isdigit() else 0  # glibc's own reading of the variable at start
     mallopt(M_PERTURB, 165)
     try:
         yield
     finally:
-        mallopt(M_PERTURB, int(os.environ.get("MALLOC_PERTURB_", "0") or 0))
+        mallopt(M_PERTURB, before)
 
 
 def write_video(path: Path, frames, fps: int, width: int, height: int, audio: np.ndarray | None,
