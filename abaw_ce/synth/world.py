@@ -15,6 +15,7 @@ Layout under the output folder (each read by the adapter named):
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 import os
 import time
@@ -241,15 +242,23 @@ VFR_TIME_BASE = Fraction(1, 1000)  # millisecond timestamps for variable-frame-r
 M_PERTURB = -6  # glibc's mallopt parameter: fill each new allocation with one byte
 
 
+@functools.cache
+def _mallopt():
+    """glibc's ``mallopt``, looked up once (the fill below is set around every encoded frame); None without it."""
+    try:
+        return ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
 @contextmanager
 def _filled_allocations() -> Iterator[None]:
     """Inside, glibc fills every new allocation with one fixed byte. The encoder (x264 through PyAV) reads memory it
     has not written: the same frames gave a different video from run to run in the world's process, depending on
     what it had allocated and freed before, and the same video every time with the fill. Kept to the encoder's own
     calls, as filling the rendering's allocations too made the world 30 % slower. Without glibc, nothing."""
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError, TypeError):
+    mallopt = _mallopt()
+    if mallopt is None:
         yield
         return
     setting = os.environ.get("MALLOC_PERTURB_", "")
